@@ -1,0 +1,21 @@
+# Sourced by scripts/serve, scripts/test and .ci/run: installs the Debian/Ubuntu packages
+# that confer's build and tests need, when they are missing. Says what it installs.
+
+# Packages the build needs (cmake builds the bundled libopus).
+CONFER_BUILD_PACKAGES=(build-essential pkg-config cmake)
+# Packages the tests need on top (real peers and tools arrive with later features).
+CONFER_TEST_PACKAGES=()
+
+confer_ensure_packages() {
+  local missing=()
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "confer: installing missing system packages: ${missing[*]}" >&2
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
