@@ -1,1 +1,939 @@
-//! (in progress)
+//! The adaptive jitter buffer: one per received SSRC, the heart of the media path.
+//!
+//! # Drive contract (sans-IO)
+//!
+//! - [`JitterBuffer::push`] every received packet with its arrival `Instant` (as soon as it
+//!   is read from the socket: the arrival time is the measurement).
+//! - [`JitterBuffer::pop`] once per output frame on the engine's frame clock (every
+//!   `frame_ms`), with that tick's `Instant`. It always fills exactly one frame: decoded
+//!   audio, audio recovered from FEC, concealment, or silence before the stream starts.
+//! - Time never comes from the clock; the same inputs always give the same output.
+//!
+//! # How the delay adapts
+//!
+//! The buffer does not estimate "network jitter" and add it to a fixed base. It measures,
+//! for every packet, its **slack**: how long before the frame tick that needs it the packet
+//! arrived, under the playout schedule in force. A packet with negative slack is late. The
+//! buffer keeps the slack of the last `window` packets and looks at a low quantile of it
+//! (`late_quantile`, 0.5% by default): that is the *excess* delay the buffer could give up
+//! and still play all but that fraction of packets on time. It steers the excess towards
+//! zero:
+//!
+//! - excess above `accelerate_above_ms`: decoded audio is shortened by about one pitch
+//!   period (time-stretching, [`confer_codecs::timestretch`]); inaudible, unlike dropping a
+//!   frame;
+//! - excess below `-expand_below_ms`: audio is lengthened the same way (preemptive expand);
+//! - nothing to play (a delay spike or a network freeze): the decoder conceals and the
+//!   schedule *holds* (the missing packet keeps its place, so it plays when it comes rather
+//!   than being thrown away as late); the excess it causes is removed by acceleration later;
+//! - a packet missing while later ones are here: recovered from the next packet's Opus FEC
+//!   when it carries it, else concealed, and the schedule moves on;
+//! - excess so large that stretching would take seconds (after a freeze released its
+//!   backlog at once): the oldest packets are dropped, counted as discarded.
+//!
+//! Slack samples are stored in a frame of reference that the buffer's own stretching does
+//! not move (each sample minus the cumulative delay the buffer had added when it was
+//! taken), so they stay comparable while the schedule changes. Clock drift between sender
+//! and receiver moves the slack steadily (at +-25 ms/s by half a millisecond every 20 ms
+//! packet); the buffer estimates that skew from the upper envelope of the slack (the least
+//! delayed packet of every second, fitted by least squares over 30 s) and projects old
+//! samples to the present, so a drifting clock does not read as excess or as lateness.
+//!
+//! The delay is thus the smallest that the measured network allows, never a fixed
+//! prebuffer; `confer bench jitter` compares it with the hindsight optimum.
+//!
+//! # Deliberate differences from NetEQ
+//!
+//! - One statistic (the slack quantile) replaces NetEQ's separate inter-arrival histogram,
+//!   filtered buffer level and target level: slack already contains the network delay, our
+//!   own playout phase and the effect of every stretch, so there is nothing to reconcile.
+//! - An underrun holds the schedule instead of advancing the playout timestamp, so a delay
+//!   spike costs delay (recovered by acceleration) rather than lost packets.
+//! - A sliding window (exact quantile over a sorted array) instead of exponential
+//!   forgetting: a delay step down is forgotten when it leaves the window, not asymptotically.
+
+use std::time::{Duration, Instant};
+
+use confer_codecs::decoder::AudioDecoder;
+use confer_codecs::timestretch::TimeStretcher;
+
+/// Settings of one jitter buffer. `Default` suits 20 ms Opus or G.711 voice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JitterConfig {
+    /// RTP clock rate of the stream; must equal the decoder's output rate.
+    pub clock_rate: u32,
+    /// Output frame length in milliseconds (the engine's frame clock): 10 or 20.
+    pub frame_ms: u32,
+    /// Fraction of packets the buffer accepts to lose to lateness (the slack quantile).
+    pub late_quantile: f64,
+    /// Number of recent packets whose slack is kept.
+    pub window: usize,
+    /// Delay before the first packet plays (until measurements take over), in ms.
+    pub initial_delay_ms: u32,
+    /// Removable delay (see `stretch`) above which audio is accelerated, in ms.
+    pub accelerate_above_ms: f64,
+    /// Late-quantile margin below minus this is expanded, in ms.
+    pub expand_below_ms: f64,
+    /// Excess (seen over the last second) above which whole packets are dropped, in ms.
+    pub max_excess_ms: f64,
+    /// Packets the buffer can hold (a power of two); more in flight are dropped.
+    pub capacity: usize,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: usize,
+    /// A contiguous-sequence timestamp jump larger than this (ms) is a discontinuity (sender
+    /// restart), not a DTX pause.
+    pub max_dtx_gap_ms: u32,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        JitterConfig {
+            clock_rate: 48_000,
+            frame_ms: 20,
+            late_quantile: 0.005,
+            window: 750,
+            initial_delay_ms: 40,
+            accelerate_above_ms: 0.5,
+            expand_below_ms: 0.0,
+            max_excess_ms: 1000.0,
+            capacity: 512,
+            max_payload: 1500,
+            max_dtx_gap_ms: 10_000,
+        }
+    }
+}
+
+/// A packet as the jitter buffer needs it: sequence number and timestamp already extended
+/// to 64 bits at the edge (`types::SeqExtender`, `types::TimestampExtender`).
+#[derive(Debug, Clone, Copy)]
+pub struct JbPacket<'a> {
+    /// Extended RTP sequence number.
+    pub seq: u64,
+    /// Extended RTP timestamp (clock-rate units).
+    pub timestamp: u64,
+    /// The codec payload.
+    pub payload: &'a [u8],
+}
+
+/// Why a packet was not taken in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JitterError {
+    /// The configuration is unusable (caller misuse).
+    #[error("bad jitter buffer configuration: {0}")]
+    BadConfig(&'static str),
+    /// The payload is larger than `max_payload` (peer misbehaved).
+    #[error("payload of {0} bytes is larger than the configured maximum")]
+    PayloadTooLarge(usize),
+    /// The output frame passed to `pop` has the wrong length (caller misuse).
+    #[error("output frame has {got} samples, the buffer produces {expected}")]
+    BadFrame {
+        /// Samples per frame the buffer was configured for.
+        expected: usize,
+        /// Samples passed.
+        got: usize,
+    },
+}
+
+/// What happened to a pushed packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Stored for playout.
+    Stored,
+    /// Already stored or already played: counted once, dropped.
+    Duplicate,
+    /// Its playout time has passed: counted as a late loss, dropped.
+    Late,
+    /// Too far ahead of playout for the buffer's capacity: dropped.
+    Overflow,
+}
+
+/// What one `pop` produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PopInfo {
+    /// Samples of the frame that came from decoded packets (incl. FEC).
+    pub decoded: usize,
+    /// Samples of the frame that the decoder concealed (loss or underrun).
+    pub concealed: usize,
+    /// True when the stream has not started yet (the frame is silence).
+    pub idle: bool,
+}
+
+/// Counters and current state, for stats, metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct JitterStats {
+    /// Packets pushed (all outcomes).
+    pub received: u64,
+    /// Packets decoded and played (FEC recoveries not included).
+    pub played: u64,
+    /// Packets that arrived after their playout time.
+    pub late: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Packets dropped because the buffer was full or the packet far ahead.
+    pub overflow: u64,
+    /// Packets dropped to catch up after a backlog (freeze, burst).
+    pub discarded: u64,
+    /// Lost frames recovered from FEC.
+    pub fec_recovered: u64,
+    /// Payloads the decoder rejected.
+    pub decode_errors: u64,
+    /// Milliseconds of concealment (loss and underrun).
+    pub concealed_ms: f64,
+    /// Milliseconds removed by acceleration.
+    pub accelerated_ms: f64,
+    /// Milliseconds inserted by expansion.
+    pub expanded_ms: f64,
+    /// Stream restarts (SSRC change or timestamp discontinuity).
+    pub resyncs: u64,
+    /// Delay the buffer aims for: the current delay minus the measured excess, in ms.
+    pub target_delay_ms: f64,
+    /// Audio buffered ahead of playout (decoded and in packets), in ms.
+    pub current_delay_ms: f64,
+    /// Estimated sender clock skew relative to ours, in ms per second.
+    pub skew_ms_per_s: f64,
+}
+
+/// A played packet, for delay measurement: its sequence number and the time its first
+/// sample was output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Played {
+    /// Extended sequence number.
+    pub seq: u64,
+    /// When its first sample left the buffer.
+    pub at: Instant,
+}
+
+struct Slot {
+    used: bool,
+    seq: u64,
+    ts: u64,
+    len: usize,
+    data: Box<[u8]>,
+}
+
+/// Exact low quantile over the last N slack samples, with skew projection.
+struct SlackWindow {
+    /// (arrival seconds since epoch, slack ms in the fixed frame, unprojected)
+    ring: Vec<(f64, f64)>,
+    head: usize,
+    len: usize,
+    /// Projected values (slack + skew * arrival), kept sorted.
+    sorted: Vec<f64>,
+    skew_used: f64,
+}
+
+impl SlackWindow {
+    fn new(n: usize) -> Self {
+        SlackWindow {
+            ring: vec![(0.0, 0.0); n],
+            head: 0,
+            len: 0,
+            sorted: Vec::with_capacity(n),
+            skew_used: 0.0,
+        }
+    }
+
+    fn projected(&self, t: f64, v: f64) -> f64 {
+        // A skew of s ms/s makes a packet taken at t read s * (now - t) less than it would
+        // now; adding s * t to every sample makes them comparable (the common s * now
+        // cancels in the quantile and is added back by the caller).
+        v + self.skew_used * t
+    }
+
+    fn insert_sorted(&mut self, x: f64) {
+        let i = self.sorted.partition_point(|&y| y < x);
+        self.sorted.insert(i, x);
+    }
+
+    fn remove_sorted(&mut self, x: f64) {
+        let i = self.sorted.partition_point(|&y| y < x);
+        if i < self.sorted.len() {
+            self.sorted.remove(i);
+        }
+    }
+
+    fn push(&mut self, t: f64, v: f64) {
+        let n = self.ring.len();
+        if self.len == n {
+            let (ot, ov) = self.ring[self.head];
+            let old = self.projected(ot, ov);
+            self.remove_sorted(old);
+        } else {
+            self.len += 1;
+        }
+        self.ring[self.head] = (t, v);
+        self.head = (self.head + 1) % n;
+        let x = self.projected(t, v);
+        self.insert_sorted(x);
+    }
+
+    fn set_skew(&mut self, skew: f64) {
+        self.skew_used = skew;
+        self.sorted.clear();
+        let n = self.ring.len();
+        for k in 0..self.len {
+            let (t, v) = self.ring[(self.head + n - 1 - k) % n];
+            let x = self.projected(t, v);
+            self.sorted.push(x);
+        }
+        self.sorted.sort_by(f64::total_cmp);
+    }
+
+    /// The q-quantile of slack projected to time `now_s`, or None when empty.
+    fn quantile(&self, q: f64, now_s: f64) -> Option<f64> {
+        if self.sorted.is_empty() {
+            return None;
+        }
+        let idx = ((self.sorted.len() as f64 - 1.0) * q).floor() as usize;
+        let idx = idx.min(self.sorted.len() - 1);
+        Some(self.sorted[idx] - self.skew_used * now_s)
+    }
+}
+
+/// Estimates sender/receiver clock skew from the least delayed packet of each second.
+struct SkewEstimator {
+    /// (bucket mid time s, max slack ms) for closed buckets, oldest first.
+    points: Vec<(f64, f64)>,
+    cap: usize,
+    bucket: i64,
+    bucket_max: f64,
+    bucket_has: bool,
+}
+
+impl SkewEstimator {
+    fn new() -> Self {
+        SkewEstimator {
+            points: Vec::with_capacity(32),
+            cap: 30,
+            bucket: i64::MIN,
+            bucket_max: f64::NEG_INFINITY,
+            bucket_has: false,
+        }
+    }
+
+    /// Feeds a sample; returns a new estimate (ms/s) when a bucket closes.
+    fn push(&mut self, t: f64, v: f64) -> Option<f64> {
+        let b = t.floor() as i64;
+        let mut closed = None;
+        if b != self.bucket {
+            if self.bucket_has {
+                if self.points.len() == self.cap {
+                    self.points.remove(0);
+                }
+                self.points.push((self.bucket as f64 + 0.5, self.bucket_max));
+                closed = self.fit();
+            }
+            self.bucket = b;
+            self.bucket_max = f64::NEG_INFINITY;
+            self.bucket_has = false;
+        }
+        self.bucket_max = self.bucket_max.max(v);
+        self.bucket_has = true;
+        closed
+    }
+
+    fn fit(&self) -> Option<f64> {
+        let n = self.points.len();
+        if n < 6 {
+            return None;
+        }
+        let nf = n as f64;
+        let mt = self.points.iter().map(|p| p.0).sum::<f64>() / nf;
+        let mv = self.points.iter().map(|p| p.1).sum::<f64>() / nf;
+        let (mut sxy, mut sxx) = (0.0, 0.0);
+        for &(t, v) in &self.points {
+            sxy += (t - mt) * (v - mv);
+            sxx += (t - mt) * (t - mt);
+        }
+        if sxx <= 0.0 {
+            return None;
+        }
+        Some((sxy / sxx).clamp(-60.0, 60.0))
+    }
+}
+
+/// The adaptive jitter buffer for one SSRC. See the module docs.
+pub struct JitterBuffer<D: AudioDecoder> {
+    cfg: JitterConfig,
+    decoder: D,
+    stretcher: TimeStretcher,
+    /// Samples per output frame.
+    frame: usize,
+    slots: Vec<Slot>,
+    stored: usize,
+    /// Highest seq stored or played.
+    highest_seq: Option<u64>,
+    /// Sequence number and timestamp of the next packet to decode.
+    next_seq: u64,
+    next_ts: u64,
+    started: bool,
+    /// Nominal samples per packet (from the last decode).
+    packet_samples: usize,
+    /// Decoded, not yet output samples.
+    sync: Vec<f32>,
+    /// Absolute sample position of `sync[0]` in the output stream.
+    sync_pos: u64,
+    /// (seq, absolute output position of its first sample), oldest first.
+    markers: Vec<(u64, u64)>,
+    played: Vec<Played>,
+    decode_buf: Vec<f32>,
+    stretch_buf: Vec<f32>,
+    /// Time of the next frame tick, as far as the buffer knows (last pop + frame).
+    next_tick: Option<Instant>,
+    epoch: Option<Instant>,
+    /// Cumulative delay the buffer has added to its schedule, in samples (holds and
+    /// expansions minus accelerations, skips and DTX catch-up).
+    offset: i64,
+    /// Samples held (concealed without moving the schedule) since the last decode.
+    held_since_decode: i64,
+    window: SlackWindow,
+    skew: SkewEstimator,
+    /// Smallest slack seen in the current and previous one-second bucket (catch-up).
+    recent_min: [f64; 2],
+    recent_bucket: i64,
+    recent_count: [u32; 2],
+    /// Sequence numbers of the last packets decoded (duplicate detection after playout).
+    recent_played: [u64; 128],
+    recent_played_next: usize,
+    stats: JitterStats,
+}
+
+const MAX_PACKET_MS: usize = 120;
+
+impl<D: AudioDecoder> JitterBuffer<D> {
+    /// Creates a buffer that decodes with `decoder`.
+    pub fn new(cfg: JitterConfig, decoder: D) -> Result<Self, JitterError> {
+        if cfg.frame_ms != 10 && cfg.frame_ms != 20 {
+            return Err(JitterError::BadConfig("frame_ms must be 10 or 20"));
+        }
+        if decoder.sample_rate() != cfg.clock_rate {
+            return Err(JitterError::BadConfig(
+                "clock_rate must equal the decoder's sample rate",
+            ));
+        }
+        if !cfg.capacity.is_power_of_two() || cfg.capacity < 16 {
+            return Err(JitterError::BadConfig(
+                "capacity must be a power of two >= 16",
+            ));
+        }
+        if cfg.window < 10 || !(0.0..0.5).contains(&cfg.late_quantile) {
+            return Err(JitterError::BadConfig(
+                "window must be >= 10 and late_quantile in [0, 0.5)",
+            ));
+        }
+        let stretcher = TimeStretcher::new(cfg.clock_rate)
+            .map_err(|_| JitterError::BadConfig("no time-stretcher for this clock rate"))?;
+        let frame = (cfg.clock_rate * cfg.frame_ms / 1000) as usize;
+        let max_packet = cfg.clock_rate as usize * MAX_PACKET_MS / 1000;
+        let slots = (0..cfg.capacity)
+            .map(|_| Slot {
+                used: false,
+                seq: 0,
+                ts: 0,
+                len: 0,
+                data: vec![0u8; cfg.max_payload].into_boxed_slice(),
+            })
+            .collect();
+        Ok(JitterBuffer {
+            frame,
+            slots,
+            stored: 0,
+            highest_seq: None,
+            next_seq: 0,
+            next_ts: 0,
+            started: false,
+            packet_samples: frame,
+            sync: Vec::with_capacity(max_packet * 4 + frame * 4),
+            sync_pos: 0,
+            markers: Vec::with_capacity(64),
+            played: Vec::with_capacity(64),
+            decode_buf: vec![0.0; max_packet],
+            stretch_buf: vec![0.0; max_packet * 3 + frame * 2],
+            next_tick: None,
+            epoch: None,
+            offset: 0,
+            held_since_decode: 0,
+            window: SlackWindow::new(cfg.window),
+            skew: SkewEstimator::new(),
+            recent_min: [f64::INFINITY; 2],
+            recent_bucket: i64::MIN,
+            recent_count: [0; 2],
+            recent_played: [u64::MAX; 128],
+            recent_played_next: 0,
+            stats: JitterStats::default(),
+            stretcher,
+            decoder,
+            cfg,
+        })
+    }
+
+    /// Samples per output frame.
+    pub fn frame_samples(&self) -> usize {
+        self.frame
+    }
+
+    /// The decoder (e.g. to read its configuration).
+    pub fn decoder(&self) -> &D {
+        &self.decoder
+    }
+
+    /// Current counters and delay state.
+    pub fn stats(&self) -> JitterStats {
+        let mut s = self.stats;
+        s.current_delay_ms = self.buffered_samples() as f64 * 1000.0 / self.rate();
+        s.skew_ms_per_s = self.window.skew_used;
+        s.target_delay_ms = match self.excess_ms() {
+            Some(e) => (s.current_delay_ms - e).max(0.0),
+            None => self.cfg.initial_delay_ms as f64,
+        };
+        s
+    }
+
+    /// Packets played since the last call, with the time their first sample was output.
+    pub fn drain_played(&mut self) -> std::vec::Drain<'_, Played> {
+        self.played.drain(..)
+    }
+
+    fn rate(&self) -> f64 {
+        self.cfg.clock_rate as f64
+    }
+
+    fn ms_to_samples(&self, ms: f64) -> i64 {
+        (ms * self.rate() / 1000.0).round() as i64
+    }
+
+    fn secs(&self, t: Instant) -> f64 {
+        match self.epoch {
+            Some(e) => t.saturating_duration_since(e).as_secs_f64(),
+            None => 0.0,
+        }
+    }
+
+    fn slot_index(&self, seq: u64) -> usize {
+        (seq as usize) & (self.cfg.capacity - 1)
+    }
+
+    fn buffered_samples(&self) -> u64 {
+        let mut n = self.sync.len() as u64;
+        if self.stored > 0 {
+            if let Some(h) = self.highest_seq {
+                let i = self.slot_index(h);
+                let s = &self.slots[i];
+                if s.used && s.seq == h && s.ts >= self.next_ts {
+                    n += s.ts - self.next_ts + self.packet_samples as u64;
+                }
+            }
+        }
+        n
+    }
+
+    /// Measured excess delay in ms (the late-quantile slack now), once measured.
+    fn excess_ms(&self) -> Option<f64> {
+        let now_s = self.secs(self.next_tick.unwrap_or(self.epoch?));
+        let q = self.window.quantile(self.cfg.late_quantile, now_s)?;
+        Some(q + self.offset as f64 * 1000.0 / self.rate())
+    }
+
+    /// Takes in one received packet.
+    pub fn push(
+        &mut self,
+        packet: JbPacket<'_>,
+        arrival: Instant,
+    ) -> Result<PushOutcome, JitterError> {
+        self.stats.received += 1;
+        if packet.payload.len() > self.cfg.max_payload {
+            return Err(JitterError::PayloadTooLarge(packet.payload.len()));
+        }
+        if self.epoch.is_none() {
+            self.epoch = Some(arrival);
+        }
+        if !self.started {
+            self.start_at(packet, arrival);
+        } else if self.is_discontinuity(&packet) {
+            self.resync(packet);
+        }
+        if packet.seq < self.next_seq {
+            return Ok(self.already_past(packet.seq));
+        }
+        if packet.seq >= self.next_seq + self.cfg.capacity as u64 {
+            self.stats.overflow += 1;
+            return Ok(PushOutcome::Overflow);
+        }
+        let i = self.slot_index(packet.seq);
+        if self.slots[i].used {
+            if self.slots[i].seq == packet.seq {
+                self.stats.duplicates += 1;
+                return Ok(PushOutcome::Duplicate);
+            }
+            self.stats.overflow += 1;
+            return Ok(PushOutcome::Overflow);
+        }
+        if packet.timestamp < self.next_ts && packet.seq > self.next_seq {
+            // Its start has already been concealed.
+            self.stats.late += 1;
+            self.record_slack(packet, arrival);
+            return Ok(PushOutcome::Late);
+        }
+        self.record_slack(packet, arrival);
+        let slot = &mut self.slots[i];
+        slot.used = true;
+        slot.seq = packet.seq;
+        slot.ts = packet.timestamp;
+        slot.len = packet.payload.len();
+        slot.data[..slot.len].copy_from_slice(packet.payload);
+        self.stored += 1;
+        if self.highest_seq.is_none_or(|h| packet.seq > h) {
+            self.highest_seq = Some(packet.seq);
+        }
+        Ok(PushOutcome::Stored)
+    }
+
+    /// Starts playout with the first packet, `initial_delay_ms` from now.
+    fn start_at(&mut self, packet: JbPacket<'_>, _arrival: Instant) {
+        self.started = true;
+        self.next_seq = packet.seq;
+        self.next_ts = packet.timestamp;
+        self.highest_seq = None;
+        let pre = self.ms_to_samples(self.cfg.initial_delay_ms as f64).max(0) as usize;
+        let pre = pre.min(self.sync.capacity().saturating_sub(self.sync.len()));
+        self.sync.resize(self.sync.len() + pre, 0.0);
+    }
+
+    fn is_discontinuity(&self, p: &JbPacket<'_>) -> bool {
+        let max_gap = self.cfg.clock_rate as u64 * self.cfg.max_dtx_gap_ms as u64 / 1000;
+        // Sequence far outside the buffer's reach in either direction: a new stream.
+        let seq_far = p.seq + 3000 < self.next_seq || p.seq > self.next_seq + 3000;
+        let ts_far = p.timestamp + max_gap < self.next_ts || p.timestamp > self.next_ts + max_gap;
+        seq_far || (ts_far && p.seq <= self.next_seq + 1)
+    }
+
+    /// Restarts the sequence after an SSRC change or a discontinuity: stored packets of the
+    /// old stream are dropped, playout continues after what is already decoded.
+    pub fn resync(&mut self, packet: JbPacket<'_>) {
+        for s in &mut self.slots {
+            if s.used {
+                s.used = false;
+                self.stats.discarded += 1;
+            }
+        }
+        self.stored = 0;
+        self.highest_seq = None;
+        self.next_seq = packet.seq;
+        self.next_ts = packet.timestamp;
+        self.stats.resyncs += 1;
+    }
+
+    fn already_past(&mut self, seq: u64) -> PushOutcome {
+        // Within the recently played range it is a duplicate of a played packet, else it
+        // came too late (its place was concealed).
+        if self.played_recently(seq) {
+            self.stats.duplicates += 1;
+            PushOutcome::Duplicate
+        } else {
+            self.stats.late += 1;
+            PushOutcome::Late
+        }
+    }
+
+    fn played_recently(&self, seq: u64) -> bool {
+        self.recent_played.contains(&seq)
+    }
+
+    /// Slack: time from arrival to when the packet's first sample will be played under
+    /// the schedule in force (continuous; the frame quantisation is applied at decision).
+    fn record_slack(&mut self, packet: JbPacket<'_>, arrival: Instant) {
+        let ahead = self.sync.len() as i64 + packet.timestamp as i64 - self.next_ts as i64;
+        let base = self.next_tick.unwrap_or(arrival);
+        let t = self.secs(arrival);
+        let play_s = self.secs(base) + ahead as f64 / self.rate();
+        let slack_ms = (play_s - t) * 1000.0;
+        let fixed = slack_ms - self.offset as f64 * 1000.0 / self.rate();
+        self.window.push(t, fixed);
+        if let Some(s) = self.skew.push(t, fixed) {
+            if (s - self.window.skew_used).abs() > 0.2 {
+                self.window.set_skew(s);
+            }
+        }
+        let b = t.floor() as i64;
+        if b != self.recent_bucket {
+            self.recent_min = [f64::INFINITY, self.recent_min[0]];
+            self.recent_count = [0, self.recent_count[0]];
+            if b > self.recent_bucket.saturating_add(1) {
+                self.recent_min[1] = f64::INFINITY;
+                self.recent_count[1] = 0;
+            }
+            self.recent_bucket = b;
+        }
+        self.recent_min[0] = self.recent_min[0].min(fixed + self.window.skew_used * t);
+        self.recent_count[0] += 1;
+    }
+}
+
+impl<D: AudioDecoder> JitterBuffer<D> {
+    /// Produces the next output frame into `out` (exactly `frame_samples()` long).
+    pub fn pop(&mut self, now: Instant, out: &mut [f32]) -> Result<PopInfo, JitterError> {
+        if out.len() != self.frame {
+            return Err(JitterError::BadFrame {
+                expected: self.frame,
+                got: out.len(),
+            });
+        }
+        let frame_d = Duration::from_millis(self.cfg.frame_ms as u64);
+        let mut info = PopInfo::default();
+        if !self.started {
+            out.fill(0.0);
+            info.idle = true;
+            self.next_tick = Some(now + frame_d);
+            return Ok(info);
+        }
+        self.catch_up();
+        while self.sync.len() < self.frame {
+            self.produce(&mut info);
+        }
+        out.copy_from_slice(&self.sync[..self.frame]);
+        let end = self.sync_pos + self.frame as u64;
+        let mut k = 0;
+        while k < self.markers.len() && self.markers[k].1 < end {
+            let (seq, pos) = self.markers[k];
+            let offset = (pos.saturating_sub(self.sync_pos)) as f64 / self.rate();
+            if self.played.len() < self.played.capacity() {
+                self.played.push(Played {
+                    seq,
+                    at: now + Duration::from_secs_f64(offset),
+                });
+            }
+            k += 1;
+        }
+        self.markers.drain(..k);
+        self.sync.drain(..self.frame);
+        self.sync_pos = end;
+        self.next_tick = Some(now + frame_d);
+        Ok(info)
+    }
+
+    /// The lowest stored packet at or after `next_seq`: (slot, seq, ts).
+    fn next_candidate(&self) -> Option<(usize, u64, u64)> {
+        if self.stored == 0 {
+            return None;
+        }
+        let hi = self.highest_seq?;
+        let mut seq = self.next_seq;
+        while seq <= hi {
+            let i = self.slot_index(seq);
+            let s = &self.slots[i];
+            if s.used && s.seq == seq {
+                return Some((i, seq, s.ts));
+            }
+            seq += 1;
+        }
+        None
+    }
+
+    fn free_slot(&mut self, i: usize) {
+        if self.slots[i].used {
+            self.slots[i].used = false;
+            self.stored -= 1;
+        }
+    }
+
+    /// Appends `n` samples of concealment to the sync buffer.
+    fn conceal(&mut self, n: usize, info: &mut PopInfo) {
+        let n = n.min(self.decode_buf.len());
+        let buf = &mut self.decode_buf[..n];
+        if self.decoder.conceal(buf).is_err() {
+            buf.fill(0.0);
+        }
+        self.sync.extend_from_slice(buf);
+        info.concealed += n;
+        self.stats.concealed_ms += n as f64 * 1000.0 / self.cfg.clock_rate as f64;
+    }
+
+    /// Adds at least some samples to the sync buffer: decoded, recovered or concealed.
+    fn produce(&mut self, info: &mut PopInfo) {
+        let frame = self.frame;
+        let Some((i, seq, ts)) = self.next_candidate() else {
+            // Underrun: conceal what this frame lacks (in 2.5 ms steps, the finest that
+            // Opus conceals) and hold the schedule: the missing packet keeps its place.
+            let step = (self.cfg.clock_rate / 400) as usize;
+            let n = (frame - self.sync.len().min(frame)).div_ceil(step) * step;
+            self.conceal(n, info);
+            self.offset += n as i64;
+            self.held_since_decode += n as i64;
+            return;
+        };
+        if seq == self.next_seq {
+            if ts > self.next_ts {
+                // Contiguous sequence, later timestamp: the sender paused (DTX). The time we
+                // held while waiting was that pause: give it back, then fill what is left.
+                let gap = (ts - self.next_ts) as i64;
+                let undo = gap.min(self.held_since_decode.max(0));
+                self.next_ts += undo as u64;
+                self.offset -= undo;
+                self.held_since_decode -= undo;
+                if ts > self.next_ts {
+                    let n = ((ts - self.next_ts) as usize).min(frame);
+                    self.conceal(n, info);
+                    self.next_ts += n as u64;
+                    return;
+                }
+            }
+            self.next_ts = ts;
+            self.decode_slot(i, info);
+            return;
+        }
+        // Packets between next_seq and seq are missing and their time has come.
+        let missing = ts.saturating_sub(self.next_ts) as usize;
+        if missing == 0 {
+            self.next_seq = seq;
+            self.next_ts = ts;
+            self.decode_slot(i, info);
+            return;
+        }
+        if seq == self.next_seq + 1 && missing <= self.decode_buf.len() {
+            let len = self.slots[i].len;
+            let (slots, buf) = (&self.slots, &mut self.decode_buf);
+            if let Ok(Some(n)) = self
+                .decoder
+                .decode_fec(&slots[i].data[..len], &mut buf[..missing])
+            {
+                self.sync.extend_from_slice(&self.decode_buf[..n]);
+                info.decoded += n;
+                self.stats.fec_recovered += 1;
+                self.next_seq = seq;
+                self.next_ts = ts;
+                return;
+            }
+        }
+        let n = missing.min(frame);
+        self.conceal(n, info);
+        self.next_ts += n as u64;
+        if self.next_ts >= ts {
+            self.next_seq = seq;
+        }
+    }
+
+    fn decode_slot(&mut self, i: usize, info: &mut PopInfo) {
+        let (seq, ts, len) = (self.slots[i].seq, self.slots[i].ts, self.slots[i].len);
+        let result = self
+            .decoder
+            .decode(&self.slots[i].data[..len], &mut self.decode_buf);
+        self.free_slot(i);
+        self.next_seq = seq + 1;
+        self.recent_played[self.recent_played_next] = seq;
+        self.recent_played_next = (self.recent_played_next + 1) % self.recent_played.len();
+        let n = match result {
+            Ok(n) if n > 0 => n,
+            _ => {
+                // A payload the decoder rejects is lost: conceal its nominal length.
+                self.stats.decode_errors += 1;
+                let n = self.packet_samples;
+                self.conceal(n, info);
+                self.next_ts = ts + n as u64;
+                return;
+            }
+        };
+        self.markers.push((seq, self.sync_pos + self.sync.len() as u64));
+        self.sync.extend_from_slice(&self.decode_buf[..n]);
+        info.decoded += n;
+        self.stats.played += 1;
+        self.packet_samples = n;
+        self.next_ts = ts + n as u64;
+        self.held_since_decode = 0;
+        self.stretch();
+    }
+
+    /// Accelerates or expands the freshly decoded audio to steer the schedule.
+    ///
+    /// Output leaves in whole frames, so two quantities matter: `phase`, where the next
+    /// packet starts inside an output frame (pure delay: a packet decoded at a tick plays
+    /// `phase` later for no safety gain), and `margin`, the late-quantile slack to the tick
+    /// that must decode it. Shortening by up to `phase` costs no margin; beyond that the
+    /// margin can only be spent in whole frames. Lateness (negative margin) is cured by
+    /// lengthening to the next frame boundary, which adds a whole frame of margin.
+    fn stretch(&mut self) {
+        let Some(quantile) = self.excess_ms() else {
+            return;
+        };
+        let frame_ms = self.cfg.frame_ms as f64;
+        let phase = (self.sync.len() % self.frame) as f64 * 1000.0 / self.rate();
+        let margin = quantile - phase;
+        let (accelerate, want_ms) = if margin < -self.cfg.expand_below_ms {
+            (false, frame_ms - phase)
+        } else {
+            let removable = phase + frame_ms * (margin.max(0.0) / frame_ms).floor();
+            if removable <= self.cfg.accelerate_above_ms {
+                return;
+            }
+            (true, removable)
+        };
+        // The splice is capped at `want`; the input is as long as the stretcher can use,
+        // so that long pitch periods are found.
+        let want = self.ms_to_samples(want_ms).max(0) as usize;
+        let len = (2 * self.stretcher.max_period()).min(self.sync.len());
+        if len < self.stretcher.min_input_len() {
+            return;
+        }
+        let start = self.sync.len() - len;
+        self.stretcher.set_quiet_cap(want);
+        self.stretcher.set_max_splice_period(want);
+        let result = if accelerate {
+            self.stretcher
+                .accelerate(&self.sync[start..], &mut self.stretch_buf)
+        } else {
+            self.stretcher
+                .expand(&self.sync[start..], &mut self.stretch_buf)
+        };
+        let Ok(r) = result else {
+            return;
+        };
+        if r.changed == 0 {
+            return;
+        }
+        self.sync.truncate(start);
+        self.sync.extend_from_slice(&self.stretch_buf[..r.written]);
+        self.offset += r.changed as i64;
+        let ms = r.changed.unsigned_abs() as f64 * 1000.0 / self.rate();
+        if r.changed < 0 {
+            self.stats.accelerated_ms += ms;
+        } else {
+            self.stats.expanded_ms += ms;
+        }
+        // Packet starts inside the stretched region move with it (to within a period).
+        let region = self.sync_pos + start as u64;
+        for m in self.markers.iter_mut().filter(|m| m.1 > region) {
+            m.1 = (m.1 as i64 + r.changed as i64).max(region as i64) as u64;
+        }
+    }
+
+    /// After a backlog (a freeze released at once), drops the oldest packets rather than
+    /// play seconds of stale audio.
+    fn catch_up(&mut self) {
+        let recent = self.recent_min[0].min(self.recent_min[1]);
+        // One early packet (the first after a DTX pause) is no backlog.
+        if !recent.is_finite() || self.recent_count[0] + self.recent_count[1] < 10 {
+            return;
+        }
+        let Some(t) = self.next_tick.or(self.epoch) else {
+            return;
+        };
+        let now_s = self.secs(t);
+        let excess =
+            recent - self.window.skew_used * now_s + self.offset as f64 * 1000.0 / self.rate();
+        if excess <= self.cfg.max_excess_ms {
+            return;
+        }
+        let mut drop = self.ms_to_samples(excess);
+        while drop > self.packet_samples as i64 {
+            let Some((i, seq, ts)) = self.next_candidate() else {
+                break;
+            };
+            let dur = self.packet_samples as i64;
+            self.free_slot(i);
+            self.stats.discarded += 1;
+            self.next_seq = seq + 1;
+            self.next_ts = ts + dur as u64;
+            self.offset -= dur;
+            drop -= dur;
+        }
+    }
+}

@@ -2,6 +2,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod jitter;
+pub mod jitter_eval;
 pub mod leg;
 pub mod netsim;
 pub mod rtcp;
