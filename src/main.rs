@@ -1,1 +1,47 @@
-fn main() {}
+//! The `confer` binary: command line, configuration and wiring of the engine crates.
+//!
+//! `confer serve` runs the engine; `confer bench ...` measures it. Everything a user can
+//! set has a default, documented in `--help` and README.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod config;
+mod serve;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "confer",
+    version,
+    about = "Unified-communications media and telephony engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the engine (defaults to loopback; see `confer serve --help`).
+    Serve(serve::ServeArgs),
+    /// Measure the media path.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("confer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -74,8 +74,11 @@ pub struct JitterConfig {
     pub accelerate_above_ms: f64,
     /// Late-quantile margin below minus this is expanded, in ms.
     pub expand_below_ms: f64,
-    /// Excess (seen over the last second) above which whole packets are dropped, in ms.
+    /// Buffered audio above which whole packets are dropped (a backlog after a network
+    /// freeze), in ms.
     pub max_excess_ms: f64,
+    /// Buffered audio a catch-up leaves, in ms.
+    pub catch_up_to_ms: f64,
     /// Packets the buffer can hold (a power of two); more in flight are dropped.
     pub capacity: usize,
     /// Largest payload accepted, in bytes.
@@ -96,6 +99,7 @@ impl Default for JitterConfig {
             accelerate_above_ms: 0.5,
             expand_below_ms: 0.0,
             max_excess_ms: 1000.0,
+            catch_up_to_ms: 100.0,
             capacity: 512,
             max_payload: 1500,
             max_dtx_gap_ms: 10_000,
@@ -234,10 +238,10 @@ impl SlackWindow {
     }
 
     fn projected(&self, t: f64, v: f64) -> f64 {
-        // A skew of s ms/s makes a packet taken at t read s * (now - t) less than it would
-        // now; adding s * t to every sample makes them comparable (the common s * now
-        // cancels in the quantile and is added back by the caller).
-        v + self.skew_used * t
+        // With a skew of s ms/s a packet arriving now reads s * (now - t) more than one that
+        // arrived at t: storing v - s * t and adding s * now back in `quantile` projects
+        // every sample to the present.
+        v - self.skew_used * t
     }
 
     fn insert_sorted(&mut self, x: f64) {
@@ -267,6 +271,12 @@ impl SlackWindow {
         self.insert_sorted(x);
     }
 
+    fn clear(&mut self) {
+        self.len = 0;
+        self.head = 0;
+        self.sorted.clear();
+    }
+
     fn set_skew(&mut self, skew: f64) {
         self.skew_used = skew;
         self.sorted.clear();
@@ -286,7 +296,7 @@ impl SlackWindow {
         }
         let idx = ((self.sorted.len() as f64 - 1.0) * q).floor() as usize;
         let idx = idx.min(self.sorted.len() - 1);
-        Some(self.sorted[idx] - self.skew_used * now_s)
+        Some(self.sorted[idx] + self.skew_used * now_s)
     }
 }
 
@@ -320,7 +330,8 @@ impl SkewEstimator {
                 if self.points.len() == self.cap {
                     self.points.remove(0);
                 }
-                self.points.push((self.bucket as f64 + 0.5, self.bucket_max));
+                self.points
+                    .push((self.bucket as f64 + 0.5, self.bucket_max));
                 closed = self.fit();
             }
             self.bucket = b;
@@ -388,10 +399,6 @@ pub struct JitterBuffer<D: AudioDecoder> {
     held_since_decode: i64,
     window: SlackWindow,
     skew: SkewEstimator,
-    /// Smallest slack seen in the current and previous one-second bucket (catch-up).
-    recent_min: [f64; 2],
-    recent_bucket: i64,
-    recent_count: [u32; 2],
     /// Sequence numbers of the last packets decoded (duplicate detection after playout).
     recent_played: [u64; 128],
     recent_played_next: usize,
@@ -455,9 +462,6 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             held_since_decode: 0,
             window: SlackWindow::new(cfg.window),
             skew: SkewEstimator::new(),
-            recent_min: [f64::INFINITY; 2],
-            recent_bucket: i64::MIN,
-            recent_count: [0; 2],
             recent_played: [u64::MAX; 128],
             recent_played_next: 0,
             stats: JitterStats::default(),
@@ -513,18 +517,10 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         (seq as usize) & (self.cfg.capacity - 1)
     }
 
+    /// Audio waiting to be played: decoded samples plus stored packets at their nominal
+    /// length (a DTX pause or a loss gap is not audio waiting).
     fn buffered_samples(&self) -> u64 {
-        let mut n = self.sync.len() as u64;
-        if self.stored > 0 {
-            if let Some(h) = self.highest_seq {
-                let i = self.slot_index(h);
-                let s = &self.slots[i];
-                if s.used && s.seq == h && s.ts >= self.next_ts {
-                    n += s.ts - self.next_ts + self.packet_samples as u64;
-                }
-            }
-        }
-        n
+        self.sync.len() as u64 + (self.stored * self.packet_samples) as u64
     }
 
     /// Measured excess delay in ms (the late-quantile slack now), once measured.
@@ -654,18 +650,6 @@ impl<D: AudioDecoder> JitterBuffer<D> {
                 self.window.set_skew(s);
             }
         }
-        let b = t.floor() as i64;
-        if b != self.recent_bucket {
-            self.recent_min = [f64::INFINITY, self.recent_min[0]];
-            self.recent_count = [0, self.recent_count[0]];
-            if b > self.recent_bucket.saturating_add(1) {
-                self.recent_min[1] = f64::INFINITY;
-                self.recent_count[1] = 0;
-            }
-            self.recent_bucket = b;
-        }
-        self.recent_min[0] = self.recent_min[0].min(fixed + self.window.skew_used * t);
-        self.recent_count[0] += 1;
     }
 }
 
@@ -832,7 +816,8 @@ impl<D: AudioDecoder> JitterBuffer<D> {
                 return;
             }
         };
-        self.markers.push((seq, self.sync_pos + self.sync.len() as u64));
+        self.markers
+            .push((seq, self.sync_pos + self.sync.len() as u64));
         self.sync.extend_from_slice(&self.decode_buf[..n]);
         info.decoded += n;
         self.stats.played += 1;
@@ -906,34 +891,26 @@ impl<D: AudioDecoder> JitterBuffer<D> {
     }
 
     /// After a backlog (a freeze released at once), drops the oldest packets rather than
-    /// play seconds of stale audio.
+    /// play seconds of stale audio, and starts measuring afresh: the slack of packets that
+    /// waited out the freeze says nothing about the network after it.
     fn catch_up(&mut self) {
-        let recent = self.recent_min[0].min(self.recent_min[1]);
-        // One early packet (the first after a DTX pause) is no backlog.
-        if !recent.is_finite() || self.recent_count[0] + self.recent_count[1] < 10 {
+        let limit = self.ms_to_samples(self.cfg.max_excess_ms).max(0) as u64;
+        if self.buffered_samples() <= limit {
             return;
         }
-        let Some(t) = self.next_tick.or(self.epoch) else {
-            return;
-        };
-        let now_s = self.secs(t);
-        let excess =
-            recent - self.window.skew_used * now_s + self.offset as f64 * 1000.0 / self.rate();
-        if excess <= self.cfg.max_excess_ms {
-            return;
-        }
-        let mut drop = self.ms_to_samples(excess);
-        while drop > self.packet_samples as i64 {
+        let keep = self.ms_to_samples(self.cfg.catch_up_to_ms).max(0) as u64;
+        while self.buffered_samples() > keep {
             let Some((i, seq, ts)) = self.next_candidate() else {
                 break;
             };
-            let dur = self.packet_samples as i64;
+            let dur = self.packet_samples as u64;
             self.free_slot(i);
             self.stats.discarded += 1;
             self.next_seq = seq + 1;
-            self.next_ts = ts + dur as u64;
-            self.offset -= dur;
-            drop -= dur;
+            let skipped = (ts + dur).saturating_sub(self.next_ts);
+            self.next_ts = ts + dur;
+            self.offset -= skipped as i64;
         }
+        self.window.clear();
     }
 }

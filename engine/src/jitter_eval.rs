@@ -30,13 +30,13 @@ use crate::netsim::{Link, Scenario, ScenarioConfig, SimEvent};
 pub struct EvalReport {
     /// Preset name or trace stem.
     pub name: String,
-    /// Packets sent.
+    /// Packets sent per run.
     pub packets: u64,
-    /// Distinct packets that arrived.
+    /// Distinct packets that arrived, over all phases.
     pub arrived: u64,
-    /// Packets played.
+    /// Packets played, over all phases.
     pub played: u64,
-    /// Packets that arrived too late to play (late + discarded).
+    /// Packets that arrived too late to play (late + discarded), over all phases.
     pub late: u64,
     /// Mean delay of played packets, ms.
     pub mean_delay_ms: f64,
@@ -48,11 +48,11 @@ pub struct EvalReport {
     pub concealed_pct: f64,
     /// The hindsight oracle's fixed delay, ms.
     pub oracle_delay_ms: f64,
-    /// The buffer's own counters at the end.
+    /// The buffer's own counters at the end (first phase).
     pub jitter: JitterStats,
-    /// (seconds since start, delay ms) of every played packet.
+    /// (seconds since start, delay ms) of every played packet (first phase).
     pub delays: Vec<(f64, f64)>,
-    /// (seconds since start, target delay ms) once per 100 ms.
+    /// (seconds since start, target delay ms) once per 100 ms (first phase).
     pub targets: Vec<(f64, f64)>,
 }
 
@@ -104,7 +104,14 @@ where
     let mut runs = Vec::with_capacity(cfg.phases as usize);
     for k in 0..cfg.phases {
         let phase = frame_d.mul_f64((k as f64 + 0.5) / cfg.phases as f64);
-        runs.push(run_once(make_link(), start, phase, frames, make_decoder(), cfg)?);
+        runs.push(run_once(
+            make_link(),
+            start,
+            phase,
+            frames,
+            make_decoder(),
+            cfg,
+        )?);
     }
     let packets: u64 = runs.iter().map(|r| r.packets).sum();
     let late: u64 = runs.iter().map(|r| r.late).sum();
@@ -125,7 +132,7 @@ where
     let first = runs.swap_remove(0);
     Ok(EvalReport {
         name: name.to_string(),
-        packets,
+        packets: packets / cfg.phases as u64,
         arrived: rel.len() as u64,
         played: sorted.len() as u64,
         late,

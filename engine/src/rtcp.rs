@@ -129,7 +129,9 @@ pub enum RtcpError {
         packet_type: u8,
     },
     /// A packet's body is shorter than its type and count require.
-    #[error("RTCP packet type {packet_type} at offset {offset}: body of {len} bytes, {needed} needed")]
+    #[error(
+        "RTCP packet type {packet_type} at offset {offset}: body of {len} bytes, {needed} needed"
+    )]
     Truncated {
         /// Offset of the packet.
         offset: usize,
@@ -330,7 +332,11 @@ pub struct Nack {
 impl Nack {
     /// A NACK for `lost`, which must be ascending (duplicates are ignored): consecutive
     /// losses within 16 of an entry share it.
-    pub fn from_lost(sender_ssrc: Ssrc, media_ssrc: Ssrc, lost: impl IntoIterator<Item = SeqNo>) -> Self {
+    pub fn from_lost(
+        sender_ssrc: Ssrc,
+        media_ssrc: Ssrc,
+        lost: impl IntoIterator<Item = SeqNo>,
+    ) -> Self {
         let mut pairs: Vec<NackPair> = Vec::new();
         let mut base: Option<SeqNo> = None;
         for seq in lost {
@@ -532,7 +538,10 @@ fn parse_bye(body: &[u8], count: u8, offset: usize) -> Result<Bye, RtcpError> {
             len: body.len(),
         });
     }
-    let sources = body[..n].chunks_exact(4).map(|c| Ssrc(be32(c, 0))).collect();
+    let sources = body[..n]
+        .chunks_exact(4)
+        .map(|c| Ssrc(be32(c, 0)))
+        .collect();
     let reason = match body.get(n) {
         None => None,
         Some(&len) => match body.get(n + 1..n + 1 + usize::from(len)) {
@@ -543,7 +552,12 @@ fn parse_bye(body: &[u8], count: u8, offset: usize) -> Result<Bye, RtcpError> {
     Ok(Bye { sources, reason })
 }
 
-fn parse_one(packet_type: u8, count: u8, body: &[u8], offset: usize) -> Result<RtcpPacket, RtcpError> {
+fn parse_one(
+    packet_type: u8,
+    count: u8,
+    body: &[u8],
+    offset: usize,
+) -> Result<RtcpPacket, RtcpError> {
     let need = |needed: usize| {
         if body.len() < needed {
             Err(RtcpError::Truncated {
@@ -591,7 +605,7 @@ fn parse_one(packet_type: u8, count: u8, body: &[u8], offset: usize) -> Result<R
         (PT_RTPFB, FMT_NACK) => {
             need(8)?;
             let fci = &body[8..];
-            if fci.len() % 4 != 0 {
+            if !fci.len().is_multiple_of(4) {
                 return Err(RtcpError::Truncated {
                     offset,
                     packet_type,
@@ -652,7 +666,11 @@ pub fn parse_compound(buf: &[u8], rules: CompoundRules) -> Result<Vec<RtcpPacket
                 packet_type,
             });
         }
-        if offset == 0 && rules == CompoundRules::Rfc3550 && packet_type != PT_SR && packet_type != PT_RR {
+        if offset == 0
+            && rules == CompoundRules::Rfc3550
+            && packet_type != PT_SR
+            && packet_type != PT_RR
+        {
             return Err(RtcpError::FirstNotReport { packet_type });
         }
         let size = 4 * (usize::from(be16(rest, 2)) + 1);
@@ -743,7 +761,7 @@ fn body_len(p: &RtcpPacket) -> Result<usize, RtcpError> {
             if a.subtype > 31 {
                 return Err(RtcpError::FieldOutOfRange(a.subtype));
             }
-            if a.data.len() % 4 != 0 {
+            if !a.data.len().is_multiple_of(4) {
                 return Err(RtcpError::Unaligned(a.data.len()));
             }
             8 + a.data.len()
@@ -752,7 +770,7 @@ fn body_len(p: &RtcpPacket) -> Result<usize, RtcpError> {
             if u.count > 31 {
                 return Err(RtcpError::FieldOutOfRange(u.count));
             }
-            if u.body.len() % 4 != 0 {
+            if !u.body.len().is_multiple_of(4) {
                 return Err(RtcpError::Unaligned(u.body.len()));
             }
             u.body.len()
@@ -858,7 +876,11 @@ pub fn write_packet(packet: &RtcpPacket, out: &mut [u8]) -> Result<usize, RtcpEr
             put32(out, b, n.sender_ssrc.0);
             put32(out, b + 4, n.media_ssrc.0);
             for (i, p) in n.pairs.iter().enumerate() {
-                put32(out, b + 8 + 4 * i, (u32::from(p.pid) << 16) | u32::from(p.blp));
+                put32(
+                    out,
+                    b + 8 + 4 * i,
+                    (u32::from(p.pid) << 16) | u32::from(p.blp),
+                );
             }
         }
         RtcpPacket::Pli(p) => {
@@ -877,7 +899,11 @@ pub fn write_packet(packet: &RtcpPacket, out: &mut [u8]) -> Result<usize, RtcpEr
 
 /// Writes a compound packet to the start of `out`; returns its length. With
 /// [`CompoundRules::Rfc3550`] the first packet must be an SR or RR. No padding is added.
-pub fn build_compound(packets: &[RtcpPacket], rules: CompoundRules, out: &mut [u8]) -> Result<usize, RtcpError> {
+pub fn build_compound(
+    packets: &[RtcpPacket],
+    rules: CompoundRules,
+    out: &mut [u8],
+) -> Result<usize, RtcpError> {
     let Some(first) = packets.first() else {
         return Err(RtcpError::Empty);
     };
@@ -954,7 +980,12 @@ mod tests {
             RtcpPacket::Nack(Nack::from_lost(
                 Ssrc(1),
                 Ssrc(2),
-                [SeqNo(0x1FFFE), SeqNo(0x20000), SeqNo(0x20010), SeqNo(0x20020)],
+                [
+                    SeqNo(0x1FFFE),
+                    SeqNo(0x20000),
+                    SeqNo(0x20010),
+                    SeqNo(0x20020),
+                ],
             )),
             RtcpPacket::Pli(Pli {
                 sender_ssrc: Ssrc(1),
@@ -993,7 +1024,13 @@ mod tests {
         let n = Nack::from_lost(
             Ssrc(1),
             Ssrc(2),
-            [SeqNo(0x1FFFE), SeqNo(0x1FFFE), SeqNo(0x20000), SeqNo(0x2000E), SeqNo(0x2000F)],
+            [
+                SeqNo(0x1FFFE),
+                SeqNo(0x1FFFE),
+                SeqNo(0x20000),
+                SeqNo(0x2000E),
+                SeqNo(0x2000F),
+            ],
         );
         assert_eq!(
             n.pairs,
@@ -1002,7 +1039,10 @@ mod tests {
                     pid: 0xFFFE,
                     blp: (1 << 1) | (1 << 15)
                 },
-                NackPair { pid: 0x000F, blp: 0 }
+                NackPair {
+                    pid: 0x000F,
+                    blp: 0
+                }
             ]
         );
         assert_eq!(n.lost().collect::<Vec<_>>(), [0xFFFE, 0, 0xE, 0xF]);
@@ -1014,14 +1054,21 @@ mod tests {
         let mut buf = [0u8; 64];
         assert_eq!(
             build_compound(&pli, CompoundRules::Rfc3550, &mut buf),
-            Err(RtcpError::FirstNotReport { packet_type: PT_PSFB })
+            Err(RtcpError::FirstNotReport {
+                packet_type: PT_PSFB
+            })
         );
         let n = build_compound(&pli, CompoundRules::ReducedSize, &mut buf).unwrap();
         assert_eq!(
             parse_compound(&buf[..n], CompoundRules::Rfc3550),
-            Err(RtcpError::FirstNotReport { packet_type: PT_PSFB })
+            Err(RtcpError::FirstNotReport {
+                packet_type: PT_PSFB
+            })
         );
-        assert_eq!(parse_compound(&buf[..n], CompoundRules::ReducedSize).unwrap(), pli);
+        assert_eq!(
+            parse_compound(&buf[..n], CompoundRules::ReducedSize).unwrap(),
+            pli
+        );
     }
 
     #[test]
@@ -1031,7 +1078,8 @@ mod tests {
             reports: vec![],
         });
         let mut buf = [0u8; 64];
-        let n = build_compound(&[rr.clone(), rr.clone()], CompoundRules::Rfc3550, &mut buf).unwrap();
+        let n =
+            build_compound(&[rr.clone(), rr.clone()], CompoundRules::Rfc3550, &mut buf).unwrap();
         // Pad the last packet by 4 bytes.
         let mut padded = buf[..n].to_vec();
         padded.extend_from_slice(&[0, 0, 0, 4]);
@@ -1070,12 +1118,18 @@ mod tests {
         let mut buf = [0u8; 256];
         let n = build_compound(&sample(), CompoundRules::Rfc3550, &mut buf).unwrap();
         let good = &buf[..n];
-        assert_eq!(parse_compound(&[], CompoundRules::Rfc3550), Err(RtcpError::Empty));
+        assert_eq!(
+            parse_compound(&[], CompoundRules::Rfc3550),
+            Err(RtcpError::Empty)
+        );
         let mut v = good.to_vec();
         v[0] &= 0x3F;
         assert_eq!(
             parse_compound(&v, CompoundRules::Rfc3550),
-            Err(RtcpError::BadVersion { offset: 0, version: 0 })
+            Err(RtcpError::BadVersion {
+                offset: 0,
+                version: 0
+            })
         );
         let mut t = good.to_vec();
         t[1] = 96;
@@ -1101,14 +1155,23 @@ mod tests {
         sr[0] = 0x80 | 3;
         assert!(matches!(
             parse_compound(&sr, CompoundRules::Rfc3550),
-            Err(RtcpError::Truncated { packet_type: PT_SR, needed: 96, .. })
+            Err(RtcpError::Truncated {
+                packet_type: PT_SR,
+                needed: 96,
+                ..
+            })
         ));
     }
 
     #[test]
     fn cumulative_loss_is_a_signed_24_bit_field() {
         let mut buf = [0u8; 64];
-        for (given, wire) in [(-2, -2), (0x7F_FFFF, 0x7F_FFFF), (0x100_0000, 0x7F_FFFF), (-0x90_0000, -0x80_0000)] {
+        for (given, wire) in [
+            (-2, -2),
+            (0x7F_FFFF, 0x7F_FFFF),
+            (0x100_0000, 0x7F_FFFF),
+            (-0x90_0000, -0x80_0000),
+        ] {
             let rr = RtcpPacket::ReceiverReport(ReceiverReport {
                 ssrc: Ssrc(1),
                 reports: vec![block(2, given)],
@@ -1140,7 +1203,10 @@ mod tests {
             sources: vec![],
             reason: Some(vec![b'x'; 256]),
         });
-        assert_eq!(write_packet(&long, &mut buf), Err(RtcpError::TextTooLong(256)));
+        assert_eq!(
+            write_packet(&long, &mut buf),
+            Err(RtcpError::TextTooLong(256))
+        );
         let app = RtcpPacket::App(App {
             data: vec![1, 2, 3],
             ..App::default()
@@ -1179,7 +1245,10 @@ mod tests {
             .unwrap();
         assert_eq!(sr.ssrc, 1);
         assert_eq!(sr.ntp_time, 0xE000_0000_8000_0000);
-        assert_eq!((sr.rtp_time, sr.packet_count, sr.octet_count), (48_000, 50, 8000));
+        assert_eq!(
+            (sr.rtp_time, sr.packet_count, sr.octet_count),
+            (48_000, 50, 8000)
+        );
         assert_eq!(sr.reports.len(), 2);
         assert_eq!(sr.reports[0].ssrc, 2);
         assert_eq!(sr.reports[0].fraction_lost, 25);
@@ -1256,10 +1325,12 @@ mod tests {
         let nack = rtc_rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
             sender_ssrc: 1,
             media_ssrc: 2,
-            nacks: vec![rtc_rtcp::transport_feedbacks::transport_layer_nack::NackPair {
-                packet_id: 100,
-                lost_packets: 0b101,
-            }],
+            nacks: vec![
+                rtc_rtcp::transport_feedbacks::transport_layer_nack::NackPair {
+                    packet_id: 100,
+                    lost_packets: 0b101,
+                },
+            ],
         };
         let mut raw = rr.marshal().unwrap().to_vec();
         raw.extend_from_slice(&sdes.marshal().unwrap());

@@ -484,7 +484,12 @@ pub struct RtpPacketBuilder<'a> {
 
 impl<'a> RtpPacketBuilder<'a> {
     /// A packet with no marker, CSRCs, extensions, payload or padding.
-    pub fn new(payload_type: PayloadType, sequence_number: u16, timestamp: u32, ssrc: Ssrc) -> Self {
+    pub fn new(
+        payload_type: PayloadType,
+        sequence_number: u16,
+        timestamp: u32,
+        ssrc: Ssrc,
+    ) -> Self {
         RtpPacketBuilder {
             marker: false,
             payload_type,
@@ -536,7 +541,8 @@ impl<'a> RtpPacketBuilder<'a> {
     }
 
     fn resolve_form(&self) -> Result<ExtensionForm, RtpError> {
-        let fits_one = |e: &RtpExtension<'_>| (1..=14).contains(&e.id) && (1..=16).contains(&e.data.len());
+        let fits_one =
+            |e: &RtpExtension<'_>| (1..=14).contains(&e.id) && (1..=16).contains(&e.data.len());
         let fits_two = |e: &RtpExtension<'_>| e.id != 0 && e.data.len() <= 255;
         let form = match self.extension_form {
             ExtensionForm::Auto if self.extensions.iter().all(fits_one) => ExtensionForm::OneByte,
@@ -725,7 +731,10 @@ mod tests {
     fn full_packet(buf: &mut [u8]) -> usize {
         let level = [AudioLevel::new(true, 42).unwrap().to_byte()];
         let exts = [
-            RtpExtension { id: 1, data: &level },
+            RtpExtension {
+                id: 1,
+                data: &level,
+            },
             RtpExtension {
                 id: 3,
                 data: &[1, 2, 3],
@@ -759,7 +768,13 @@ mod tests {
         assert_eq!(p.extension_profile(), Some(EXTENSION_PROFILE_ONE_BYTE));
         let exts: Vec<_> = p.extensions().collect();
         assert_eq!(exts.len(), 2);
-        assert_eq!(exts[1], RtpExtension { id: 3, data: &[1, 2, 3] });
+        assert_eq!(
+            exts[1],
+            RtpExtension {
+                id: 3,
+                data: &[1, 2, 3]
+            }
+        );
         assert_eq!(p.audio_level(1), AudioLevel::new(true, 42));
         assert_eq!(p.payload(), b"opus frame");
         assert_eq!(p.padding_len(), 6);
@@ -822,7 +837,10 @@ mod tests {
         let n = full_packet(&mut buf);
         let good = &buf[..n];
 
-        assert_eq!(RtpPacket::parse(&good[..11]), Err(RtpError::TooShort { len: 11 }));
+        assert_eq!(
+            RtpPacket::parse(&good[..11]),
+            Err(RtpError::TooShort { len: 11 })
+        );
         let mut v1 = good.to_vec();
         v1[0] = (v1[0] & 0x3F) | 0x40;
         assert_eq!(RtpPacket::parse(&v1), Err(RtpError::BadVersion(1)));
@@ -830,11 +848,17 @@ mod tests {
         let mut cc = good.to_vec();
         cc[0] |= 0x0F;
         cc.truncate(40);
-        assert!(matches!(RtpPacket::parse(&cc), Err(RtpError::CsrcOverrun { count: 15, .. })));
+        assert!(matches!(
+            RtpPacket::parse(&cc),
+            Err(RtpError::CsrcOverrun { count: 15, .. })
+        ));
 
         let mut ext = good.to_vec();
         ext[22..24].copy_from_slice(&100u16.to_be_bytes());
-        assert!(matches!(RtpPacket::parse(&ext), Err(RtpError::ExtensionOverrun { declared: 400, .. })));
+        assert!(matches!(
+            RtpPacket::parse(&ext),
+            Err(RtpError::ExtensionOverrun { declared: 400, .. })
+        ));
 
         // An element length running past its (otherwise valid) block.
         let mut elem = good.to_vec();
@@ -930,7 +954,10 @@ mod tests {
         assert_eq!(&theirs.payload[..], b"opus frame");
 
         let big = [5u8; 30];
-        let exts = [RtpExtension { id: 200, data: &big }];
+        let exts = [RtpExtension {
+            id: 200,
+            data: &big,
+        }];
         let n = RtpPacketBuilder::new(pt(96), 7, 8, Ssrc(9))
             .extensions(&exts)
             .payload(&[1, 2, 3])

@@ -38,7 +38,8 @@
 //! Not allocation-free: `rtc-srtp` returns each packet in a fresh `BytesMut` and parses
 //! the header into `rtc-rtp`'s allocating `Header`. The API already takes a caller's
 //! output buffer, so an allocation-free implementation can replace the inside later.
-//! Keys are never printed: the `Debug` impls show the profile and counters only.
+//! Keys are never printed (the `Debug` impls show the profile and counters only), and our
+//! copies of them are zeroized on drop.
 
 use std::fmt;
 use std::sync::Arc;
@@ -47,7 +48,7 @@ use bytes::BytesMut;
 use rtc_shared::error::Error as RtcError;
 use rtc_shared::marshal::{MarshalSize, Unmarshal};
 use rtc_srtp::context::Context;
-use rtc_srtp::crypto::RTCCryptoProvider;
+use rtc_srtp::crypto::{RTCCryptoProvider, SecretVec};
 use rtc_srtp::option::{srtcp_replay_protection, srtp_replay_protection};
 use rtc_srtp::protection_profile::ProtectionProfile;
 
@@ -205,10 +206,13 @@ fn map_rtc_error(e: RtcError) -> SrtpError {
         RtcError::RtpFailedToVerifyAuthTag
         | RtcError::RtcpFailedToVerifyAuthTag
         | RtcError::ErrFailedToVerifyAuthTag => SrtpError::AuthenticationFailed,
-        RtcError::SrtpTooSmall(len, min) | RtcError::SrtcpTooSmall(len, min) | RtcError::RtcpInvalidLengthAuthTag(len, min) => {
-            SrtpError::Truncated { len, min }
+        RtcError::SrtpTooSmall(len, min)
+        | RtcError::SrtcpTooSmall(len, min)
+        | RtcError::RtcpInvalidLengthAuthTag(len, min) => SrtpError::Truncated { len, min },
+        // Not reached in practice: our own length checks run first.
+        RtcError::ErrTooShortRtp | RtcError::ErrTooShortRtcp => {
+            SrtpError::Truncated { len: 0, min: 0 }
         }
-        RtcError::ErrTooShortRtp | RtcError::ErrTooShortRtcp => SrtpError::Truncated { len: 0, min: 0 },
         RtcError::ErrExceededMaxPackets => SrtpError::KeyExhausted,
         RtcError::SrtpMasterKeyLength(expected, got) => SrtpError::KeyLength { expected, got },
         RtcError::SrtpSaltLength(expected, got) => SrtpError::SaltLength { expected, got },
@@ -220,8 +224,9 @@ fn map_rtc_error(e: RtcError) -> SrtpError {
 /// Keying for one direction; kept so the receiver can rebuild its scratch context.
 struct Keys {
     profile: SrtpProfile,
-    key: Box<[u8]>,
-    salt: Box<[u8]>,
+    /// Zeroized on drop.
+    key: SecretVec,
+    salt: SecretVec,
     provider: Arc<dyn RTCCryptoProvider>,
 }
 
@@ -239,11 +244,12 @@ impl Keys {
                 got: salt.len(),
             });
         }
-        let provider = rtc_srtp::crypto::default_provider().map_err(|e| SrtpError::Crypto(e.to_string()))?;
+        let provider =
+            rtc_srtp::crypto::default_provider().map_err(|e| SrtpError::Crypto(e.to_string()))?;
         Ok(Keys {
             profile,
-            key: key.into(),
-            salt: salt.into(),
+            key: SecretVec::new(key.to_vec()),
+            salt: SecretVec::new(salt.to_vec()),
             provider,
         })
     }
@@ -257,7 +263,15 @@ impl Keys {
         } else {
             (None, None)
         };
-        Context::new(&self.key, &self.salt, self.profile.rtc(), rtp, rtcp, self.provider.crypto()).map_err(map_rtc_error)
+        Context::new(
+            self.key.as_ref(),
+            self.salt.as_ref(),
+            self.profile.rtc(),
+            rtp,
+            rtcp,
+            self.provider.crypto(),
+        )
+        .map_err(map_rtc_error)
     }
 }
 
@@ -277,7 +291,9 @@ fn rtc_header(packet: &[u8]) -> Result<rtc_rtp::Header, SrtpError> {
 /// version, type range and minimum length.
 fn rtcp_ssrc(packet: &[u8]) -> Result<u32, SrtpError> {
     match packet {
-        [b0, pt, _, _, a, b, c, d, ..] if b0 >> 6 == 2 && (192..=223).contains(pt) => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+        [b0, pt, _, _, a, b, c, d, ..] if b0 >> 6 == 2 && (192..=223).contains(pt) => {
+            Ok(u32::from_be_bytes([*a, *b, *c, *d]))
+        }
         _ => Err(SrtpError::MalformedRtcp),
     }
 }
@@ -312,7 +328,11 @@ impl fmt::Debug for SrtpSender {
 
 impl SrtpSender {
     /// A sender keyed with our master key and salt.
-    pub fn new(profile: SrtpProfile, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
+    pub fn new(
+        profile: SrtpProfile,
+        master_key: &[u8],
+        master_salt: &[u8],
+    ) -> Result<Self, SrtpError> {
         let keys = Keys::new(profile, master_key, master_salt)?;
         Ok(SrtpSender {
             profile,
@@ -337,7 +357,10 @@ impl SrtpSender {
                 available: out.len(),
             });
         }
-        let protected = self.ctx.encrypt_rtp_with_header(packet, &header).map_err(map_rtc_error)?;
+        let protected = self
+            .ctx
+            .encrypt_rtp_with_header(packet, &header)
+            .map_err(map_rtc_error)?;
         Ok(copy_out(&protected, out)?.len())
     }
 
@@ -453,7 +476,11 @@ enum Kind {
 
 impl SrtpReceiver {
     /// A receiver keyed with the peer's master key and salt; replay protection on.
-    pub fn new(profile: SrtpProfile, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
+    pub fn new(
+        profile: SrtpProfile,
+        master_key: &[u8],
+        master_salt: &[u8],
+    ) -> Result<Self, SrtpError> {
         let keys = Keys::new(profile, master_key, master_salt)?;
         Ok(SrtpReceiver {
             main: keys.context(true)?,
@@ -529,7 +556,11 @@ impl SrtpReceiver {
 
     /// Verifies and decrypts one SRTP packet into `out` (which needs at least
     /// `packet.len()` bytes).
-    pub fn unprotect_rtp<'o>(&mut self, packet: &[u8], out: &'o mut [u8]) -> Result<VerifiedRtp<'o>, SrtpError> {
+    pub fn unprotect_rtp<'o>(
+        &mut self,
+        packet: &[u8],
+        out: &'o mut [u8],
+    ) -> Result<VerifiedRtp<'o>, SrtpError> {
         let r = self.unprotect_rtp_inner(packet, out);
         self.count(Kind::Rtp, &r);
         let n = r?;
@@ -551,13 +582,19 @@ impl SrtpReceiver {
                 available: out.len(),
             });
         }
-        let plain = self.gated(Kind::Rtp, header.ssrc, |ctx| ctx.decrypt_rtp_with_header(packet, &header))?;
+        let plain = self.gated(Kind::Rtp, header.ssrc, |ctx| {
+            ctx.decrypt_rtp_with_header(packet, &header)
+        })?;
         Ok(copy_out(&plain, out)?.len())
     }
 
     /// Verifies and decrypts one SRTCP packet into `out` (which needs at least
     /// `packet.len()` bytes).
-    pub fn unprotect_rtcp<'o>(&mut self, packet: &[u8], out: &'o mut [u8]) -> Result<VerifiedRtcp<'o>, SrtpError> {
+    pub fn unprotect_rtcp<'o>(
+        &mut self,
+        packet: &[u8],
+        out: &'o mut [u8],
+    ) -> Result<VerifiedRtcp<'o>, SrtpError> {
         let r = self.unprotect_rtcp_inner(packet, out);
         self.count(Kind::Rtcp, &r);
         let n = r?;
@@ -617,7 +654,11 @@ impl SrtpSession {
 
     /// From DTLS-SRTP exporter output (RFC 5764 4.2: client key, server key, client salt,
     /// server salt); `is_client` is our DTLS role.
-    pub fn from_dtls_keying_material(profile: SrtpProfile, material: &[u8], is_client: bool) -> Result<Self, SrtpError> {
+    pub fn from_dtls_keying_material(
+        profile: SrtpProfile,
+        material: &[u8],
+        is_client: bool,
+    ) -> Result<Self, SrtpError> {
         let k = profile.master_key_len();
         let s = profile.master_salt_len();
         if material.len() != 2 * (k + s) {
@@ -658,22 +699,34 @@ mod tests {
     }
 
     fn keys(profile: SrtpProfile, seed: u8) -> (Vec<u8>, Vec<u8>) {
-        let key = (0..profile.master_key_len()).map(|i| seed.wrapping_add(i as u8)).collect();
-        let salt = (0..profile.master_salt_len()).map(|i| seed ^ (i as u8 * 7)).collect();
+        let key = (0..profile.master_key_len())
+            .map(|i| seed.wrapping_add(i as u8))
+            .collect();
+        let salt = (0..profile.master_salt_len())
+            .map(|i| seed ^ (i as u8 * 7))
+            .collect();
         (key, salt)
     }
 
     fn pair(profile: SrtpProfile) -> (SrtpSender, SrtpReceiver) {
         let (k, s) = keys(profile, 0x42);
-        (SrtpSender::new(profile, &k, &s).unwrap(), SrtpReceiver::new(profile, &k, &s).unwrap())
+        (
+            SrtpSender::new(profile, &k, &s).unwrap(),
+            SrtpReceiver::new(profile, &k, &s).unwrap(),
+        )
     }
 
     fn rtp(seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; 12 + payload.len()];
-        let n = RtpPacketBuilder::new(PayloadType::new(111).unwrap(), seq, u32::from(seq) * 960, Ssrc(ssrc))
-            .payload(payload)
-            .write(&mut buf)
-            .unwrap();
+        let n = RtpPacketBuilder::new(
+            PayloadType::new(111).unwrap(),
+            seq,
+            u32::from(seq) * 960,
+            Ssrc(ssrc),
+        )
+        .payload(payload)
+        .write(&mut buf)
+        .unwrap();
         buf.truncate(n);
         buf
     }
@@ -754,7 +807,9 @@ mod tests {
             .unwrap();
         assert_eq!(
             ks.to_vec(),
-            hex("E03EAD0935C95E80E166B16DD92B4EB4 D23513162B02D0F72A43A2FE4A5F97AB 41E95B3BB0A2E8DD477901E4FCA894C0")
+            hex(
+                "E03EAD0935C95E80E166B16DD92B4EB4 D23513162B02D0F72A43A2FE4A5F97AB 41E95B3BB0A2E8DD477901E4FCA894C0"
+            )
         );
     }
 
@@ -795,19 +850,27 @@ mod tests {
             let mut sent = Vec::new();
             for i in 0..50u16 {
                 let mut wire = [0u8; 256];
-                let n = tx.protect_rtp(&rtp(1000 + i, 7, b"hello"), &mut wire).unwrap();
+                let n = tx
+                    .protect_rtp(&rtp(1000 + i, 7, b"hello"), &mut wire)
+                    .unwrap();
                 sent.push(wire[..n].to_vec());
             }
             // Each original, then its replays straight away.
             for p in &sent {
                 assert!(rx.unprotect_rtp(p, &mut plain).is_ok());
                 for _ in 0..5 {
-                    assert_eq!(rx.unprotect_rtp(p, &mut plain).unwrap_err(), SrtpError::Replay);
+                    assert_eq!(
+                        rx.unprotect_rtp(p, &mut plain).unwrap_err(),
+                        SrtpError::Replay
+                    );
                 }
             }
             // And the whole batch again later.
             for p in &sent {
-                assert_eq!(rx.unprotect_rtp(p, &mut plain).unwrap_err(), SrtpError::Replay);
+                assert_eq!(
+                    rx.unprotect_rtp(p, &mut plain).unwrap_err(),
+                    SrtpError::Replay
+                );
             }
             let c = rx.counters();
             assert_eq!((c.rtp_accepted, c.rtp_replayed), (50, 300), "{profile:?}");
@@ -822,7 +885,10 @@ mod tests {
             let mut plain = [0u8; 128];
             let n = tx.protect_rtcp(&hex(RTCP_PLAIN), &mut wire).unwrap();
             assert!(rx.unprotect_rtcp(&wire[..n], &mut plain).is_ok());
-            assert_eq!(rx.unprotect_rtcp(&wire[..n], &mut plain).unwrap_err(), SrtpError::Replay);
+            assert_eq!(
+                rx.unprotect_rtcp(&wire[..n], &mut plain).unwrap_err(),
+                SrtpError::Replay
+            );
             assert_eq!(rx.counters().rtcp_replayed, 1);
         }
     }
@@ -838,7 +904,10 @@ mod tests {
             let n = tx.protect_rtp(&rtp(seq, 7, b"new"), &mut wire).unwrap();
             rx.unprotect_rtp(&wire[..n], &mut plain).unwrap();
         }
-        assert_eq!(rx.unprotect_rtp(&old, &mut plain).unwrap_err(), SrtpError::Replay);
+        assert_eq!(
+            rx.unprotect_rtp(&old, &mut plain).unwrap_err(),
+            SrtpError::Replay
+        );
     }
 
     #[test]
@@ -861,11 +930,17 @@ mod tests {
             for byte in 1..m {
                 let mut t = wire[..m].to_vec();
                 t[byte] ^= 0x01;
-                assert!(rx.unprotect_rtcp(&t, &mut plain).is_err(), "{profile:?} SRTCP byte {byte}");
+                assert!(
+                    rx.unprotect_rtcp(&t, &mut plain).is_err(),
+                    "{profile:?} SRTCP byte {byte}"
+                );
             }
             // The genuine packet still passes afterwards: forgeries did not move the window.
             let n = tx.protect_rtp(&p, &mut wire).unwrap();
-            assert!(rx.unprotect_rtp(&wire[..n], &mut plain).is_ok(), "{profile:?}");
+            assert!(
+                rx.unprotect_rtp(&wire[..n], &mut plain).is_ok(),
+                "{profile:?}"
+            );
             assert!(rx.counters().rtp_auth_failed > 0);
         }
     }
@@ -880,7 +955,10 @@ mod tests {
         let mut wire = [0u8; 128];
         let mut plain = [0u8; 128];
         let n = tx.protect_rtp(&rtp(1, 1, b"x"), &mut wire).unwrap();
-        assert_eq!(rx.unprotect_rtp(&wire[..n], &mut plain).unwrap_err(), SrtpError::AuthenticationFailed);
+        assert_eq!(
+            rx.unprotect_rtp(&wire[..n], &mut plain).unwrap_err(),
+            SrtpError::AuthenticationFailed
+        );
     }
 
     #[test]
@@ -892,7 +970,10 @@ mod tests {
         // Clear the E flag: rtc-srtp alone would return this unauthenticated.
         let mut forged = wire[..n].to_vec();
         forged[n - 14] &= 0x7F;
-        assert_eq!(rx.unprotect_rtcp(&forged, &mut plain).unwrap_err(), SrtpError::UnencryptedSrtcp);
+        assert_eq!(
+            rx.unprotect_rtcp(&forged, &mut plain).unwrap_err(),
+            SrtpError::UnencryptedSrtcp
+        );
         assert_eq!(rx.counters().rtcp_malformed, 1);
     }
 
@@ -904,10 +985,16 @@ mod tests {
         // Same SSRC, sequence 1000 ahead, garbage tag.
         let mut forged = rtp(2000, 77, b"forged");
         forged.extend_from_slice(&[0u8; 10]);
-        assert_eq!(rx.unprotect_rtp(&forged, &mut plain).unwrap_err(), SrtpError::AuthenticationFailed);
+        assert_eq!(
+            rx.unprotect_rtp(&forged, &mut plain).unwrap_err(),
+            SrtpError::AuthenticationFailed
+        );
         for seq in 1000..1010 {
             let n = tx.protect_rtp(&rtp(seq, 77, b"real"), &mut wire).unwrap();
-            assert!(rx.unprotect_rtp(&wire[..n], &mut plain).is_ok(), "seq {seq}");
+            assert!(
+                rx.unprotect_rtp(&wire[..n], &mut plain).is_ok(),
+                "seq {seq}"
+            );
         }
     }
 
@@ -944,7 +1031,11 @@ mod tests {
             rx.unprotect_rtp(&wire[..n], &mut plain[..4]),
             Err(SrtpError::BufferTooSmall { .. })
         ));
-        assert_eq!(rx.unprotect_rtcp(&[0x81, 0xC8, 0, 1], &mut plain).unwrap_err(), SrtpError::MalformedRtcp);
+        assert_eq!(
+            rx.unprotect_rtcp(&[0x81, 0xC8, 0, 1], &mut plain)
+                .unwrap_err(),
+            SrtpError::MalformedRtcp
+        );
         // Plain RTCP handed to unprotect: its last bytes read as a set E flag and a tag.
         assert_eq!(
             rx.unprotect_rtcp(&hex(RTCP_PLAIN), &mut plain).unwrap_err(),
@@ -960,7 +1051,10 @@ mod tests {
         ));
         assert_eq!(
             SrtpSender::new(SrtpProfile::AeadAes128Gcm, &[0; 16], &[0; 14]).unwrap_err(),
-            SrtpError::SaltLength { expected: 12, got: 14 }
+            SrtpError::SaltLength {
+                expected: 12,
+                got: 14
+            }
         );
     }
 
@@ -972,14 +1066,38 @@ mod tests {
         let mut server = SrtpSession::from_dtls_keying_material(profile, &material, false).unwrap();
         let mut wire = [0u8; 128];
         let mut plain = [0u8; 128];
-        let n = client.sender.protect_rtp(&rtp(1, 1, b"c2s"), &mut wire).unwrap();
-        assert!(server.receiver.unprotect_rtp(&wire[..n], &mut plain).is_ok());
-        let n = server.sender.protect_rtp(&rtp(1, 2, b"s2c"), &mut wire).unwrap();
-        assert!(client.receiver.unprotect_rtp(&wire[..n], &mut plain).is_ok());
-        assert!(client.receiver.unprotect_rtp(&wire[..n], &mut plain).is_err());
+        let n = client
+            .sender
+            .protect_rtp(&rtp(1, 1, b"c2s"), &mut wire)
+            .unwrap();
+        assert!(
+            server
+                .receiver
+                .unprotect_rtp(&wire[..n], &mut plain)
+                .is_ok()
+        );
+        let n = server
+            .sender
+            .protect_rtp(&rtp(1, 2, b"s2c"), &mut wire)
+            .unwrap();
+        assert!(
+            client
+                .receiver
+                .unprotect_rtp(&wire[..n], &mut plain)
+                .is_ok()
+        );
+        assert!(
+            client
+                .receiver
+                .unprotect_rtp(&wire[..n], &mut plain)
+                .is_err()
+        );
         assert!(matches!(
             SrtpSession::from_dtls_keying_material(profile, &material[..59], true),
-            Err(SrtpError::KeyingMaterialLength { expected: 60, got: 59 })
+            Err(SrtpError::KeyingMaterialLength {
+                expected: 60,
+                got: 59
+            })
         ));
         assert!(!format!("{client:?}").contains("key:"));
     }

@@ -20,8 +20,8 @@
 use std::time::{Duration, Instant};
 
 use crate::rtcp::{ReportBlock, SenderReport};
-pub use crate::types::{NtpTime, compact_to_duration, duration_to_compact};
 use crate::types::{ClockRate, RtpTime, SeqNo, SeqUpdate, Ssrc};
+pub use crate::types::{NtpTime, compact_to_duration, duration_to_compact};
 
 /// Reception statistics of one RTP source.
 #[derive(Debug, Clone)]
@@ -107,7 +107,8 @@ impl ReceiverStats {
             },
         }
         let epoch = *self.epoch.get_or_insert(arrival);
-        let arrival_ticks = arrival.saturating_duration_since(epoch).as_secs_f64() * f64::from(self.clock_rate.hz());
+        let arrival_ticks = arrival.saturating_duration_since(epoch).as_secs_f64()
+            * f64::from(self.clock_rate.hz());
         let transit = arrival_ticks - rtp_time.0 as f64;
         if let Some(prev) = self.last_transit {
             let d = (transit - prev).abs();
@@ -241,7 +242,12 @@ impl SenderStats {
 
     /// A sender report at wall-clock `ntp_time`, whose RTP timestamp `rtp_time` is the same
     /// instant in the stream's media clock (computed by the caller from its send clock).
-    pub fn sender_report(&self, ntp_time: NtpTime, rtp_time: u32, reports: Vec<ReportBlock>) -> SenderReport {
+    pub fn sender_report(
+        &self,
+        ntp_time: NtpTime,
+        rtp_time: u32,
+        reports: Vec<ReportBlock>,
+    ) -> SenderReport {
         SenderReport {
             ssrc: self.ssrc,
             ntp_time,
@@ -292,7 +298,10 @@ mod tests {
         fn packet(&mut self, i: u32, extra: Duration) {
             let wire_seq = self.seq0.wrapping_add(i as u16);
             let wire_ts = 0xFFFF_0000u32.wrapping_add(i * FRAME);
-            let arrival = self.t0 + Duration::from_millis(20 * u64::from(i)) + Duration::from_millis(40) + extra;
+            let arrival = self.t0
+                + Duration::from_millis(20 * u64::from(i))
+                + Duration::from_millis(40)
+                + extra;
             let u = self.seq.extend(wire_seq);
             let ts = self.ts.extend(wire_ts);
             self.stats.on_rtp(u, ts, arrival);
@@ -305,7 +314,11 @@ mod tests {
         for i in 0..500 {
             f.packet(i, Duration::ZERO);
         }
-        assert!(f.stats.jitter_ticks().abs() < 1e-6, "{}", f.stats.jitter_ticks());
+        assert!(
+            f.stats.jitter_ticks().abs() < 1e-6,
+            "{}",
+            f.stats.jitter_ticks()
+        );
         assert_eq!(f.stats.report_block(f.t0).unwrap().jitter, 0);
     }
 
@@ -317,7 +330,11 @@ mod tests {
         let mut f = Feed::new(0);
         f.packet(0, Duration::ZERO);
         for k in 1..=400u32 {
-            let extra = if k % 2 == 1 { Duration::from_millis(5) } else { Duration::ZERO };
+            let extra = if k % 2 == 1 {
+                Duration::from_millis(5)
+            } else {
+                Duration::ZERO
+            };
             f.packet(k, extra);
             let analytic = d * (1.0 - (15.0f64 / 16.0).powi(k as i32));
             assert!(
@@ -355,7 +372,7 @@ mod tests {
     fn fraction_lost_covers_only_the_interval_since_the_last_report() {
         fn run(f: &mut Feed, next: &mut u32, n: u32, lose_every: Option<u32>) {
             for _ in 0..n {
-                if lose_every.is_none_or(|e| *next % e != 0) {
+                if lose_every.is_none_or(|e| !next.is_multiple_of(e)) {
                     f.packet(*next, Duration::ZERO);
                 }
                 *next += 1;
@@ -419,7 +436,10 @@ mod tests {
         let ntp = NtpTime(0xB705_2030_1234_5678);
         let sr_arrival = f.t0 + Duration::from_secs(1);
         f.stats.on_sender_report(ntp, sr_arrival);
-        let rb = f.stats.report_block(sr_arrival + Duration::from_millis(1500)).unwrap();
+        let rb = f
+            .stats
+            .report_block(sr_arrival + Duration::from_millis(1500))
+            .unwrap();
         assert_eq!(rb.last_sr, 0x2030_1234);
         assert_eq!(rb.delay_since_last_sr, 98_304); // 1.5 s in 1/65536 s
     }
@@ -433,7 +453,10 @@ mod tests {
             ..ReportBlock::default()
         };
         let arrival = NtpTime(0xB710_8000u64 << 16);
-        assert_eq!(round_trip_time(&block, arrival), Some(Duration::from_millis(6125)));
+        assert_eq!(
+            round_trip_time(&block, arrival),
+            Some(Duration::from_millis(6125))
+        );
         let never = ReportBlock::default();
         assert_eq!(round_trip_time(&never, arrival), None);
         let early = NtpTime(0xB705_2001u64 << 16);
@@ -450,9 +473,13 @@ mod tests {
         rx.on_rtp(SeqUpdate::First(SeqNo(1 << 16)), RtpTime(1 << 32), t);
         rx.on_sender_report(sr_ntp, t + Duration::from_millis(100));
         let rb = rx.report_block(t + Duration::from_millis(350)).unwrap();
-        let rr_arrival = NtpTime::from_unix(Duration::from_secs(1_700_000_000) + Duration::from_millis(410));
+        let rr_arrival =
+            NtpTime::from_unix(Duration::from_secs(1_700_000_000) + Duration::from_millis(410));
         let rtt = round_trip_time(&rb, rr_arrival).unwrap();
-        assert!(rtt.abs_diff(Duration::from_millis(160)) < Duration::from_micros(100), "{rtt:?}");
+        assert!(
+            rtt.abs_diff(Duration::from_millis(160)) < Duration::from_micros(100),
+            "{rtt:?}"
+        );
     }
 
     #[test]
@@ -462,6 +489,9 @@ mod tests {
             s.on_sent(160);
         }
         let sr = s.sender_report(NtpTime(1), 8000, vec![]);
-        assert_eq!((sr.packet_count, sr.octet_count, sr.ssrc), (50, 8000, Ssrc(3)));
+        assert_eq!(
+            (sr.packet_count, sr.octet_count, sr.ssrc),
+            (50, 8000, Ssrc(3))
+        );
     }
 }

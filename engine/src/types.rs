@@ -195,7 +195,7 @@ impl ClockRate {
 /// Extended (64-bit) RTP timestamp, produced by a [`TimestampExtender`].
 ///
 /// Its clock rate is the stream's; only differences between values of one extender are
-/// meaningful (see [`RtpTime::ticks_since`] and [`RtpTime::at_rate`]).
+/// meaningful (see [`RtpTime::ticks_since`] and [`RtpTime::since`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RtpTime(pub u64);
 
@@ -210,17 +210,19 @@ impl RtpTime {
         self.0.wrapping_sub(earlier.0) as i64
     }
 
-    /// This timestamp as a [`MediaTime`] in the given clock.
-    pub const fn at_rate(self, rate: ClockRate) -> MediaTime {
-        MediaTime {
-            ticks: self.0,
+    /// The media time from `earlier` to `self` in the stream's clock; `None` if `earlier`
+    /// is later.
+    pub fn since(self, earlier: RtpTime, rate: ClockRate) -> Option<MediaTime> {
+        Some(MediaTime {
+            ticks: self.0.checked_sub(earlier.0)?,
             rate,
-        }
+        })
     }
 }
 
-/// A point or span of media time: a tick count together with its clock rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A span of media time: a tick count together with its clock rate. Equality and order
+/// compare the wall-clock length, so 160 ticks at 8 kHz equal 960 ticks at 48 kHz.
+#[derive(Debug, Clone, Copy)]
 pub struct MediaTime {
     /// Ticks of `rate`.
     pub ticks: u64,
@@ -257,14 +259,28 @@ impl MediaTime {
     }
 }
 
-impl PartialOrd for MediaTime {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+impl Ord for MediaTime {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         // Cross-multiplied in u128 so that different clocks compare exactly.
         let a = u128::from(self.ticks) * u128::from(other.rate.hz());
         let b = u128::from(other.ticks) * u128::from(self.rate.hz());
-        Some(a.cmp(&b))
+        a.cmp(&b)
     }
 }
+
+impl PartialOrd for MediaTime {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for MediaTime {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for MediaTime {}
 
 /// NTP timestamp (RFC 5905): 32.32 fixed-point seconds since 1900-01-01, as in RTCP
 /// sender reports. Build it from a wall-clock reading the caller made; this crate never
@@ -279,20 +295,29 @@ impl NtpTime {
     /// From a duration since the Unix epoch (e.g. `SystemTime::duration_since(UNIX_EPOCH)`,
     /// read by the caller). Seconds wrap modulo 2^32 as NTP's do (era 1 begins in 2036).
     pub fn from_unix(since_unix_epoch: Duration) -> NtpTime {
-        let secs = since_unix_epoch.as_secs().wrapping_add(NTP_UNIX_OFFSET_SECS) & 0xFFFF_FFFF;
+        let secs = since_unix_epoch
+            .as_secs()
+            .wrapping_add(NTP_UNIX_OFFSET_SECS)
+            & 0xFFFF_FFFF;
         let frac = (u64::from(since_unix_epoch.subsec_nanos()) << 32) / 1_000_000_000;
         NtpTime((secs << 32) | frac)
     }
 
     /// Back to a duration since the Unix epoch, resolving the era as RFC 4330 section 3
-    /// suggests (a seconds value with the top bit clear is in era 1, after 2036).
-    pub fn to_unix(self) -> Duration {
+    /// suggests (a seconds value with the top bit clear is in era 1, after 2036). `None`
+    /// for the times in 1968-1970 that this reading puts before the Unix epoch (only a
+    /// bogus or hostile value lands there).
+    pub fn to_unix(self) -> Option<Duration> {
         let mut secs = self.0 >> 32;
         if secs & 0x8000_0000 == 0 {
             secs += 1 << 32;
         }
         let nanos = ((self.0 & 0xFFFF_FFFF) * 1_000_000_000) >> 32;
-        Duration::new(secs - NTP_UNIX_OFFSET_SECS, nanos as u32)
+        // nanos < 10^9: the fraction is below 2^32.
+        Some(Duration::new(
+            secs.checked_sub(NTP_UNIX_OFFSET_SECS)?,
+            nanos as u32,
+        ))
     }
 
     /// The middle 32 bits (16.16 fixed point), the form used by the LSR field of report
@@ -575,7 +600,10 @@ mod tests {
         seqs(&mut ext, &[1000, 1001]);
         assert_eq!(ext.extend(40_000), SeqUpdate::Dropped);
         // The old stream continues normally meanwhile.
-        assert!(matches!(ext.extend(1002), SeqUpdate::Advanced { gap: 0, .. }));
+        assert!(matches!(
+            ext.extend(1002),
+            SeqUpdate::Advanced { gap: 0, .. }
+        ));
         assert_eq!(ext.extend(50_000), SeqUpdate::Dropped);
         let restarted = ext.extend(50_001);
         let SeqUpdate::Restarted(s) = restarted else {
@@ -583,7 +611,10 @@ mod tests {
         };
         assert_eq!(s.wire(), 50_001);
         assert!(s > SeqNo(SEQ_FIRST_CYCLE + 1002));
-        assert!(matches!(ext.extend(50_002), SeqUpdate::Advanced { gap: 0, .. }));
+        assert!(matches!(
+            ext.extend(50_002),
+            SeqUpdate::Advanced { gap: 0, .. }
+        ));
     }
 
     #[test]
@@ -591,7 +622,10 @@ mod tests {
         let mut ext = SeqExtender::new();
         seqs(&mut ext, &[5000, 5001]);
         assert_eq!(ext.extend(5001 - MAX_MISORDER - 1), SeqUpdate::Dropped);
-        assert!(matches!(ext.extend(5001 - MAX_MISORDER), SeqUpdate::Late(_)));
+        assert!(matches!(
+            ext.extend(5001 - MAX_MISORDER),
+            SeqUpdate::Late(_)
+        ));
     }
 
     #[test]
@@ -667,9 +701,15 @@ mod tests {
         assert_eq!(t.as_duration(), Duration::from_millis(20));
         assert!(MediaTime::new(161, ClockRate::HZ_8000) > MediaTime::new(960, r));
         assert_eq!(
-            MediaTime::new(160, ClockRate::HZ_8000).partial_cmp(&MediaTime::new(960, r)),
-            Some(std::cmp::Ordering::Equal)
+            MediaTime::new(160, ClockRate::HZ_8000),
+            MediaTime::new(960, r)
         );
+        let (a, b) = (RtpTime(1 << 32), RtpTime((1 << 32) + 480));
+        assert_eq!(
+            b.since(a, r).map(MediaTime::as_duration),
+            Some(Duration::from_millis(10))
+        );
+        assert_eq!(a.since(b, r), None);
         assert!(ClockRate::new(0).is_none());
     }
 
@@ -677,9 +717,12 @@ mod tests {
     fn ntp_time_round_trips_unix_time_and_gives_the_compact_form() {
         let unix = Duration::new(1_700_000_000, 250_000_000);
         let ntp = NtpTime::from_unix(unix);
-        assert_eq!(u64::from(ntp.seconds()), 1_700_000_000 + NTP_UNIX_OFFSET_SECS);
+        assert_eq!(
+            u64::from(ntp.seconds()),
+            1_700_000_000 + NTP_UNIX_OFFSET_SECS
+        );
         assert_eq!(ntp.fraction(), 1 << 30);
-        let back = ntp.to_unix();
+        let back = ntp.to_unix().unwrap();
         assert!(back.abs_diff(unix) < Duration::from_nanos(2));
         assert_eq!(
             ntp.compact(),
@@ -687,13 +730,21 @@ mod tests {
         );
         // After the 2036 era rollover the seconds wrap and still convert back.
         let after_2036 = Duration::from_secs(2_200_000_000);
-        assert_eq!(NtpTime::from_unix(after_2036).to_unix(), after_2036);
+        assert_eq!(NtpTime::from_unix(after_2036).to_unix(), Some(after_2036));
+        // 1969 by the era rule: not representable as Unix time, and no panic.
+        assert_eq!(NtpTime(0x8000_0000_0000_0000).to_unix(), None);
     }
 
     #[test]
     fn compact_durations_convert_both_ways() {
-        assert_eq!(compact_to_duration(0x0005_4000), Duration::from_millis(5250));
-        assert_eq!(duration_to_compact(Duration::from_millis(5250)), 0x0005_4000);
+        assert_eq!(
+            compact_to_duration(0x0005_4000),
+            Duration::from_millis(5250)
+        );
+        assert_eq!(
+            duration_to_compact(Duration::from_millis(5250)),
+            0x0005_4000
+        );
         assert_eq!(duration_to_compact(Duration::from_secs(1 << 20)), u32::MAX);
     }
 }

@@ -40,7 +40,12 @@ fn run(name: &str, link: LinkConfig, seed: u64) -> EvalReport {
 }
 
 fn assert_near_oracle(r: &EvalReport) {
-    assert!(r.late_loss_pct <= 1.0, "{}: late loss {:.2}%", r.name, r.late_loss_pct);
+    assert!(
+        r.late_loss_pct <= 1.0,
+        "{}: late loss {:.2}%",
+        r.name,
+        r.late_loss_pct
+    );
     let bound = 1.15 * r.oracle_delay_ms + 10.0;
     assert!(
         r.mean_delay_ms <= bound,
@@ -56,9 +61,12 @@ fn every_preset_stays_near_the_oracle_at_low_late_loss() {
     for (name, make) in presets() {
         for seed in 1..=2 {
             let r = run(name, make(), seed);
-            assert!(r.played > 2000, "{name}: only {} packets played", r.played);
+            assert!(
+                r.played > 4 * 2000,
+                "{name}: only {} packets played",
+                r.played
+            );
             assert_near_oracle(&r);
         }
     }
 }
-

@@ -8,8 +8,8 @@
 //! packets before the cut.
 
 use confer_engine::rtcp::{
-    App, Bye, CompoundRules, Nack, Pli, ReceiverReport, ReportBlock, RtcpPacket, SDES_NAME, Sdes, SdesItem,
-    SenderReport, build_compound, encoded_len, parse_compound,
+    App, Bye, CompoundRules, Nack, Pli, ReceiverReport, ReportBlock, RtcpPacket, SDES_NAME, Sdes,
+    SdesItem, SenderReport, build_compound, encoded_len, parse_compound,
 };
 use confer_engine::rtp::{AudioLevel, ExtensionForm, RtpExtension, RtpPacket, RtpPacketBuilder};
 use confer_engine::srtp::{SrtpProfile, SrtpReceiver, SrtpSender};
@@ -30,12 +30,24 @@ fn rtp_packets() -> Vec<Vec<u8>> {
     let csrcs = [Ssrc(1), Ssrc(2), Ssrc(3)];
     let payload = [0xFFu8; 40];
     let one = [
-        RtpExtension { id: 1, data: &level },
-        RtpExtension { id: 7, data: &[1, 2, 3, 4, 5] },
+        RtpExtension {
+            id: 1,
+            data: &level,
+        },
+        RtpExtension {
+            id: 7,
+            data: &[1, 2, 3, 4, 5],
+        },
     ];
     let two = [
-        RtpExtension { id: 1, data: &level },
-        RtpExtension { id: 200, data: &big },
+        RtpExtension {
+            id: 1,
+            data: &level,
+        },
+        RtpExtension {
+            id: 200,
+            data: &big,
+        },
         RtpExtension { id: 9, data: &[] },
     ];
     let pt = PayloadType::new(111).unwrap();
@@ -49,15 +61,20 @@ fn rtp_packets() -> Vec<Vec<u8>> {
     .enumerate()
     {
         let mut buf = [0u8; 256];
-        let n = RtpPacketBuilder::new(pt, 0xFFFEu16.wrapping_add(i as u16), 0xFFFF_FFF0, Ssrc(0xCAFE))
-            .marker(true)
-            .csrcs(&csrcs)
-            .extensions(exts)
-            .extension_form(form)
-            .payload(&payload)
-            .padding(padding)
-            .write(&mut buf)
-            .unwrap();
+        let n = RtpPacketBuilder::new(
+            pt,
+            0xFFFEu16.wrapping_add(i as u16),
+            0xFFFF_FFF0,
+            Ssrc(0xCAFE),
+        )
+        .marker(true)
+        .csrcs(&csrcs)
+        .extensions(exts)
+        .extension_form(form)
+        .payload(&payload)
+        .padding(padding)
+        .write(&mut buf)
+        .unwrap();
         out.push(buf[..n].to_vec());
     }
     out
@@ -92,7 +109,11 @@ fn compound() -> Vec<RtcpPacket> {
             reports: vec![block],
         }),
         RtcpPacket::SourceDescription(sdes),
-        RtcpPacket::Nack(Nack::from_lost(Ssrc(1), Ssrc(2), [SeqNo(70_000), SeqNo(70_003)])),
+        RtcpPacket::Nack(Nack::from_lost(
+            Ssrc(1),
+            Ssrc(2),
+            [SeqNo(70_000), SeqNo(70_003)],
+        )),
         RtcpPacket::Pli(Pli {
             sender_ssrc: Ssrc(1),
             media_ssrc: Ssrc(2),
@@ -116,7 +137,11 @@ fn every_truncation_of_an_rtp_packet_is_an_error() {
         assert!(RtpPacket::parse(&packet).is_ok());
         for cut in 0..packet.len() {
             let r = RtpPacket::parse(&packet[..cut]);
-            assert!(r.is_err(), "prefix of {cut}/{} bytes parsed: {r:?}", packet.len());
+            assert!(
+                r.is_err(),
+                "prefix of {cut}/{} bytes parsed: {r:?}",
+                packet.len()
+            );
         }
     }
 }
@@ -155,7 +180,10 @@ fn every_truncation_of_an_srtp_packet_is_an_error() {
             let n = tx.protect_rtp(&packet, &mut wire).unwrap();
             for cut in 0..n {
                 let r = rx.unprotect_rtp(&wire[..cut], &mut plain);
-                assert!(r.is_err(), "{profile:?}: prefix of {cut}/{n} bytes accepted");
+                assert!(
+                    r.is_err(),
+                    "{profile:?}: prefix of {cut}/{n} bytes accepted"
+                );
             }
             // The failed prefixes did not disturb the receiver.
             let v = rx.unprotect_rtp(&wire[..n], &mut plain).unwrap();
@@ -179,7 +207,10 @@ fn every_truncation_of_an_srtcp_packet_is_an_error() {
         let n = tx.protect_rtcp(&rtcp[..len], &mut wire).unwrap();
         for cut in 0..n {
             let r = rx.unprotect_rtcp(&wire[..cut], &mut plain);
-            assert!(r.is_err(), "{profile:?}: prefix of {cut}/{n} bytes accepted");
+            assert!(
+                r.is_err(),
+                "{profile:?}: prefix of {cut}/{n} bytes accepted"
+            );
         }
         let v = rx.unprotect_rtcp(&wire[..n], &mut plain).unwrap();
         assert_eq!(v.parse(CompoundRules::Rfc3550).unwrap(), compound());

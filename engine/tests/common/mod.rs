@@ -22,7 +22,10 @@ pub fn epoch() -> Instant {
 
 /// The 16 kHz speech sample as f32.
 pub fn speech_16k() -> Vec<f32> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/audio/speech-16k.wav");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/audio/speech-16k.wav"
+    );
     let mut reader = hound::WavReader::open(path).expect("speech sample is committed");
     reader
         .samples::<i16>()
