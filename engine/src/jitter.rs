@@ -12,45 +12,65 @@
 //! # How the delay adapts
 //!
 //! The buffer does not estimate "network jitter" and add it to a fixed base. It measures,
-//! for every packet, its **slack**: how long before the frame tick that needs it the packet
-//! arrived, under the playout schedule in force. A packet with negative slack is late. The
-//! buffer keeps the slack of the last `window` packets and looks at a low quantile of it
-//! (`late_quantile`, 0.5% by default): that is the *excess* delay the buffer could give up
-//! and still play all but that fraction of packets on time. It steers the excess towards
-//! zero:
+//! for every packet, its **slack**: how long before its first sample is played, under the
+//! playout schedule in force, the packet arrived. It keeps the slack of the last `window`
+//! packets and looks at a low quantile of it (`late_quantile`, 0.5% by default): what the
+//! buffer could give up and still play all but that fraction on time.
 //!
-//! - excess above `accelerate_above_ms`: decoded audio is shortened by about one pitch
-//!   period (time-stretching, [`confer_codecs::timestretch`]); inaudible, unlike dropping a
-//!   frame;
-//! - excess below `-expand_below_ms`: audio is lengthened the same way (preemptive expand);
-//! - nothing to play (a delay spike or a network freeze): the decoder conceals and the
-//!   schedule *holds* (the missing packet keeps its place, so it plays when it comes rather
-//!   than being thrown away as late); the excess it causes is removed by acceleration later;
-//! - a packet missing while later ones are here: recovered from the next packet's Opus FEC
-//!   when it carries it, else concealed, and the schedule moves on;
-//! - excess so large that stretching would take seconds (after a freeze released its
-//!   backlog at once): the oldest packets are dropped, counted as discarded.
+//! Output leaves in whole frames on the engine's frame clock, so two numbers steer it:
+//! the **phase** (where the next packet starts inside an output frame: pure delay, since
+//! a packet decoded at a tick plays `phase` later for no safety gain) and the **margin**
+//! (the slack quantile minus the phase: how long before the tick that must decode it the
+//! late-quantile packet arrives). The buffer:
 //!
-//! Slack samples are stored in a frame of reference that the buffer's own stretching does
-//! not move (each sample minus the cumulative delay the buffer had added when it was
-//! taken), so they stay comparable while the schedule changes. Clock drift between sender
-//! and receiver moves the slack steadily (at +-25 ms/s by half a millisecond every 20 ms
-//! packet); the buffer estimates that skew from the upper envelope of the slack (the least
-//! delayed packet of every second, fitted by least squares over 30 s) and projects old
-//! samples to the present, so a drifting clock does not read as excess or as lateness.
+//! - shortens decoded audio (time-stretching by a pitch period or within silence,
+//!   [`confer_codecs::timestretch`]; inaudible, unlike dropping a frame) by up to the
+//!   phase, plus whole frames of margin beyond one frame;
+//! - lengthens it the same way to the next frame boundary when the margin is negative
+//!   (packets beyond the quantile are late): one frame more margin;
+//! - when there is nothing to play (a delay spike, a freeze): conceals with the codec and
+//!   *holds* the schedule, by exactly what the frame lacks, so the missing packet keeps its
+//!   place and plays when it comes instead of being thrown away as late; the delay this
+//!   adds is given back by shortening once the slack shows it is not needed;
+//! - when a packet is missing while later ones are here: recovers it from the next
+//!   packet's Opus FEC when it carries it, else conceals, and moves on;
+//! - after a DTX pause (contiguous sequence, later timestamp): gives back the time it held
+//!   while the sender was silent, so the stream resumes with the delay it had;
+//! - when more than `max_excess_ms` of audio is waiting (a freeze released its backlog at
+//!   once): drops the oldest packets down to `catch_up_to_ms` (counted as discarded) and
+//!   starts measuring afresh.
+//!
+//! Slack samples are stored in a frame of reference that the buffer's own changes do not
+//! move (each sample minus the delay the buffer had added when it was taken), so they stay
+//! comparable while the schedule changes. Clock drift between sender and receiver moves
+//! the slack steadily (at +-25 ms/s by half a millisecond per 20 ms packet); the buffer
+//! estimates that skew from the least delayed packet of each second (least squares over
+//! 30 s) and projects older samples to the present, so drift is followed by stretching
+//! instead of reading as lateness or excess.
 //!
 //! The delay is thus the smallest that the measured network allows, never a fixed
-//! prebuffer; `confer bench jitter` compares it with the hindsight optimum.
+//! prebuffer; `confer bench jitter` compares it with the hindsight oracle.
 //!
 //! # Deliberate differences from NetEQ
 //!
-//! - One statistic (the slack quantile) replaces NetEQ's separate inter-arrival histogram,
+//! - One statistic (the slack quantile) replaces NetEQ's inter-arrival histogram,
 //!   filtered buffer level and target level: slack already contains the network delay, our
 //!   own playout phase and the effect of every stretch, so there is nothing to reconcile.
+//! - The frame clock is part of the model (phase and margin), so the buffer does not keep
+//!   up to a frame of delay that buys no protection.
 //! - An underrun holds the schedule instead of advancing the playout timestamp, so a delay
-//!   spike costs delay (recovered by acceleration) rather than lost packets.
+//!   spike costs delay (given back by acceleration) rather than lost packets.
 //! - A sliding window (exact quantile over a sorted array) instead of exponential
-//!   forgetting: a delay step down is forgotten when it leaves the window, not asymptotically.
+//!   forgetting: old conditions leave the estimate completely once out of the window.
+//!
+//! # Limits
+//!
+//! - The buffer assumes the RTP clock rate equals the decoder's output rate (true for Opus
+//!   at 48 kHz and G.711; G.722's 8 kHz RTP clock for 16 kHz audio is not handled yet).
+//! - Packets of one stream are assumed to have one duration; the phase is computed for the
+//!   next packet only.
+//! - Played-packet times (for measurement) are exact except for a packet whose start falls
+//!   inside a stretched region, which is placed to within one pitch period.
 
 use std::time::{Duration, Instant};
 
@@ -645,10 +665,10 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         let slack_ms = (play_s - t) * 1000.0;
         let fixed = slack_ms - self.offset as f64 * 1000.0 / self.rate();
         self.window.push(t, fixed);
-        if let Some(s) = self.skew.push(t, fixed) {
-            if (s - self.window.skew_used).abs() > 0.2 {
-                self.window.set_skew(s);
-            }
+        if let Some(s) = self.skew.push(t, fixed)
+            && (s - self.window.skew_used).abs() > 0.2
+        {
+            self.window.set_skew(s);
         }
     }
 }

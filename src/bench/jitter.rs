@@ -64,7 +64,7 @@ pub fn run(args: JitterArgs) -> anyhow::Result<()> {
             let known: Vec<_> = presets().iter().map(|(n, _)| *n).collect();
             bail!("unknown preset {name:?}; known: {}", known.join(", "));
         };
-        jobs.push((name, Job::Preset(link)));
+        jobs.push((name, Job::Preset(Box::new(link))));
     }
     for path in &args.traces {
         let file = std::fs::File::open(path)
@@ -112,7 +112,7 @@ pub fn run(args: JitterArgs) -> anyhow::Result<()> {
 }
 
 enum Job {
-    Preset(LinkConfig),
+    Preset(Box<LinkConfig>),
     Trace(Trace),
 }
 
@@ -132,7 +132,7 @@ fn run_job(
     let report = match job {
         Job::Preset(link) => {
             link.validate().context("preset")?;
-            let make = || NetSim::new(link.clone(), args.seed, start).expect("validated above");
+            let make = || NetSim::new((**link).clone(), args.seed, start).expect("validated above");
             evaluate(name, make, start, frames, decoder, &cfg)?
         }
         Job::Trace(trace) => {
