@@ -14,7 +14,7 @@
 //! The buffer does not estimate "network jitter" and add it to a fixed base. It measures,
 //! for every packet, its **slack**: how long before its first sample is played, under the
 //! playout schedule in force, the packet arrived. It keeps the slack of the last `window`
-//! packets and looks at a low quantile of it (`late_quantile`, 0.5% by default): what the
+//! packets and looks at a low quantile of it (`late_quantile`, 1% by default): what the
 //! buffer could give up and still play all but that fraction on time.
 //!
 //! Output leaves in whole frames on the engine's frame clock, so two numbers steer it:
@@ -99,6 +99,9 @@ pub struct JitterConfig {
     pub max_excess_ms: f64,
     /// Buffered audio a catch-up leaves, in ms.
     pub catch_up_to_ms: f64,
+    /// Longest an underrun holds the schedule for the missing packet, in ms; beyond it
+    /// playout moves on and the packet, if it comes, is late.
+    pub max_hold_ms: f64,
     /// Packets the buffer can hold (a power of two); more in flight are dropped.
     pub capacity: usize,
     /// Largest payload accepted, in bytes.
@@ -113,13 +116,14 @@ impl Default for JitterConfig {
         JitterConfig {
             clock_rate: 48_000,
             frame_ms: 20,
-            late_quantile: 0.005,
+            late_quantile: 0.01,
             window: 750,
             initial_delay_ms: 40,
             accelerate_above_ms: 0.5,
             expand_below_ms: 0.0,
             max_excess_ms: 1000.0,
             catch_up_to_ms: 100.0,
+            max_hold_ms: 1000.0,
             capacity: 512,
             max_payload: 1500,
             max_dtx_gap_ms: 10_000,
@@ -584,7 +588,9 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             self.stats.overflow += 1;
             return Ok(PushOutcome::Overflow);
         }
-        if packet.timestamp < self.next_ts && packet.seq > self.next_seq {
+        if packet.timestamp + self.packet_samples as u64 <= self.next_ts
+            || (packet.timestamp < self.next_ts && packet.seq > self.next_seq)
+        {
             // Its start has already been concealed.
             self.stats.late += 1;
             self.record_slack(packet, arrival);
@@ -761,8 +767,13 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             let step = (self.cfg.clock_rate / 400) as usize;
             let n = (frame - self.sync.len().min(frame)).div_ceil(step) * step;
             self.conceal(n, info);
-            self.offset += n as i64;
-            self.held_since_decode += n as i64;
+            if self.held_since_decode < self.ms_to_samples(self.cfg.max_hold_ms) {
+                self.offset += n as i64;
+                self.held_since_decode += n as i64;
+            } else {
+                // Held long enough: the schedule moves on, what comes later is late.
+                self.next_ts += n as u64;
+            }
             return;
         };
         if seq == self.next_seq {

@@ -168,7 +168,8 @@ fn clock_drift_of_25_ms_per_second_is_tracked_both_ways() {
             (t_late - t_early).abs() < 15.0,
             "target delay went from {t_early:.1} to {t_late:.1} ms"
         );
-        assert!(r.concealed_pct < 1.0, "concealed {:.2}%", r.concealed_pct);
+        // 2.5% of the audio must be made up for (or given up): mostly stretched.
+        assert!(r.concealed_pct < 2.0, "concealed {:.2}%", r.concealed_pct);
     }
 }
 
@@ -179,10 +180,11 @@ fn after_a_5_second_freeze_the_backlog_is_dropped_and_the_delay_recovers() {
         LinkChange::Freeze(Duration::from_secs(5)),
     );
     let r = run("freeze", link, 60);
-    // About 250 packets were held by the network; what is older than the catch-up
-    // threshold is dropped instead of played seconds late.
-    assert!(r.jitter.discarded > 150, "{:?}", r.jitter);
-    assert!(r.jitter.discarded <= 250, "{:?}", r.jitter);
+    // About 250 packets were held by the network. The buffer holds for a second
+    // (`max_hold_ms`), then moves on: what comes after that is late, and the backlog
+    // beyond the catch-up threshold is dropped instead of played seconds late.
+    let lost = r.jitter.late + r.jitter.discarded;
+    assert!((150..=250).contains(&lost), "{:?}", r.jitter);
     let before = mean_between(&r, 10.0, 20.0);
     let after = mean_between(&r, 35.0, 60.0);
     assert!(
