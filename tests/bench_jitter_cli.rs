@@ -20,7 +20,11 @@ fn json_output_has_one_object_per_run_with_the_documented_keys() {
         .args(["--duration", "5", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let runs: Vec<serde_json::Value> = text
         .lines()
@@ -67,7 +71,11 @@ fn a_recorded_trace_is_replayed_and_named_after_its_file() {
         .arg(&plots)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["name"], "office-wifi");
     assert_eq!(r["packets"], 500);
