@@ -213,7 +213,7 @@ pub struct JitterStats {
     pub expanded_ms: f64,
     /// Stream restarts (SSRC change or timestamp discontinuity).
     pub resyncs: u64,
-    /// Delay the buffer aims for: the current delay minus the measured excess, in ms.
+    /// Buffered audio the buffer steers towards (current plus the change it wants), in ms.
     pub target_delay_ms: f64,
     /// Audio buffered ahead of playout (decoded and in packets), in ms.
     pub current_delay_ms: f64,
@@ -510,8 +510,8 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         let mut s = self.stats;
         s.current_delay_ms = self.buffered_samples() as f64 * 1000.0 / self.rate();
         s.skew_ms_per_s = self.window.skew_used;
-        s.target_delay_ms = match self.excess_ms() {
-            Some(e) => (s.current_delay_ms - e).max(0.0),
+        s.target_delay_ms = match self.steering() {
+            Some(change_ms) => (s.current_delay_ms + change_ms).max(0.0),
             None => self.cfg.initial_delay_ms as f64,
         };
         s
@@ -547,8 +547,8 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         self.sync.len() as u64 + (self.stored * self.packet_samples) as u64
     }
 
-    /// Measured excess delay in ms (the late-quantile slack now), once measured.
-    fn excess_ms(&self) -> Option<f64> {
+    /// The late-quantile slack projected to now, in ms, once measured.
+    fn slack_quantile_ms(&self) -> Option<f64> {
         let now_s = self.secs(self.next_tick.unwrap_or(self.epoch?));
         let q = self.window.quantile(self.cfg.late_quantile, now_s)?;
         Some(q + self.offset as f64 * 1000.0 / self.rate())
@@ -858,6 +858,20 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         self.stretch();
     }
 
+    /// How much delay (ms) the schedule should gain (> 0) or lose (< 0) now, once
+    /// measured: see the module docs for phase and margin.
+    fn steering(&self) -> Option<f64> {
+        let quantile = self.slack_quantile_ms()?;
+        let frame_ms = self.cfg.frame_ms as f64;
+        let phase = (self.sync.len() % self.frame) as f64 * 1000.0 / self.rate();
+        let margin = quantile - phase;
+        if margin < -self.cfg.expand_below_ms {
+            Some(frame_ms - phase)
+        } else {
+            Some(-(phase + frame_ms * (margin.max(0.0) / frame_ms).floor()))
+        }
+    }
+
     /// Accelerates or expands the freshly decoded audio to steer the schedule.
     ///
     /// Output leaves in whole frames, so two quantities matter: `phase`, where the next
@@ -867,20 +881,15 @@ impl<D: AudioDecoder> JitterBuffer<D> {
     /// margin can only be spent in whole frames. Lateness (negative margin) is cured by
     /// lengthening to the next frame boundary, which adds a whole frame of margin.
     fn stretch(&mut self) {
-        let Some(quantile) = self.excess_ms() else {
+        let Some(change_ms) = self.steering() else {
             return;
         };
-        let frame_ms = self.cfg.frame_ms as f64;
-        let phase = (self.sync.len() % self.frame) as f64 * 1000.0 / self.rate();
-        let margin = quantile - phase;
-        let (accelerate, want_ms) = if margin < -self.cfg.expand_below_ms {
-            (false, frame_ms - phase)
+        let (accelerate, want_ms) = if change_ms > 0.0 {
+            (false, change_ms)
+        } else if -change_ms > self.cfg.accelerate_above_ms {
+            (true, -change_ms)
         } else {
-            let removable = phase + frame_ms * (margin.max(0.0) / frame_ms).floor();
-            if removable <= self.cfg.accelerate_above_ms {
-                return;
-            }
-            (true, removable)
+            return;
         };
         // The splice is capped at `want`; the input is as long as the stretcher can use,
         // so that long pitch periods are found.

@@ -52,7 +52,8 @@ pub struct EvalReport {
     pub jitter: JitterStats,
     /// (seconds since start, delay ms) of every played packet (first phase).
     pub delays: Vec<(f64, f64)>,
-    /// (seconds since start, target delay ms) once per 100 ms (first phase).
+    /// (seconds since start, the buffer level it aims for in ms) once per 100 ms (first
+    /// phase).
     pub targets: Vec<(f64, f64)>,
 }
 

@@ -246,13 +246,12 @@ fn plot(r: &EvalReport, path: &Path) -> anyhow::Result<()> {
         .label("packet delay")
         .legend(|(x, y)| Circle::new((x, y), 3, BLUE.filled()));
     chart
-        .draw_series(LineSeries::new(r.targets.iter().copied(), &RED))?
-        .label("target delay")
+        .draw_series(LineSeries::new(
+            [(0.0, r.oracle_delay_ms), (t_max, r.oracle_delay_ms)],
+            RED.stroke_width(1),
+        ))?
+        .label("oracle (best fixed delay)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], RED));
-    chart.draw_series(LineSeries::new(
-        [(0.0, r.oracle_delay_ms), (t_max, r.oracle_delay_ms)],
-        BLACK.stroke_width(1),
-    ))?;
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
