@@ -28,9 +28,10 @@ use rand_chacha::ChaCha8Rng;
 const FRAME_US: u64 = 20_000;
 /// Arrivals are delayed by 0..JITTER_US after their nominal time.
 const JITTER_US: u64 = 8_000;
-/// Frame ticks come this long after the nominal send time, so a packet always arrives
-/// before the tick of its own iteration (one push, then one pop, in time order).
-const TICK_PHASE_US: u64 = 10_000;
+/// Frame ticks come this long after the nominal send time: within the jitter range, so
+/// some packets arrive before the tick of their own frame period and some after it,
+/// and the buffer has to hold about one packet (as it does on a real network).
+const TICK_PHASE_US: u64 = 5_000;
 
 /// One stream fed into one jitter buffer on virtual time.
 struct Stream<D: AudioDecoder> {
@@ -63,30 +64,39 @@ impl<D: AudioDecoder> Stream<D> {
         }
     }
 
-    /// Pushes packet `k` at its arrival time and pops the frame of tick `k`.
+    /// Pushes packet `k` at its arrival time and pops the frame of tick `k`, in the
+    /// order of their virtual times.
     fn step(&mut self) -> PopInfo {
         let k = self.k;
         self.k += 1;
         let sent = self.origin + Duration::from_micros(k * FRAME_US);
         let idx = |n: usize| (k % n as u64) as usize;
-        let arrival = sent + Duration::from_micros(self.jitter_us[idx(self.jitter_us.len())]);
+        let delay_us = self.jitter_us[idx(self.jitter_us.len())];
         let packet = JbPacket {
             seq: k,
             timestamp: k * self.samples_per_packet,
             payload: &self.payloads[idx(self.payloads.len())],
         };
-        let outcome = self
-            .jb
-            .push(packet, arrival)
-            .expect("payload within limits");
-        black_box(outcome);
+        let arrival = sent + Duration::from_micros(delay_us);
         let tick = sent + Duration::from_micros(TICK_PHASE_US);
-        let info = self.jb.pop(tick, &mut self.out).expect("frame size");
+        let info = if delay_us < TICK_PHASE_US {
+            Self::push(&mut self.jb, packet, arrival);
+            self.jb.pop(tick, &mut self.out).expect("frame size")
+        } else {
+            let info = self.jb.pop(tick, &mut self.out).expect("frame size");
+            Self::push(&mut self.jb, packet, arrival);
+            info
+        };
         for played in self.jb.drain_played() {
             black_box(played);
         }
         black_box(&self.out);
         info
+    }
+
+    fn push(jb: &mut JitterBuffer<D>, packet: JbPacket<'_>, arrival: Instant) {
+        let outcome = jb.push(packet, arrival).expect("payload within limits");
+        black_box(outcome);
     }
 
     /// Runs the stream for `n` packets (warm-up, outside timing).
