@@ -152,6 +152,10 @@ pub enum JitterError {
     /// The payload is larger than `max_payload` (peer misbehaved).
     #[error("payload of {0} bytes is larger than the configured maximum")]
     PayloadTooLarge(usize),
+    /// A sequence number or timestamp of 2^62 or more: not what the edge's extenders
+    /// produce (caller misuse).
+    #[error("extended sequence number or timestamp out of range")]
+    OutOfRange,
     /// The output frame passed to `pop` has the wrong length (caller misuse).
     #[error("output frame has {got} samples, the buffer produces {expected}")]
     BadFrame {
@@ -430,6 +434,9 @@ pub struct JitterBuffer<D: AudioDecoder> {
 }
 
 const MAX_PACKET_MS: usize = 120;
+/// Extended sequence numbers and timestamps start at 2^16 and 2^32 and grow by one cycle
+/// per wrap: 2^62 is out of reach (centuries of media) and keeps every sum below 2^64.
+const MAX_EXTENDED: u64 = 1 << 62;
 
 impl<D: AudioDecoder> JitterBuffer<D> {
     /// Creates a buffer that decodes with `decoder`.
@@ -563,6 +570,9 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         self.stats.received += 1;
         if packet.payload.len() > self.cfg.max_payload {
             return Err(JitterError::PayloadTooLarge(packet.payload.len()));
+        }
+        if packet.seq >= MAX_EXTENDED || packet.timestamp >= MAX_EXTENDED {
+            return Err(JitterError::OutOfRange);
         }
         if self.epoch.is_none() {
             self.epoch = Some(arrival);
