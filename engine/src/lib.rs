@@ -10,3 +10,4 @@ pub mod rtp;
 pub mod srtp;
 pub mod stats;
 pub mod types;
+pub mod udp;
