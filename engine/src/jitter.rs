@@ -237,6 +237,9 @@ pub struct Played {
 
 struct Slot {
     used: bool,
+    /// Takes a sequence number but carries no audio (an RFC 4733 telephone-event in the
+    /// audio stream's sequence space).
+    foreign: bool,
     seq: u64,
     ts: u64,
     len: usize,
@@ -466,6 +469,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         let slots = (0..cfg.capacity)
             .map(|_| Slot {
                 used: false,
+                foreign: false,
                 seq: 0,
                 ts: 0,
                 len: 0,
@@ -609,6 +613,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         self.record_slack(packet, arrival);
         let slot = &mut self.slots[i];
         slot.used = true;
+        slot.foreign = false;
         slot.seq = packet.seq;
         slot.ts = packet.timestamp;
         slot.len = packet.payload.len();
@@ -616,6 +621,41 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         self.stored += 1;
         if self.highest_seq.is_none_or(|h| packet.seq > h) {
             self.highest_seq = Some(packet.seq);
+        }
+        Ok(PushOutcome::Stored)
+    }
+
+    /// Takes in a packet that uses the stream's sequence space but carries no audio (an
+    /// RFC 4733 telephone-event: its timestamp is the event's start). Its sequence number
+    /// is then not mistaken for a lost audio packet; the audio after it resumes like after
+    /// a DTX pause. Before the stream has started it is ignored.
+    pub fn push_foreign(&mut self, seq: u64, timestamp: u64) -> Result<PushOutcome, JitterError> {
+        if seq >= MAX_EXTENDED || timestamp >= MAX_EXTENDED {
+            return Err(JitterError::OutOfRange);
+        }
+        if !self.started || seq < self.next_seq {
+            return Ok(PushOutcome::Late);
+        }
+        if seq >= self.next_seq + self.cfg.capacity as u64 {
+            return Ok(PushOutcome::Overflow);
+        }
+        let i = self.slot_index(seq);
+        if self.slots[i].used {
+            return Ok(if self.slots[i].seq == seq {
+                PushOutcome::Duplicate
+            } else {
+                PushOutcome::Overflow
+            });
+        }
+        let slot = &mut self.slots[i];
+        slot.used = true;
+        slot.foreign = true;
+        slot.seq = seq;
+        slot.ts = timestamp;
+        slot.len = 0;
+        self.stored += 1;
+        if self.highest_seq.is_none_or(|h| seq > h) {
+            self.highest_seq = Some(seq);
         }
         Ok(PushOutcome::Stored)
     }
@@ -786,6 +826,13 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             }
             return;
         };
+        let foreign = self.slots[i].foreign;
+        if foreign && (seq == self.next_seq || ts <= self.next_ts) {
+            // Not audio: its sequence number is accounted for, nothing to play.
+            self.free_slot(i);
+            self.next_seq = seq + 1;
+            return;
+        }
         if seq == self.next_seq {
             if ts > self.next_ts {
                 // Contiguous sequence, later timestamp: the sender paused (DTX). The time we
@@ -814,7 +861,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             self.decode_slot(i, info);
             return;
         }
-        if seq == self.next_seq + 1 && missing <= self.decode_buf.len() {
+        if seq == self.next_seq + 1 && missing <= self.decode_buf.len() && !foreign {
             let len = self.slots[i].len;
             let (slots, buf) = (&self.slots, &mut self.decode_buf);
             if let Ok(Some(n)) = self

@@ -40,8 +40,9 @@
 //! playing what it already decoded. One jitter buffer serves the active source.
 //!
 //! Telephone-events (RFC 4733) share the audio stream's SSRC and sequence space; they go to
-//! a [`TelephoneEventReceiver`] and come out as [`LegEvent::Dtmf`]. The audio jitter buffer
-//! sees their sequence numbers as gaps, which it conceals like losses.
+//! a [`TelephoneEventReceiver`] and come out as [`LegEvent::Dtmf`]. Their sequence numbers
+//! are handed to the jitter buffer as foreign ([`JitterBuffer::push_foreign`]), so they do
+//! not read as lost audio; the audio after an event resumes as after a DTX pause.
 //!
 //! # Send path
 //!
@@ -1026,6 +1027,10 @@ impl MediaLeg {
             let events = self
                 .dtmf
                 .handle_packet(meta.timestamp, meta.marker, payload)?;
+            if let Some(seq) = update.seq() {
+                // Its sequence number is not a lost audio packet.
+                self.jb.push_foreign(seq.0, ts.0)?;
+            }
             let mut n = 0;
             for e in events {
                 self.push_event(LegEvent::Dtmf(e));

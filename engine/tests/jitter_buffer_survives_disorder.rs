@@ -223,3 +223,50 @@ fn a_timestamp_jump_with_contiguous_sequence_restarts_playout() {
     assert_eq!(s.late, 0, "{s:?}");
     assert!(played >= 396, "{played} played, {s:?}");
 }
+
+#[test]
+fn telephone_event_packets_in_the_sequence_are_not_taken_for_lost_audio() {
+    let mut jb = jb();
+    let frames = common::frames();
+    let start = common::epoch();
+    let latency = Duration::from_millis(30);
+    let mut out = vec![0.0f32; jb.frame_samples()];
+    let mut delays = HashMap::new();
+    let mut sent = HashMap::new();
+    // 50 audio packets, a 200 ms digit sent as 10 telephone-event packets (same sequence
+    // space, the event's start timestamp), then 50 audio packets again. Taken for lost
+    // audio, the 10 sequence numbers would first be waited for and then concealed: the
+    // stream would come back 200 ms later than it left.
+    for i in 0..110u64 {
+        let t = start + Duration::from_millis(20 * i);
+        let (seq, ts) = (7000 + i, 48_000 + i * 960);
+        if (50..60).contains(&i) {
+            jb.push_foreign(seq, 48_000 + 50 * 960).unwrap();
+        } else {
+            let p = JbPacket {
+                seq,
+                timestamp: ts,
+                payload: &frames[i as usize],
+            };
+            jb.push(p, t + latency).unwrap();
+            sent.insert(seq, t);
+        }
+        jb.pop(t + latency + Duration::from_millis(5), &mut out)
+            .unwrap();
+        for p in jb.drain_played() {
+            delays.insert(
+                p.seq,
+                p.at.duration_since(sent[&p.seq]).as_secs_f64() * 1000.0,
+            );
+        }
+    }
+    let s = jb.stats();
+    assert_eq!(s.late + s.discarded, 0, "{s:?}");
+    assert_eq!(s.played, 100, "{s:?}");
+    let before = delays[&(7000 + 49)];
+    let after = delays[&(7000 + 60)];
+    assert!(
+        (after - before).abs() < 5.0,
+        "delay {before:.1} ms before the digit, {after:.1} ms after"
+    );
+}
