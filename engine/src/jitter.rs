@@ -4,6 +4,9 @@
 //!
 //! - [`JitterBuffer::push`] every received packet with its arrival `Instant` (as soon as it
 //!   is read from the socket: the arrival time is the measurement).
+//! - [`JitterBuffer::push_foreign`] for a packet that takes a sequence number of the
+//!   stream but carries no audio (an RFC 4733 telephone-event), so it is not taken for a
+//!   lost audio packet.
 //! - [`JitterBuffer::pop`] once per output frame on the engine's frame clock (every
 //!   `frame_ms`), with that tick's `Instant`. It always fills exactly one frame: decoded
 //!   audio, audio recovered from FEC, concealment, or silence before the stream starts.
