@@ -1,6 +1,11 @@
 //! confer-conference: rooms, the N-1 audio mixer, active speakers, video forwarding and
 //! recording.
 //!
-//! Nothing lives here yet: the conference issue builds it on top of `confer-engine`'s media
-//! legs. The crate exists now so that the workspace has its final shape and dependencies
-//! point one way (`codecs` <- `engine` <- `conference`).
+//! Built on `confer-engine`'s media legs; dependencies point one way (`codecs` <- `engine`
+//! <- `conference`).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod mixer;
+pub mod recording;
+pub mod room;
+pub mod speakers;
