@@ -6,9 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use confer_codecs::opus::OpusDecoder;
-use confer_engine::jitter_eval::{EvalConfig, EvalReport, evaluate};
-use confer_engine::netsim::{Jitter, LinkChange, LinkConfig, NetSim};
+use confer_engine::jitter_eval::EvalReport;
+use confer_engine::netsim::{Jitter, LinkChange, LinkConfig};
 
 fn base() -> LinkConfig {
     LinkConfig {
@@ -19,33 +18,7 @@ fn base() -> LinkConfig {
 }
 
 fn run(name: &str, link: LinkConfig, secs: u64) -> EvalReport {
-    let start = common::epoch();
-    let cfg = EvalConfig {
-        duration: Duration::from_secs(secs),
-        ..EvalConfig::default()
-    };
-    let r = evaluate(
-        name,
-        || NetSim::new(link.clone(), 7, start).expect("valid link"),
-        start,
-        common::frames(),
-        || OpusDecoder::new(48_000).expect("decoder"),
-        &cfg,
-    )
-    .expect("run");
-    println!(
-        "{name}: mean {:.1} ms p95 {:.1} late {:.2}% concealed {:.2}% oracle {:.1} ms; acc {:.0} ms exp {:.0} ms discarded {} skew {:.2} ms/s",
-        r.mean_delay_ms,
-        r.p95_delay_ms,
-        r.late_loss_pct,
-        r.concealed_pct,
-        r.oracle_delay_ms,
-        r.jitter.accelerated_ms,
-        r.jitter.expanded_ms,
-        r.jitter.discarded,
-        r.jitter.skew_ms_per_s
-    );
-    r
+    common::evaluate_link(name, &link, 7, secs, common::frames())
 }
 
 /// Mean delay of packets sent in [from, to) seconds (first phase).

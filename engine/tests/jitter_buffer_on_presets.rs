@@ -3,40 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
-
-use confer_codecs::opus::OpusDecoder;
-use confer_engine::jitter_eval::{EvalConfig, EvalReport, evaluate};
-use confer_engine::netsim::{LinkConfig, NetSim, presets};
+use confer_engine::jitter_eval::EvalReport;
+use confer_engine::netsim::{LinkConfig, presets};
 
 fn run(name: &str, link: LinkConfig, seed: u64) -> EvalReport {
-    let start = common::epoch();
-    let cfg = EvalConfig {
-        duration: Duration::from_secs(60),
-        ..EvalConfig::default()
-    };
-    let r = evaluate(
-        name,
-        || NetSim::new(link.clone(), seed, start).expect("valid preset"),
-        start,
-        common::frames(),
-        || OpusDecoder::new(48_000).expect("decoder"),
-        &cfg,
-    )
-    .expect("run");
-    println!(
-        "{name:10} seed {seed}: mean {:.1} ms p95 {:.1} ms late {:.2}% concealed {:.2}% oracle {:.1} ms (acc {:.0} ms, exp {:.0} ms, discarded {}, skew {:.2})",
-        r.mean_delay_ms,
-        r.p95_delay_ms,
-        r.late_loss_pct,
-        r.concealed_pct,
-        r.oracle_delay_ms,
-        r.jitter.accelerated_ms,
-        r.jitter.expanded_ms,
-        r.jitter.discarded,
-        r.jitter.skew_ms_per_s,
-    );
-    r
+    common::evaluate_link(name, &link, seed, 60, common::frames())
 }
 
 fn assert_near_oracle(r: &EvalReport) {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use confer_codecs::opus::OpusDecoder;
 use confer_engine::jitter::{JbPacket, JitterBuffer, JitterConfig, PushOutcome};
-use confer_engine::jitter_eval::{EvalConfig, evaluate};
-use confer_engine::netsim::{Duplicate, Jitter, LinkConfig, NetSim, Reorder};
+use confer_engine::jitter_eval::EvalReport;
+use confer_engine::netsim::{Duplicate, Jitter, LinkConfig, Reorder};
 
 fn jb() -> JitterBuffer<OpusDecoder> {
     JitterBuffer::new(
@@ -28,29 +28,8 @@ fn link() -> LinkConfig {
     }
 }
 
-fn eval(
-    name: &str,
-    link: LinkConfig,
-    frames: &[Vec<u8>],
-) -> confer_engine::jitter_eval::EvalReport {
-    let start = common::epoch();
-    let r = evaluate(
-        name,
-        || NetSim::new(link.clone(), 11, start).expect("valid link"),
-        start,
-        frames,
-        || OpusDecoder::new(48_000).expect("decoder"),
-        &EvalConfig {
-            duration: Duration::from_secs(30),
-            ..EvalConfig::default()
-        },
-    )
-    .expect("run");
-    println!(
-        "{name}: mean {:.1} ms late {:.2}% concealed {:.2}% oracle {:.1} ms {:?}",
-        r.mean_delay_ms, r.late_loss_pct, r.concealed_pct, r.oracle_delay_ms, r.jitter
-    );
-    r
+fn eval(name: &str, link: LinkConfig, frames: &[Vec<u8>]) -> EvalReport {
+    common::evaluate_link(name, &link, 11, 30, frames)
 }
 
 #[test]

@@ -9,8 +9,12 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use std::time::Duration;
+
 use confer_codecs::decoder::AudioEncoder;
-use confer_codecs::opus::{OpusEncoder, OpusEncoderConfig};
+use confer_codecs::opus::{OpusDecoder, OpusEncoder, OpusEncoderConfig};
+use confer_engine::jitter_eval::{EvalConfig, EvalReport, evaluate};
+use confer_engine::netsim::{LinkConfig, NetSim};
 
 /// The origin of virtual time. Only differences from it matter.
 pub fn epoch() -> Instant {
@@ -59,4 +63,39 @@ pub fn opus_speech_frames(fec: bool) -> Vec<Vec<u8>> {
 pub fn frames() -> &'static [Vec<u8>] {
     static FRAMES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     FRAMES.get_or_init(|| opus_speech_frames(true))
+}
+
+/// Runs `frames` for `secs` seconds over `link` (seeded with `seed`) into an Opus jitter
+/// buffer, scored against the oracle, and prints the result.
+pub fn evaluate_link(
+    name: &str,
+    link: &LinkConfig,
+    seed: u64,
+    secs: u64,
+    frames: &[Vec<u8>],
+) -> EvalReport {
+    let start = epoch();
+    let cfg = EvalConfig {
+        duration: Duration::from_secs(secs),
+        ..EvalConfig::default()
+    };
+    let r = evaluate(
+        name,
+        || NetSim::new(link.clone(), seed, start).expect("valid link"),
+        start,
+        frames,
+        || OpusDecoder::new(48_000).expect("decoder"),
+        &cfg,
+    )
+    .expect("run");
+    println!(
+        "{name} (seed {seed}): mean {:.1} ms p95 {:.1} ms late {:.2}% concealed {:.2}% oracle {:.1} ms; {:?}",
+        r.mean_delay_ms,
+        r.p95_delay_ms,
+        r.late_loss_pct,
+        r.concealed_pct,
+        r.oracle_delay_ms,
+        r.jitter,
+    );
+    r
 }
