@@ -180,6 +180,10 @@ pub enum PushOutcome {
     Late,
     /// Too far ahead of playout for the buffer's capacity: dropped.
     Overflow,
+    /// A timestamp or sequence jump that the next packet has not confirmed yet (a stray
+    /// or forged packet must not restart playout): dropped; the jump is taken when the
+    /// packet after it continues it.
+    Suspect,
 }
 
 /// What one `pop` produced.
@@ -220,6 +224,8 @@ pub struct JitterStats {
     pub expanded_ms: f64,
     /// Stream restarts (SSRC change or timestamp discontinuity).
     pub resyncs: u64,
+    /// Packets dropped as a jump their successor did not confirm.
+    pub suspects: u64,
     /// Buffered audio the buffer steers towards (current plus the change it wants), in ms.
     pub target_delay_ms: f64,
     /// Audio buffered ahead of playout (decoded and in packets), in ms.
@@ -433,9 +439,13 @@ pub struct JitterBuffer<D: AudioDecoder> {
     held_since_decode: i64,
     window: SlackWindow,
     skew: SkewEstimator,
-    /// Sequence numbers of the last packets decoded (duplicate detection after playout).
-    recent_played: [u64; 128],
-    recent_played_next: usize,
+    /// Sequence numbers already accounted for (played, recovered, late or discarded),
+    /// indexed by `seq % len`: a second arrival of one of them is a duplicate, not a loss.
+    settled: Vec<u64>,
+    /// A jump (sequence or timestamp) seen once, waiting for its successor to confirm it.
+    pending_jump: Option<(u64, u64)>,
+    /// Stored slots that carry no audio (telephone-events).
+    stored_foreign: usize,
     stats: JitterStats,
 }
 
@@ -500,8 +510,9 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             held_since_decode: 0,
             window: SlackWindow::new(cfg.window),
             skew: SkewEstimator::new(),
-            recent_played: [u64::MAX; 128],
-            recent_played_next: 0,
+            settled: vec![u64::MAX; cfg.capacity * 2],
+            pending_jump: None,
+            stored_foreign: 0,
             stats: JitterStats::default(),
             stretcher,
             decoder,
@@ -558,14 +569,19 @@ impl<D: AudioDecoder> JitterBuffer<D> {
     /// Audio waiting to be played: decoded samples plus stored packets at their nominal
     /// length (a DTX pause or a loss gap is not audio waiting).
     fn buffered_samples(&self) -> u64 {
-        self.sync.len() as u64 + (self.stored * self.packet_samples) as u64
+        self.sync.len() as u64 + ((self.stored - self.stored_foreign) * self.packet_samples) as u64
     }
 
-    /// The late-quantile slack projected to now, in ms, once measured.
+    /// The late-quantile slack projected to now, in ms, once measured. Until the window
+    /// holds enough packets for the quantile to mean something (1 / `late_quantile`), up
+    /// to `initial_delay_ms` is held in reserve, shrinking as packets come in.
     fn slack_quantile_ms(&self) -> Option<f64> {
         let now_s = self.secs(self.next_tick.unwrap_or(self.epoch?));
         let q = self.window.quantile(self.cfg.late_quantile, now_s)?;
-        Some(q + self.offset as f64 * 1000.0 / self.rate())
+        let needed = (1.0 / self.cfg.late_quantile.max(1e-3)).ceil();
+        let seen = self.window.len as f64;
+        let reserve = self.cfg.initial_delay_ms as f64 * ((needed - seen) / needed).max(0.0);
+        Some(q + self.offset as f64 * 1000.0 / self.rate() - reserve)
     }
 
     /// Takes in one received packet.
@@ -587,10 +603,21 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         if !self.started {
             self.start_at(packet, arrival);
         } else if self.is_discontinuity(&packet) {
+            // Restart only when the packet after the jump continues it.
+            let max_gap = self.cfg.clock_rate as u64 * self.cfg.max_dtx_gap_ms as u64 / 1000;
+            let confirmed = self.pending_jump.is_some_and(|(seq, ts)| {
+                packet.seq == seq + 1 && packet.timestamp > ts && packet.timestamp - ts <= max_gap
+            });
+            if !confirmed {
+                self.pending_jump = Some((packet.seq, packet.timestamp));
+                self.stats.suspects += 1;
+                return Ok(PushOutcome::Suspect);
+            }
+            self.pending_jump = None;
             self.resync(packet);
         }
         if packet.seq < self.next_seq {
-            return Ok(self.already_past(packet.seq));
+            return Ok(self.already_past(packet, arrival));
         }
         if packet.seq >= self.next_seq + self.cfg.capacity as u64 {
             self.stats.overflow += 1;
@@ -609,6 +636,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             || (packet.timestamp < self.next_ts && packet.seq > self.next_seq)
         {
             // Its start has already been concealed.
+            self.settle(packet.seq);
             self.stats.late += 1;
             self.record_slack(packet, arrival);
             return Ok(PushOutcome::Late);
@@ -657,6 +685,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         slot.ts = timestamp;
         slot.len = 0;
         self.stored += 1;
+        self.stored_foreign += 1;
         if self.highest_seq.is_none_or(|h| seq > h) {
             self.highest_seq = Some(seq);
         }
@@ -688,36 +717,53 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         for s in &mut self.slots {
             if s.used {
                 s.used = false;
-                self.stats.discarded += 1;
+                if !s.foreign {
+                    self.stats.discarded += 1;
+                }
             }
         }
         self.stored = 0;
+        self.stored_foreign = 0;
+        // A new stream may come from another clock, and nothing held is waited for now.
+        self.skew = SkewEstimator::new();
+        self.window.set_skew(0.0);
+        self.held_since_decode = 0;
         self.highest_seq = None;
         self.next_seq = packet.seq;
         self.next_ts = packet.timestamp;
         self.stats.resyncs += 1;
     }
 
-    fn already_past(&mut self, seq: u64) -> PushOutcome {
-        // Within the recently played range it is a duplicate of a played packet, else it
-        // came too late (its place was concealed).
-        if self.played_recently(seq) {
+    /// A packet whose place has passed: a duplicate if it was accounted for already, else
+    /// a late arrival. Its lateness is measured: the buffer must learn from what it missed.
+    fn already_past(&mut self, packet: JbPacket<'_>, arrival: Instant) -> PushOutcome {
+        if self.is_settled(packet.seq) {
             self.stats.duplicates += 1;
-            PushOutcome::Duplicate
-        } else {
-            self.stats.late += 1;
-            PushOutcome::Late
+            return PushOutcome::Duplicate;
         }
+        self.settle(packet.seq);
+        self.stats.late += 1;
+        self.record_slack(packet, arrival);
+        PushOutcome::Late
     }
 
-    fn played_recently(&self, seq: u64) -> bool {
-        self.recent_played.contains(&seq)
+    fn settle(&mut self, seq: u64) {
+        let n = self.settled.len();
+        self.settled[(seq as usize) % n] = seq;
+    }
+
+    fn is_settled(&self, seq: u64) -> bool {
+        self.settled[(seq as usize) % self.settled.len()] == seq
     }
 
     /// Slack: time from arrival to when the packet's first sample will be played under
     /// the schedule in force (continuous; the frame quantisation is applied at decision).
     fn record_slack(&mut self, packet: JbPacket<'_>, arrival: Instant) {
         let ahead = self.sync.len() as i64 + packet.timestamp as i64 - self.next_ts as i64;
+        if ahead < -self.ms_to_samples(self.cfg.max_excess_ms) {
+            // A straggler from before a restart: its timestamp is on another timeline.
+            return;
+        }
         let base = self.next_tick.unwrap_or(arrival);
         let t = self.secs(arrival);
         let play_s = self.secs(base) + ahead as f64 / self.rate();
@@ -796,6 +842,9 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         if self.slots[i].used {
             self.slots[i].used = false;
             self.stored -= 1;
+            if self.slots[i].foreign {
+                self.stored_foreign -= 1;
+            }
         }
     }
 
@@ -852,6 +901,11 @@ impl<D: AudioDecoder> JitterBuffer<D> {
                     return;
                 }
             }
+            if ts < self.next_ts {
+                // It overlaps what was already played (after a hold ran out): the overlap
+                // plays again, which delays the schedule by as much.
+                self.offset += (self.next_ts - ts) as i64;
+            }
             self.next_ts = ts;
             self.decode_slot(i, info);
             return;
@@ -874,6 +928,9 @@ impl<D: AudioDecoder> JitterBuffer<D> {
                 self.sync.extend_from_slice(&self.decode_buf[..n]);
                 info.decoded += n;
                 self.stats.fec_recovered += 1;
+                self.settle(self.next_seq);
+                // FEC covered `n` of the `missing` samples of media.
+                self.offset += n as i64 - missing as i64;
                 self.next_seq = seq;
                 self.next_ts = ts;
                 return;
@@ -894,8 +951,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             .decode(&self.slots[i].data[..len], &mut self.decode_buf);
         self.free_slot(i);
         self.next_seq = seq + 1;
-        self.recent_played[self.recent_played_next] = seq;
-        self.recent_played_next = (self.recent_played_next + 1) % self.recent_played.len();
+        self.settle(seq);
         let n = match result {
             Ok(n) if n > 0 => n,
             _ => {
@@ -1004,8 +1060,11 @@ impl<D: AudioDecoder> JitterBuffer<D> {
                 break;
             };
             let dur = self.packet_samples as u64;
+            if !self.slots[i].foreign {
+                self.stats.discarded += 1;
+                self.settle(seq);
+            }
             self.free_slot(i);
-            self.stats.discarded += 1;
             self.next_seq = seq + 1;
             let skipped = (ts + dur).saturating_sub(self.next_ts);
             self.next_ts = ts + dur;

@@ -92,8 +92,16 @@ pub fn run(args: JitterArgs) -> anyhow::Result<()> {
     bar.enable_steady_tick(Duration::from_millis(200));
     if !args.json {
         println!(
-            "{:<12} {:>8} {:>9} {:>9} {:>8} {:>11} {:>10} {:>13}",
-            "run", "packets", "mean_ms", "p95_ms", "late_%", "concealed_%", "oracle_ms", "goal"
+            "{:<12} {:>8} {:>9} {:>9} {:>8} {:>11} {:>10} {:>15} {:>7}",
+            "run",
+            "packets",
+            "mean_ms",
+            "p95_ms",
+            "late_%",
+            "concealed_%",
+            "oracle_ms",
+            "oracle_1pct_ms",
+            "goal"
         );
     }
     let start = Instant::now();
@@ -158,6 +166,7 @@ fn print_report(r: &EvalReport, json: bool) {
             "late_loss_pct": round2(r.late_loss_pct),
             "concealed_pct": round2(r.concealed_pct),
             "oracle_delay_ms": round2(r.oracle_delay_ms),
+            "oracle_1pct_delay_ms": round2(r.oracle_1pct_delay_ms),
             "accelerated_ms": round2(r.jitter.accelerated_ms),
             "expanded_ms": round2(r.jitter.expanded_ms),
             "fec_recovered": r.jitter.fec_recovered,
@@ -166,7 +175,7 @@ fn print_report(r: &EvalReport, json: bool) {
         println!("{v}");
     } else {
         println!(
-            "{:<12} {:>8} {:>9.1} {:>9.1} {:>8.2} {:>11.2} {:>10.1} {:>13}",
+            "{:<12} {:>8} {:>9.1} {:>9.1} {:>8.2} {:>11.2} {:>10.1} {:>15.1} {:>7}",
             r.name,
             r.packets,
             r.mean_delay_ms,
@@ -174,6 +183,7 @@ fn print_report(r: &EvalReport, json: bool) {
             r.late_loss_pct,
             r.concealed_pct,
             r.oracle_delay_ms,
+            r.oracle_1pct_delay_ms,
             if goal_met(r) { "met" } else { "MISSED" }
         );
     }
