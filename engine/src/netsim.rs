@@ -1279,6 +1279,9 @@ where
 // Traces
 // ---------------------------------------------------------------------------------------------
 
+/// Missing trace rows up to this many in a row are replayed as lost packets.
+const MAX_TRACE_GAP: u64 = 3000;
+
 /// The CSV header a trace file must start with.
 pub const TRACE_HEADER: &str = "seq,send_ms,arrival_ms";
 /// Largest time a trace line may hold, in ms (about 115 days).
@@ -1608,7 +1611,18 @@ impl<P> TraceLink<P> {
         let mut packets = Vec::new();
         let mut delays = Vec::new();
         let mut i = 0;
+        let mut prev_seq: Option<u64> = None;
         while let Some(first) = rows.get(i) {
+            // A sequence number without a row was never seen: lost. (A gap wider than a
+            // minute of packets is closed up instead, so a renumbering cannot blow up.)
+            if let Some(prev) = prev_seq {
+                let missing = first.seq.saturating_sub(prev + 1);
+                if missing <= MAX_TRACE_GAP {
+                    let at = delays.len();
+                    packets.extend((0..missing).map(|_| (at, at)));
+                }
+            }
+            prev_seq = Some(first.seq);
             let from = delays.len();
             while let Some(row) = rows.get(i).filter(|r| r.seq == first.seq) {
                 if let Some(d) = delay_nanos(row) {
@@ -1628,6 +1642,13 @@ impl<P> TraceLink<P> {
             in_flight: InFlight::new(),
             stats: LinkStats::default(),
         }
+    }
+}
+
+impl<P> TraceLink<P> {
+    /// Packets the trace describes, rows missing inside the sequence counted as lost.
+    pub fn packet_count(&self) -> usize {
+        self.packets.len()
     }
 }
 
@@ -2466,6 +2487,26 @@ mod tests {
         assert_eq!(stats.lost_trace, 3);
         assert_eq!(stats.duplicated, 1);
         assert_eq!(stats.delivered, 3);
+    }
+
+    #[test]
+    fn a_sequence_number_missing_from_a_trace_replays_as_a_lost_packet() {
+        // Rows for 0, 1 and 4: 2 and 3 were never seen.
+        let trace =
+            Trace::parse_csv("seq,send_ms,arrival_ms\n0,0,30\n1,20,50\n4,80,110\n").unwrap();
+        let link: TraceLink<u64> = TraceLink::new(&trace);
+        assert_eq!(link.packet_count(), 5);
+        let start = t0();
+        let sc = ScenarioConfig::new(MS20, ms(100));
+        let mut scenario = Scenario::new(link, start, sc, |k, _| (k, 1)).unwrap();
+        let mut arrived = Vec::new();
+        scenario.run(|e| {
+            if let SimEvent::Arrival(d) = e {
+                arrived.push(d.seq);
+            }
+        });
+        assert_eq!(arrived, vec![0, 1, 4]);
+        assert_eq!(scenario.link().stats().lost_trace, 2);
     }
 
     #[test]

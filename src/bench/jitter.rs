@@ -144,7 +144,8 @@ fn run_job(
             evaluate(name, make, start, frames, decoder, &cfg)?
         }
         Job::Trace(trace) => {
-            cfg.duration = cfg.interval * trace.packet_count() as u32;
+            let packets = TraceLink::<u64>::new(trace).packet_count();
+            cfg.duration = cfg.interval * u32::try_from(packets).unwrap_or(u32::MAX);
             evaluate(name, || TraceLink::new(trace), start, frames, decoder, &cfg)?
         }
     };
