@@ -3,8 +3,8 @@
 
 # Packages the build needs (cmake builds the bundled libopus).
 CONFER_BUILD_PACKAGES=(build-essential pkg-config cmake)
-# Packages the tests need on top (real peers and tools arrive with later features).
-CONFER_TEST_PACKAGES=()
+# Packages the tests need on top: opus-tools (opusinfo, opusdec) checks recordings.
+CONFER_TEST_PACKAGES=(opus-tools)
 
 confer_ensure_packages() {
   local missing=()
