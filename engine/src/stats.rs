@@ -87,8 +87,31 @@ impl ReceiverStats {
     /// Records one packet: what the sequence extender said about it, its extended RTP
     /// timestamp, and when it arrived.
     pub fn on_rtp(&mut self, seq: SeqUpdate, rtp_time: RtpTime, arrival: Instant) {
+        if !self.count(seq) {
+            return;
+        }
+        let epoch = *self.epoch.get_or_insert(arrival);
+        let arrival_ticks = arrival.saturating_duration_since(epoch).as_secs_f64()
+            * f64::from(self.clock_rate.hz());
+        let transit = arrival_ticks - rtp_time.0 as f64;
+        if let Some(prev) = self.last_transit {
+            let d = (transit - prev).abs();
+            self.jitter += (d - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    /// Counts a packet whose timestamp does not follow its sending time (an RFC 4733
+    /// telephone-event: every packet of an event carries the event's start), so it takes
+    /// part in the loss counts but not in the interarrival jitter.
+    pub fn on_rtp_untimed(&mut self, seq: SeqUpdate) {
+        self.count(seq);
+    }
+
+    /// Sequence bookkeeping; false when the packet is not counted.
+    fn count(&mut self, seq: SeqUpdate) -> bool {
         match seq {
-            SeqUpdate::Dropped => return,
+            SeqUpdate::Dropped => return false,
             SeqUpdate::First(s) => self.seq = Some(SeqCounters::start(s)),
             SeqUpdate::Restarted(s) => {
                 self.seq = Some(SeqCounters::start(s));
@@ -106,15 +129,7 @@ impl ReceiverStats {
                 None => self.seq = Some(SeqCounters::start(s)),
             },
         }
-        let epoch = *self.epoch.get_or_insert(arrival);
-        let arrival_ticks = arrival.saturating_duration_since(epoch).as_secs_f64()
-            * f64::from(self.clock_rate.hz());
-        let transit = arrival_ticks - rtp_time.0 as f64;
-        if let Some(prev) = self.last_transit {
-            let d = (transit - prev).abs();
-            self.jitter += (d - self.jitter) / 16.0;
-        }
-        self.last_transit = Some(transit);
+        true
     }
 
     /// Records a sender report from this source (its NTP timestamp) and when it arrived,
@@ -320,6 +335,30 @@ mod tests {
             f.stats.jitter_ticks()
         );
         assert_eq!(f.stats.report_block(f.t0).unwrap().jitter, 0);
+    }
+
+    #[test]
+    fn telephone_event_packets_count_but_do_not_add_jitter() {
+        let mut f = Feed::new(100);
+        for i in 0..50 {
+            f.packet(i, Duration::ZERO);
+        }
+        // A 7-packet digit: every packet carries the event's start timestamp.
+        let event_ts = 0xFFFF_0000u32.wrapping_add(50 * FRAME);
+        for i in 50..57u32 {
+            let u = f.seq.extend(f.seq0.wrapping_add(i as u16));
+            f.ts.extend(event_ts);
+            f.stats.on_rtp_untimed(u);
+        }
+        for i in 57..100 {
+            f.packet(i, Duration::ZERO);
+        }
+        assert!(
+            f.stats.jitter_ticks().abs() < 1e-6,
+            "{}",
+            f.stats.jitter_ticks()
+        );
+        assert_eq!(f.stats.received(), 100);
     }
 
     #[test]
