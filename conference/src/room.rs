@@ -1,1 +1,1083 @@
-//! (in progress)
+//! A conference room: participants (each a [`MediaLeg`]), their controls, and the tick that
+//! mixes once and encodes as few times as possible.
+//!
+//! # Drive contract (sans-IO)
+//!
+//! - [`Room::new`] with the room's creation time; [`Room::join`] a participant with its
+//!   room-side leg (its frame duration must be the room's); [`Room::leave`] or
+//!   [`Room::kick`] gives the leg back (to send its BYE).
+//! - [`Room::handle_datagram`] for every datagram from a participant, with its arrival time.
+//! - [`Room::tick`] once per frame (every `frame_ms`) with the tick's time: it calls `send`
+//!   with every packet to transmit (RTP and RTCP) and the participant it goes to.
+//! - [`Room::poll_event`] after the above until `None`: joins, leaves, talking, mute, lock,
+//!   each with its media time (time since the room was created).
+//! - Controls (`set_muted`, `set_deaf`, `set_input_gain_db`, `set_output_gain_db`,
+//!   `set_moderator`, `lock`, `unlock`, `end`) at any time between ticks.
+//!
+//! Time never comes from the clock; an empty room's tick returns at once (no work, no
+//! timer), so idle rooms cost nothing.
+//!
+//! # One tick
+//!
+//! 1. Every leg's frame is polled (so every jitter buffer keeps its schedule), with its
+//!    RFC 6464 level and VAD decision. A participant *talks* when the VAD says voice, its
+//!    smoothed level is above [`SpeakerConfig::min_level_dbov`], it is not muted, and the
+//!    room is not waiting for a moderator. Changes are `StartedTalking`/`StoppedTalking`
+//!    events.
+//! 2. [`ActiveSpeakers`] picks at most K speakers (hysteresis, see [`crate::speakers`]).
+//!    Only they are mixed: silent participants cost a poll, not a mix.
+//! 3. The [`Mixer`] adds each speaker's frame once (with its input gain).
+//! 4. Each speaker who can hear gets its own N-1 mix (total minus itself, times its output
+//!    gain, through its own [`Limiter`]), encoded by its own leg ([`MediaLeg::send_frame`]).
+//! 5. Every other participant is a listener. Listeners are grouped by what their encoded
+//!    audio depends on: codec and its settings (Opus bitrate, FEC, DTX; G.711 law), frame
+//!    duration, and output gain. Each group with at least one listener who hears this tick
+//!    encodes the full mix (times the group's gain, through the group's limiter) **once**;
+//!    each listener's leg packetizes that same payload with its own SSRC, sequence number,
+//!    timestamp and SRTP context ([`MediaLeg::send_payload`]). Payload types are
+//!    per leg, so they are not part of the group. Encoder calls are counted in
+//!    [`RoomStats`].
+//! 6. Deaf participants, and everyone while the room waits for a moderator, get nothing
+//!    (their leg's media clock advances, so the next packet is a marked talkspurt).
+//! 7. Every leg's RTCP is polled.
+//!
+//! A participant moving between speaker and listener switches between its own encoder and
+//! its group's: the decoder sees a new encoder's stream (Opus copes; no reset is signalled),
+//! which is what every mixing server that shares encodes does.
+//!
+//! # Allocation
+//!
+//! Buffers are allocated at [`Room::new`] and [`Room::join`] (the participant's frame,
+//! limiter; a new encoder group when its settings are new); a tick allocates nothing
+//! (events go to a bounded queue allocated up front; beyond it they are dropped and
+//! counted). The leg's own exceptions (RTCP, `rtc-srtp`) are documented in
+//! [`confer_engine::leg`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use confer_codecs::decoder::{AudioEncoder, CodecError};
+use confer_codecs::g711::{G711Encoder, G711Law};
+use confer_codecs::opus::{OpusEncoder, OpusEncoderConfig};
+use confer_codecs::resample::Resampler;
+use confer_engine::leg::{
+    Codec, LegError, LegStats, MAX_DATAGRAM, MAX_ENCODED_PAYLOAD, MediaLeg, Received,
+};
+
+use crate::mixer::{Limiter, LimiterConfig, Mixer, MixerError};
+use crate::speakers::{ActiveSpeakers, SILENCE_DBOV, SpeakerConfig, SpeakerConfigError};
+
+/// The room's sample rate: every leg delivers and takes frames at this rate.
+pub const ROOM_RATE: u32 = 48_000;
+/// Events kept for [`Room::poll_event`]; more are dropped and counted.
+pub const EVENT_QUEUE_LEN: usize = 4096;
+/// The input and output gains a participant may be given, in dB.
+pub const GAIN_DB_RANGE: std::ops::RangeInclusive<f32> = -60.0..=20.0;
+
+/// A participant of one room: its slot and the slot's generation, so an id that left is
+/// never mistaken for whoever took its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId {
+    slot: u32,
+    generation: u32,
+}
+
+impl std::fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p{}.{}", self.slot, self.generation)
+    }
+}
+
+/// The settings of a room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomConfig {
+    /// The frame clock: 10 or 20 ms.
+    pub frame_ms: u32,
+    /// Active-speaker selection (K, hysteresis).
+    pub speakers: SpeakerConfig,
+    /// The limiter on every output mix.
+    pub limiter: LimiterConfig,
+    /// Joins beyond this many participants are refused (1..=100000).
+    pub max_participants: usize,
+    /// Non-moderators hear nothing and are not mixed until a moderator is present.
+    pub wait_for_moderator: bool,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            frame_ms: 20,
+            speakers: SpeakerConfig::default(),
+            limiter: LimiterConfig::default(),
+            max_participants: 1000,
+            wait_for_moderator: false,
+        }
+    }
+}
+
+/// A participant joining: its room-side leg and initial controls.
+#[derive(Debug)]
+pub struct ParticipantConfig {
+    /// The room-side media leg (frame duration equal to the room's, 48 kHz engine rate).
+    pub leg: MediaLeg,
+    /// Moderator role.
+    pub moderator: bool,
+    /// Joins muted.
+    pub muted: bool,
+    /// Joins deaf.
+    pub deaf: bool,
+    /// Gain on what the participant says, in dB ([`GAIN_DB_RANGE`]).
+    pub input_gain_db: f32,
+    /// Gain on what the participant hears, in dB ([`GAIN_DB_RANGE`]).
+    pub output_gain_db: f32,
+}
+
+impl ParticipantConfig {
+    /// A non-moderator, unmuted, hearing, at unity gains.
+    pub fn new(leg: MediaLeg) -> Self {
+        ParticipantConfig {
+            leg,
+            moderator: false,
+            muted: false,
+            deaf: false,
+            input_gain_db: 0.0,
+            output_gain_db: 0.0,
+        }
+    }
+}
+
+/// Why a call on a room failed. All are the caller's errors except [`RoomError::Leg`] from
+/// [`Room::handle_datagram`], which is the peer's (counted by the leg).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RoomError {
+    /// The room is locked: no joins.
+    #[error("the room is locked")]
+    Locked,
+    /// The room has its maximum number of participants.
+    #[error("the room is full ({0} participants)")]
+    Full(usize),
+    /// The room has ended.
+    #[error("the room has ended")]
+    Ended,
+    /// No such participant (never joined, or left).
+    #[error("no participant {0}")]
+    UnknownParticipant(ParticipantId),
+    /// A gain outside [`GAIN_DB_RANGE`] (or not a number).
+    #[error("gain {0} dB is outside -60..=20 dB")]
+    GainOutOfRange(f32),
+    /// The leg's frames do not fit the room's.
+    #[error("the leg's frames are {got} samples, the room's {expected}")]
+    FrameMismatch {
+        /// Samples per room frame.
+        expected: usize,
+        /// Samples per leg frame.
+        got: usize,
+    },
+    /// The room configuration is unusable.
+    #[error("bad room configuration: {0}")]
+    BadConfig(&'static str),
+    /// Bad active-speaker settings.
+    #[error("speakers: {0}")]
+    Speakers(#[from] SpeakerConfigError),
+    /// Bad mixer settings.
+    #[error("mixer: {0}")]
+    Mixer(#[from] MixerError),
+    /// A codec could not be built for an encoder group.
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    /// The leg rejected a datagram (the peer's fault).
+    #[error("leg: {0}")]
+    Leg(#[from] LegError),
+}
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// [`Room::leave`].
+    Left,
+    /// [`Room::kick`].
+    Kicked,
+    /// [`Room::end`].
+    RoomEnded,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomEventKind {
+    /// The room was created.
+    Created,
+    /// The room ended.
+    Ended,
+    /// A participant joined.
+    Joined {
+        /// Who.
+        id: ParticipantId,
+        /// With the moderator role.
+        moderator: bool,
+    },
+    /// A participant left.
+    Left {
+        /// Who.
+        id: ParticipantId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A participant started talking (voice, unmuted, audible).
+    StartedTalking(ParticipantId),
+    /// A participant stopped talking.
+    StoppedTalking(ParticipantId),
+    /// A participant was muted.
+    Muted(ParticipantId),
+    /// A participant was unmuted.
+    Unmuted(ParticipantId),
+    /// A participant was made deaf.
+    Deafened(ParticipantId),
+    /// A participant hears again.
+    Undeafened(ParticipantId),
+    /// The room was locked.
+    Locked,
+    /// The room was unlocked.
+    Unlocked,
+}
+
+/// An event with its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomEvent {
+    /// Media time: since the room was created.
+    pub media_time: Duration,
+    /// The `now` of the call that caused it.
+    pub at: Instant,
+    /// What happened.
+    pub kind: RoomEventKind,
+}
+
+/// A participant's state and counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantStats {
+    /// Audio buffered ahead of playout in the jitter buffer, in ms.
+    pub jitter_buffer_delay_ms: f64,
+    /// What the jitter buffer steers towards, in ms.
+    pub jitter_buffer_target_ms: f64,
+    /// RFC 3550 packets expected from the participant.
+    pub packets_expected: u64,
+    /// RFC 3550 cumulative loss (negative with duplicates).
+    pub packets_lost: i64,
+    /// `packets_lost / packets_expected`, 0 before any packet.
+    pub loss_fraction: f64,
+    /// The last frame's level in dBov (-127 for silence).
+    pub level_dbov: f32,
+    /// The smoothed level speaker selection uses, in dBov.
+    pub smoothed_level_dbov: f32,
+    /// Talking (voice, unmuted, audible) at the last tick.
+    pub talking: bool,
+    /// One of the mixed active speakers at the last tick.
+    pub speaker: bool,
+    /// Muted.
+    pub muted: bool,
+    /// Deaf.
+    pub deaf: bool,
+    /// Moderator.
+    pub moderator: bool,
+    /// Input gain in dB.
+    pub input_gain_db: f32,
+    /// Output gain in dB.
+    pub output_gain_db: f32,
+    /// Frames this participant was mixed into the room.
+    pub frames_mixed: u64,
+    /// The leg's own counters.
+    pub leg: LegStats,
+}
+
+/// Room-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomStats {
+    /// Participants now.
+    pub participants: usize,
+    /// Active speakers at the last tick.
+    pub speakers: usize,
+    /// Encoder groups now.
+    pub encoder_groups: usize,
+    /// Ticks that did work (an empty room's ticks are not counted).
+    pub ticks: u64,
+    /// Encoder calls at the last tick (shared plus per-speaker).
+    pub encoder_calls_last_tick: u32,
+    /// Shared (per-group) encodes at the last tick.
+    pub shared_encodes_last_tick: u32,
+    /// Per-speaker (N-1) encodes at the last tick.
+    pub speaker_encodes_last_tick: u32,
+    /// Encoder calls since the room was created.
+    pub encoder_calls_total: u64,
+    /// Packets written for participants since the room was created (RTP and RTCP).
+    pub packets_sent: u64,
+    /// Failures on the send path (encoding or packetizing), frames not sent.
+    pub send_errors: u64,
+    /// Events dropped because nobody polled them.
+    pub events_dropped: u64,
+}
+
+/// What a listener's encoded audio depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GroupKey {
+    codec: CodecKey,
+    frame_ms: u32,
+    /// The output gain's bits: equal gains share, any difference does not.
+    output_gain_bits: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CodecKey {
+    Opus {
+        bitrate_bps: u32,
+        fec: bool,
+        dtx: bool,
+    },
+    G711(bool),
+}
+
+enum GroupEncoder {
+    Opus(Box<OpusEncoder>),
+    G711(G711Encoder),
+}
+
+struct EncoderGroup {
+    key: GroupKey,
+    members: usize,
+    output_gain: f32,
+    encoder: GroupEncoder,
+    resampler: Resampler,
+    limiter: Limiter,
+    pcm: Vec<f32>,
+    codec_pcm: Vec<f32>,
+    payload: Vec<u8>,
+    /// This tick's payload length; `None` when not encoded (or failed).
+    payload_len: Option<usize>,
+    wanted: bool,
+}
+
+impl EncoderGroup {
+    fn new(
+        key: GroupKey,
+        output_gain: f32,
+        config: &RoomConfig,
+        frame: usize,
+    ) -> Result<Self, RoomError> {
+        let (encoder, rate) = match key.codec {
+            CodecKey::Opus {
+                bitrate_bps,
+                fec,
+                dtx,
+            } => (
+                // The same settings as the leg's own encoder (`MediaLeg::new`).
+                GroupEncoder::Opus(Box::new(OpusEncoder::new(OpusEncoderConfig {
+                    sample_rate: ROOM_RATE,
+                    bitrate_bps,
+                    inband_fec: fec,
+                    dtx,
+                    expected_loss_percent: if fec { 10 } else { 0 },
+                    frame_ms: key.frame_ms,
+                    ..OpusEncoderConfig::default()
+                })?)),
+                ROOM_RATE,
+            ),
+            CodecKey::G711(ulaw) => (
+                GroupEncoder::G711(G711Encoder::new(
+                    if ulaw { G711Law::Ulaw } else { G711Law::Alaw },
+                    key.frame_ms,
+                )?),
+                confer_codecs::g711::SAMPLE_RATE,
+            ),
+        };
+        Ok(EncoderGroup {
+            key,
+            members: 0,
+            output_gain,
+            encoder,
+            resampler: Resampler::new(ROOM_RATE, rate, key.frame_ms)?,
+            limiter: Limiter::new(config.limiter, ROOM_RATE, frame)?,
+            pcm: vec![0.0; frame],
+            codec_pcm: vec![0.0; (rate / 1000 * key.frame_ms) as usize],
+            payload: vec![0; MAX_ENCODED_PAYLOAD],
+            payload_len: None,
+            wanted: false,
+        })
+    }
+
+    fn encode(&mut self) -> Result<usize, CodecError> {
+        self.resampler.process(&self.pcm, &mut self.codec_pcm)?;
+        match &mut self.encoder {
+            GroupEncoder::Opus(e) => e.encode(&self.codec_pcm, &mut self.payload),
+            GroupEncoder::G711(e) => e.encode(&self.codec_pcm, &mut self.payload),
+        }
+    }
+}
+
+struct Participant {
+    id: ParticipantId,
+    leg: MediaLeg,
+    moderator: bool,
+    muted: bool,
+    deaf: bool,
+    input_gain_db: f32,
+    input_gain: f32,
+    output_gain_db: f32,
+    output_gain: f32,
+    group: usize,
+    frame: Vec<f32>,
+    limiter: Limiter,
+    talking: bool,
+    level_dbov: f32,
+    /// The participant's place in this tick's mixer, when it is a speaker.
+    mix_index: Option<usize>,
+    frames_mixed: u64,
+}
+
+struct Slot {
+    generation: u32,
+    participant: Option<Participant>,
+}
+
+/// A conference room. See the module docs for the drive contract.
+pub struct Room {
+    config: RoomConfig,
+    created: Instant,
+    frame_samples: usize,
+    locked: bool,
+    ended: bool,
+    slots: Vec<Slot>,
+    count: usize,
+    moderators: usize,
+    speakers: ActiveSpeakers,
+    mixer: Mixer,
+    groups: Vec<EncoderGroup>,
+    scratch: Vec<f32>,
+    packet: Vec<u8>,
+    events: VecDeque<RoomEvent>,
+    stats: RoomStats,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("participants", &self.count)
+            .field("locked", &self.locked)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+fn gain_from_db(db: f32) -> Result<f32, RoomError> {
+    if !GAIN_DB_RANGE.contains(&db) {
+        return Err(RoomError::GainOutOfRange(db));
+    }
+    Ok(10f32.powf(db / 20.0))
+}
+
+impl Room {
+    /// A room created at `now` (the origin of its media time).
+    pub fn new(config: RoomConfig, now: Instant) -> Result<Self, RoomError> {
+        if config.frame_ms != 10 && config.frame_ms != 20 {
+            return Err(RoomError::BadConfig("frame_ms must be 10 or 20"));
+        }
+        if !(1..=100_000).contains(&config.max_participants) {
+            return Err(RoomError::BadConfig("max_participants must be 1..=100000"));
+        }
+        let frame_samples = (ROOM_RATE / 1000 * config.frame_ms) as usize;
+        let frame = Duration::from_millis(u64::from(config.frame_ms));
+        let speakers = ActiveSpeakers::new(config.speakers, frame, 0)?;
+        let mixer = Mixer::new(frame_samples, config.speakers.max_speakers)?;
+        // Validates the limiter settings now rather than at the first join.
+        Limiter::new(config.limiter, ROOM_RATE, frame_samples)?;
+        let mut events = VecDeque::with_capacity(EVENT_QUEUE_LEN);
+        events.push_back(RoomEvent {
+            media_time: Duration::ZERO,
+            at: now,
+            kind: RoomEventKind::Created,
+        });
+        Ok(Room {
+            config,
+            created: now,
+            frame_samples,
+            locked: false,
+            ended: false,
+            slots: Vec::new(),
+            count: 0,
+            moderators: 0,
+            speakers,
+            mixer,
+            groups: Vec::new(),
+            scratch: vec![0.0; frame_samples],
+            packet: vec![0; MAX_DATAGRAM],
+            events,
+            stats: RoomStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RoomConfig {
+        &self.config
+    }
+
+    /// Participants now.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// No participants.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The participants now, in slot order.
+    pub fn participants(&self) -> impl Iterator<Item = ParticipantId> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|s| s.participant.as_ref().map(|p| p.id))
+    }
+
+    /// The room is waiting for a moderator (non-moderators hear nothing, are not mixed).
+    pub fn waiting_for_moderator(&self) -> bool {
+        self.config.wait_for_moderator && self.moderators == 0
+    }
+
+    /// The active speakers at the last tick.
+    pub fn speakers(&self) -> impl Iterator<Item = ParticipantId> + '_ {
+        self.speakers
+            .speakers()
+            .iter()
+            .filter_map(|&s| self.slots.get(s)?.participant.as_ref().map(|p| p.id))
+    }
+
+    fn push_event(&mut self, now: Instant, kind: RoomEventKind) {
+        if self.events.len() < EVENT_QUEUE_LEN {
+            self.events.push_back(RoomEvent {
+                media_time: now.saturating_duration_since(self.created),
+                at: now,
+                kind,
+            });
+        } else {
+            self.stats.events_dropped += 1;
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<RoomEvent> {
+        self.events.pop_front()
+    }
+
+    fn participant(&self, id: ParticipantId) -> Result<&Participant, RoomError> {
+        self.slots
+            .get(id.slot as usize)
+            .filter(|s| s.generation == id.generation)
+            .and_then(|s| s.participant.as_ref())
+            .ok_or(RoomError::UnknownParticipant(id))
+    }
+
+    fn participant_mut(&mut self, id: ParticipantId) -> Result<&mut Participant, RoomError> {
+        self.slots
+            .get_mut(id.slot as usize)
+            .filter(|s| s.generation == id.generation)
+            .and_then(|s| s.participant.as_mut())
+            .ok_or(RoomError::UnknownParticipant(id))
+    }
+
+    /// Adds a participant at `now`. Refused when the room is locked, full or ended, when a
+    /// gain is out of range, or when the leg's frames are not the room's (the leg is then
+    /// dropped).
+    pub fn join(&mut self, p: ParticipantConfig, now: Instant) -> Result<ParticipantId, RoomError> {
+        if self.ended {
+            return Err(RoomError::Ended);
+        }
+        if self.locked {
+            return Err(RoomError::Locked);
+        }
+        if self.count >= self.config.max_participants {
+            return Err(RoomError::Full(self.config.max_participants));
+        }
+        let got = p.leg.frame_samples();
+        if got != self.frame_samples
+            || p.leg.frame_duration() != Duration::from_millis(u64::from(self.config.frame_ms))
+        {
+            return Err(RoomError::FrameMismatch {
+                expected: self.frame_samples,
+                got,
+            });
+        }
+        let input_gain = gain_from_db(p.input_gain_db)?;
+        let output_gain = gain_from_db(p.output_gain_db)?;
+        let group = self.group_for(&p.leg, p.output_gain_db, output_gain)?;
+        let limiter = Limiter::new(self.config.limiter, ROOM_RATE, self.frame_samples)?;
+        let slot = match self.slots.iter().position(|s| s.participant.is_none()) {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    participant: None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let s = &mut self.slots[slot];
+        s.generation = s.generation.wrapping_add(1);
+        // Slots are bounded by max_participants (<= 100000), so the index fits.
+        let id = ParticipantId {
+            slot: slot as u32,
+            generation: s.generation,
+        };
+        s.participant = Some(Participant {
+            id,
+            leg: p.leg,
+            moderator: p.moderator,
+            muted: p.muted,
+            deaf: p.deaf,
+            input_gain_db: p.input_gain_db,
+            input_gain,
+            output_gain_db: p.output_gain_db,
+            output_gain,
+            group,
+            frame: vec![0.0; self.frame_samples],
+            limiter,
+            talking: false,
+            level_dbov: SILENCE_DBOV,
+            mix_index: None,
+            frames_mixed: 0,
+        });
+        self.groups[group].members += 1;
+        self.count += 1;
+        if p.moderator {
+            self.moderators += 1;
+        }
+        self.speakers.reset_slot(slot);
+        self.stats.participants = self.count;
+        self.stats.encoder_groups = self.groups.len();
+        self.push_event(
+            now,
+            RoomEventKind::Joined {
+                id,
+                moderator: p.moderator,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The index of the encoder group for a listener on `leg` with this output gain,
+    /// created if new.
+    fn group_for(&mut self, leg: &MediaLeg, gain_db: f32, gain: f32) -> Result<usize, RoomError> {
+        let codec = match leg.codec() {
+            Codec::Opus(o) => CodecKey::Opus {
+                bitrate_bps: o.bitrate_bps,
+                fec: o.fec,
+                dtx: o.dtx,
+            },
+            Codec::Pcmu => CodecKey::G711(true),
+            Codec::Pcma => CodecKey::G711(false),
+        };
+        let key = GroupKey {
+            codec,
+            frame_ms: self.config.frame_ms,
+            output_gain_bits: gain_db.to_bits(),
+        };
+        if let Some(i) = self.groups.iter().position(|g| g.key == key) {
+            return Ok(i);
+        }
+        self.groups.push(EncoderGroup::new(
+            key,
+            gain,
+            &self.config,
+            self.frame_samples,
+        )?);
+        Ok(self.groups.len() - 1)
+    }
+
+    /// Takes a participant out of its encoder group, dropping the group when empty.
+    fn release_group(&mut self, group: usize) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        g.members = g.members.saturating_sub(1);
+        if g.members > 0 {
+            return;
+        }
+        self.groups.swap_remove(group);
+        let moved = self.groups.len();
+        if group < moved {
+            for p in self.slots.iter_mut().filter_map(|s| s.participant.as_mut()) {
+                if p.group == moved {
+                    p.group = group;
+                }
+            }
+        }
+        self.stats.encoder_groups = self.groups.len();
+    }
+
+    fn remove(
+        &mut self,
+        id: ParticipantId,
+        reason: LeaveReason,
+        now: Instant,
+    ) -> Result<MediaLeg, RoomError> {
+        // The generation check (the slot may hold someone else by now).
+        self.participant(id)?;
+        let slot = id.slot as usize;
+        let Some(p) = self.slots.get_mut(slot).and_then(|s| s.participant.take()) else {
+            return Err(RoomError::UnknownParticipant(id));
+        };
+        self.count -= 1;
+        if p.moderator {
+            self.moderators -= 1;
+        }
+        self.speakers.remove(slot);
+        self.release_group(p.group);
+        self.stats.participants = self.count;
+        if p.talking {
+            self.push_event(now, RoomEventKind::StoppedTalking(id));
+        }
+        self.push_event(now, RoomEventKind::Left { id, reason });
+        Ok(p.leg)
+    }
+
+    /// The participant leaves at `now`; its leg is given back (to send a BYE).
+    pub fn leave(&mut self, id: ParticipantId, now: Instant) -> Result<MediaLeg, RoomError> {
+        self.remove(id, LeaveReason::Left, now)
+    }
+
+    /// The participant is removed at `now` by a moderator or the API; its leg is given back.
+    pub fn kick(&mut self, id: ParticipantId, now: Instant) -> Result<MediaLeg, RoomError> {
+        self.remove(id, LeaveReason::Kicked, now)
+    }
+
+    /// Ends the room at `now`: everyone leaves, later joins are refused. Returns the legs.
+    pub fn end(&mut self, now: Instant) -> Vec<(ParticipantId, MediaLeg)> {
+        if self.ended {
+            return Vec::new();
+        }
+        let ids: Vec<ParticipantId> = self.participants().collect();
+        let mut legs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(leg) = self.remove(id, LeaveReason::RoomEnded, now) {
+                legs.push((id, leg));
+            }
+        }
+        self.ended = true;
+        self.push_event(now, RoomEventKind::Ended);
+        legs
+    }
+
+    /// No more joins.
+    pub fn lock(&mut self, now: Instant) {
+        if !self.locked {
+            self.locked = true;
+            self.push_event(now, RoomEventKind::Locked);
+        }
+    }
+
+    /// Joins allowed again.
+    pub fn unlock(&mut self, now: Instant) {
+        if self.locked {
+            self.locked = false;
+            self.push_event(now, RoomEventKind::Unlocked);
+        }
+    }
+
+    /// Whether the room is locked.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// Mutes (the participant's audio is not mixed) or unmutes.
+    pub fn set_muted(
+        &mut self,
+        id: ParticipantId,
+        muted: bool,
+        now: Instant,
+    ) -> Result<(), RoomError> {
+        let p = self.participant_mut(id)?;
+        if p.muted == muted {
+            return Ok(());
+        }
+        p.muted = muted;
+        self.push_event(
+            now,
+            if muted {
+                RoomEventKind::Muted(id)
+            } else {
+                RoomEventKind::Unmuted(id)
+            },
+        );
+        Ok(())
+    }
+
+    /// Makes deaf (the participant receives nothing) or hearing again.
+    pub fn set_deaf(
+        &mut self,
+        id: ParticipantId,
+        deaf: bool,
+        now: Instant,
+    ) -> Result<(), RoomError> {
+        let p = self.participant_mut(id)?;
+        if p.deaf == deaf {
+            return Ok(());
+        }
+        p.deaf = deaf;
+        self.push_event(
+            now,
+            if deaf {
+                RoomEventKind::Deafened(id)
+            } else {
+                RoomEventKind::Undeafened(id)
+            },
+        );
+        Ok(())
+    }
+
+    /// Gain on what the participant says, in dB ([`GAIN_DB_RANGE`]).
+    pub fn set_input_gain_db(&mut self, id: ParticipantId, db: f32) -> Result<(), RoomError> {
+        let g = gain_from_db(db)?;
+        let p = self.participant_mut(id)?;
+        p.input_gain_db = db;
+        p.input_gain = g;
+        Ok(())
+    }
+
+    /// Gain on what the participant hears, in dB ([`GAIN_DB_RANGE`]). Listeners share an
+    /// encode per output gain, so this may move the participant to another encoder group
+    /// (built here if new).
+    pub fn set_output_gain_db(&mut self, id: ParticipantId, db: f32) -> Result<(), RoomError> {
+        let g = gain_from_db(db)?;
+        self.move_to_group(id, db, g)
+    }
+
+    fn move_to_group(&mut self, id: ParticipantId, db: f32, g: f32) -> Result<(), RoomError> {
+        // The generation check; then the participant is taken out of its slot for the
+        // lookup, so `group_for` can borrow the room mutably, and put back whatever happens.
+        self.participant(id)?;
+        let slot = id.slot as usize;
+        let Some(mut p) = self.slots.get_mut(slot).and_then(|s| s.participant.take()) else {
+            return Err(RoomError::UnknownParticipant(id));
+        };
+        match self.group_for(&p.leg, db, g) {
+            Ok(new) => {
+                self.groups[new].members += 1;
+                let old = p.group;
+                p.group = new;
+                p.output_gain_db = db;
+                p.output_gain = g;
+                self.slots[slot].participant = Some(p);
+                self.release_group(old);
+                self.stats.encoder_groups = self.groups.len();
+                Ok(())
+            }
+            Err(e) => {
+                self.slots[slot].participant = Some(p);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives or takes the moderator role.
+    pub fn set_moderator(&mut self, id: ParticipantId, moderator: bool) -> Result<(), RoomError> {
+        let p = self.participant_mut(id)?;
+        if p.moderator == moderator {
+            return Ok(());
+        }
+        p.moderator = moderator;
+        if moderator {
+            self.moderators += 1;
+        } else {
+            self.moderators -= 1;
+        }
+        Ok(())
+    }
+
+    /// A datagram from participant `id` that arrived at `now`.
+    pub fn handle_datagram(
+        &mut self,
+        id: ParticipantId,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<Received, RoomError> {
+        let p = self.participant_mut(id)?;
+        Ok(p.leg.handle_datagram(datagram, now)?)
+    }
+
+    /// Room-wide counters.
+    pub fn stats(&self) -> RoomStats {
+        self.stats
+    }
+
+    /// One participant's state and counters.
+    pub fn participant_stats(&self, id: ParticipantId) -> Result<ParticipantStats, RoomError> {
+        let p = self.participant(id)?;
+        let leg = p.leg.stats();
+        let slot = id.slot as usize;
+        Ok(ParticipantStats {
+            jitter_buffer_delay_ms: leg.jitter_buffer.current_delay_ms,
+            jitter_buffer_target_ms: leg.jitter_buffer.target_delay_ms,
+            packets_expected: leg.packets_expected,
+            packets_lost: leg.packets_lost,
+            loss_fraction: if leg.packets_expected == 0 {
+                0.0
+            } else {
+                leg.packets_lost as f64 / leg.packets_expected as f64
+            },
+            level_dbov: p.level_dbov,
+            smoothed_level_dbov: self.speakers.smoothed_dbov(slot),
+            talking: p.talking,
+            speaker: self.speakers.is_speaker(slot),
+            muted: p.muted,
+            deaf: p.deaf,
+            moderator: p.moderator,
+            input_gain_db: p.input_gain_db,
+            output_gain_db: p.output_gain_db,
+            frames_mixed: p.frames_mixed,
+            leg,
+        })
+    }
+
+    /// One frame tick at `now`: see the module docs. `send` gets every packet to transmit
+    /// and its participant.
+    pub fn tick(&mut self, now: Instant, send: &mut impl FnMut(ParticipantId, &[u8])) {
+        if self.count == 0 {
+            return;
+        }
+        self.stats.ticks += 1;
+        let waiting = self.waiting_for_moderator();
+
+        // 1. Frames, levels, voice.
+        for slot in 0..self.slots.len() {
+            let Some(p) = self.slots[slot].participant.as_mut() else {
+                continue;
+            };
+            p.mix_index = None;
+            let (level, voice) = match p.leg.poll_frame(now, &mut p.frame) {
+                Ok(info) => (-f32::from(info.level.level()), info.voice && !info.idle),
+                Err(_) => {
+                    // Frame sizes were checked at join; nothing else fails here. Silence.
+                    p.frame.fill(0.0);
+                    (SILENCE_DBOV, false)
+                }
+            };
+            while p.leg.poll_event().is_some() {}
+            p.level_dbov = level;
+            if p.muted || waiting {
+                self.speakers.silence(slot);
+            } else {
+                self.speakers.update(slot, level, voice);
+            }
+            let talking = self.speakers.is_talking(slot);
+            if talking != p.talking {
+                p.talking = talking;
+                let id = p.id;
+                self.push_event(
+                    now,
+                    if talking {
+                        RoomEventKind::StartedTalking(id)
+                    } else {
+                        RoomEventKind::StoppedTalking(id)
+                    },
+                );
+            }
+        }
+
+        // 2, 3. Speakers, mixed once.
+        self.speakers.select();
+        self.mixer.begin();
+        for (k, &slot) in self.speakers.speakers().iter().enumerate() {
+            let Some(p) = self
+                .slots
+                .get_mut(slot)
+                .and_then(|s| s.participant.as_mut())
+            else {
+                continue;
+            };
+            if self.mixer.add(k, &p.frame, p.input_gain).is_ok() {
+                p.mix_index = Some(k);
+                p.frames_mixed += 1;
+            }
+        }
+        self.stats.speakers = self.mixer.talkers();
+
+        // 5. Shared encodes, once per group that has a listener this tick.
+        for g in &mut self.groups {
+            g.wanted = false;
+            g.payload_len = None;
+        }
+        if !waiting {
+            for p in self.slots.iter().filter_map(|s| s.participant.as_ref()) {
+                if p.mix_index.is_none()
+                    && !p.deaf
+                    && let Some(g) = self.groups.get_mut(p.group)
+                {
+                    g.wanted = true;
+                }
+            }
+        }
+        let mut shared = 0u32;
+        for g in self.groups.iter_mut().filter(|g| g.wanted) {
+            if self.mixer.mix_all(g.output_gain, &mut g.pcm).is_err() {
+                self.stats.send_errors += 1;
+                continue;
+            }
+            g.limiter.process(&mut g.pcm);
+            shared += 1;
+            match g.encode() {
+                Ok(n) => g.payload_len = Some(n),
+                Err(_) => self.stats.send_errors += 1,
+            }
+        }
+
+        // 4, 6, 7. Per participant: own N-1 encode, shared payload, or nothing; RTCP.
+        let mut own = 0u32;
+        let mut sent = 0u64;
+        for slot in self.slots.iter_mut() {
+            let Some(p) = slot.participant.as_mut() else {
+                continue;
+            };
+            let r = if waiting || p.deaf {
+                p.leg.skip_frame();
+                Ok(0)
+            } else if let Some(k) = p.mix_index {
+                match self.mixer.mix_without(k, p.output_gain, &mut self.scratch) {
+                    Ok(()) => {
+                        p.limiter.process(&mut self.scratch);
+                        own += 1;
+                        p.leg.send_frame(&self.scratch, now, &mut self.packet)
+                    }
+                    Err(_) => Ok(0),
+                }
+            } else {
+                match self
+                    .groups
+                    .get(p.group)
+                    .and_then(|g| Some(&g.payload[..g.payload_len?]))
+                {
+                    Some(payload) => p.leg.send_payload(payload, now, &mut self.packet),
+                    None => {
+                        p.leg.skip_frame();
+                        Ok(0)
+                    }
+                }
+            };
+            match r {
+                Ok(0) => {}
+                Ok(n) => {
+                    send(p.id, &self.packet[..n]);
+                    sent += 1;
+                }
+                Err(_) => self.stats.send_errors += 1,
+            }
+            match p.leg.poll_rtcp(now, &mut self.packet) {
+                Ok(Some(n)) => {
+                    send(p.id, &self.packet[..n]);
+                    sent += 1;
+                }
+                Ok(None) => {}
+                Err(_) => self.stats.send_errors += 1,
+            }
+        }
+        self.stats.shared_encodes_last_tick = shared;
+        self.stats.speaker_encodes_last_tick = own;
+        self.stats.encoder_calls_last_tick = shared + own;
+        self.stats.encoder_calls_total += u64::from(shared + own);
+        self.stats.packets_sent += sent;
+    }
+}

@@ -21,6 +21,8 @@
 //! - [`MediaLeg::send_frame`] once per tick with one engine-rate frame to send: it returns
 //!   the length of the (S)RTP packet written to `out`, or 0 when Opus DTX suppressed it.
 //!   [`MediaLeg::skip_frame`] when there is nothing to send: the media clock still advances.
+//!   [`MediaLeg::send_payload`] instead of `send_frame` when the frame was encoded elsewhere
+//!   (a conference mix encoded once and sent to many listeners): only packetized here.
 //! - [`MediaLeg::poll_rtcp`] every tick (or at [`MediaLeg::next_rtcp_at`]): a compound
 //!   report to send when its interval has elapsed.
 //! - [`MediaLeg::poll_event`] after the above, until `None`: DTMF digits, source changes, BYE.
@@ -1016,7 +1018,12 @@ impl MediaLeg {
             }
             _ => src.ts.extend(meta.timestamp),
         };
-        src.stats.on_rtp(update, ts, now);
+        if self.telephone_event == Some(meta.payload_type) {
+            // Every packet of an event carries its start timestamp: no transit to measure.
+            src.stats.on_rtp_untimed(update);
+        } else {
+            src.stats.on_rtp(update, ts, now);
+        }
         if src.latest.is_none_or(|(t, _)| ts > t) {
             src.latest = Some((ts, now));
         }
@@ -1172,22 +1179,53 @@ impl MediaLeg {
         self.tx_resampler.process(pcm, &mut self.tx_codec)?;
         let n = self.encoder.encode(&self.tx_codec, &mut self.tx_payload)?;
         let decision = self.tx_vad.process(pcm);
+        let level = AudioLevel::from_dbov(decision.level_dbov, decision.voice);
+        // Taken out for the call (an empty `Vec` does not allocate) and put back.
+        let payload = std::mem::take(&mut self.tx_payload);
+        let r = self.packetize(&payload[..n], Some(level), now, out);
+        self.tx_payload = payload;
+        r
+    }
+
+    /// Packetizes (and protects) one frame's payload that was encoded elsewhere (a mix
+    /// encoded once for many listeners) with this leg's SSRC, sequence number and
+    /// timestamp, sent at `now`, into `out`; returns the packet length, or 0 when it is an
+    /// Opus DTX frame (1-2 bytes) on a leg with DTX. The payload must be one frame of this
+    /// leg's codec and frame duration, encoded with its negotiated settings; the leg
+    /// cannot check that. No audio level extension is written: the leg never saw the PCM.
+    pub fn send_payload(
+        &mut self,
+        payload: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<usize, LegError> {
+        self.packetize(payload, None, now, out)
+    }
+
+    /// The send path after encoding: DTX suppression, RTP header, SRTP, counters. The
+    /// frame's time passes whether or not a packet goes out.
+    fn packetize(
+        &mut self,
+        payload: &[u8],
+        level: Option<AudioLevel>,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<usize, LegError> {
         let ts = self.next_ts;
-        // The frame's time has passed whether or not a packet goes out.
         self.next_ts = ts.wrapping_add(self.codec_frame as u32);
-        if self.dtx && n <= DTX_MAX_BYTES {
+        if self.dtx && payload.len() <= DTX_MAX_BYTES {
             self.counters.dtx_frames += 1;
             self.marker_next = true;
             return Ok(0);
         }
-        let level = [AudioLevel::from_dbov(decision.level_dbov, decision.voice).to_byte()];
+        let level = level.map(|l| [l.to_byte()]);
         let ext;
-        let extensions: &[RtpExtension<'_>] = match self.audio_level_extension {
-            Some(id) => {
-                ext = [RtpExtension { id, data: &level }];
+        let extensions: &[RtpExtension<'_>] = match (self.audio_level_extension, &level) {
+            (Some(id), Some(level)) => {
+                ext = [RtpExtension { id, data: level }];
                 &ext
             }
-            None => &[],
+            _ => &[],
         };
         let builder = RtpPacketBuilder::new(
             self.codec.payload_type(),
@@ -1197,7 +1235,7 @@ impl MediaLeg {
         )
         .marker(self.marker_next)
         .extensions(extensions)
-        .payload(&self.tx_payload[..n]);
+        .payload(payload);
         let len = match self.srtp.as_mut() {
             None => builder.write(out).map_err(build_error)?,
             Some(s) => {
@@ -1209,7 +1247,7 @@ impl MediaLeg {
         };
         self.next_seq = self.next_seq.wrapping_add(1);
         self.marker_next = false;
-        self.sender.on_sent(n);
+        self.sender.on_sent(payload.len());
         self.last_sent = Some((ts, now));
         self.counters.rtp_sent += 1;
         self.counters.rtp_bytes_sent += len as u64;
@@ -1516,6 +1554,100 @@ mod tests {
         let p = RtpPacket::parse(&out[..n]).unwrap();
         assert_eq!((p.sequence_number(), p.timestamp()), (2, 0x40 + 320));
         assert!(p.marker());
+    }
+
+    #[test]
+    fn a_payload_encoded_elsewhere_continues_the_legs_own_sequence_and_timestamp() {
+        let mut l = leg(LegConfig {
+            codec: Codec::Pcmu,
+            initial_seq: Some(10),
+            initial_timestamp: Some(1000),
+            audio_level_extension: Some(1),
+            local_ssrc: Some(Ssrc(7)),
+            ..LegConfig::default()
+        });
+        let now = t0();
+        let mut out = [0u8; 1500];
+        let n = l.send_frame(&[0.1f32; 960], now, &mut out).unwrap();
+        let p = RtpPacket::parse(&out[..n]).unwrap();
+        assert_eq!((p.sequence_number(), p.timestamp()), (10, 1000));
+        let shared = [0x55u8; 160];
+        let n = l.send_payload(&shared, now, &mut out).unwrap();
+        let p = RtpPacket::parse(&out[..n]).unwrap();
+        assert_eq!((p.sequence_number(), p.timestamp()), (11, 1160));
+        assert_eq!(p.ssrc(), Ssrc(7));
+        assert_eq!(p.payload_type(), PayloadType::PCMU);
+        assert_eq!(p.payload(), &shared[..]);
+        assert!(!p.marker());
+        // The leg never saw the PCM, so it claims no level.
+        assert!(p.audio_level(1).is_none());
+        assert_eq!(l.stats().rtp_packets_sent, 2);
+        // Too small an output buffer is the caller's error, and nothing advances.
+        let e = l.send_payload(&shared, now, &mut out[..20]).unwrap_err();
+        assert!(matches!(e, LegError::BufferTooSmall { .. }));
+        assert_eq!(l.stats().rtp_packets_sent, 2);
+    }
+
+    #[test]
+    fn a_payload_sent_with_srtp_is_accepted_by_the_peer_and_dtx_payloads_are_not_sent() {
+        let profile = crate::srtp::SrtpProfile::Aes128CmHmacSha1_80;
+        let material: Vec<u8> = (0..60).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let opus = Codec::Opus(OpusParams {
+            dtx: true,
+            ..OpusParams::default()
+        });
+        let config = LegConfig {
+            codec: opus,
+            ..LegConfig::default()
+        };
+        let now = t0();
+        let mut room_side = MediaLeg::new(
+            config.clone(),
+            Some(SrtpSession::from_dtls_keying_material(profile, &material, false).unwrap()),
+            &mut rng,
+            now,
+        )
+        .unwrap();
+        let mut client = MediaLeg::new(
+            config,
+            Some(SrtpSession::from_dtls_keying_material(profile, &material, true).unwrap()),
+            &mut rng,
+            now,
+        )
+        .unwrap();
+        let mut enc = OpusEncoder::new(OpusEncoderConfig::default()).unwrap();
+        let tone: Vec<f32> = (0..960)
+            .map(|i| 0.3 * (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 48_000.0).sin())
+            .collect();
+        let mut payload = [0u8; 1200];
+        let mut out = [0u8; 1500];
+        for i in 0..5u64 {
+            let m = enc.encode(&tone, &mut payload).unwrap();
+            let at = now + Duration::from_millis(20 * i);
+            let n = room_side.send_payload(&payload[..m], at, &mut out).unwrap();
+            assert!(n > m, "an SRTP packet is larger than its payload");
+            assert!(matches!(
+                client.handle_datagram(&out[..n], at).unwrap(),
+                Received::Audio(_)
+            ));
+        }
+        assert_eq!(client.stats().rtp_packets_received, 5);
+        // A 1-byte DTX payload is not sent, and the next packet starts a talkspurt.
+        assert_eq!(room_side.send_payload(&[0x08], now, &mut out).unwrap(), 0);
+        assert_eq!(room_side.stats().dtx_frames, 1);
+        let m = enc.encode(&tone, &mut payload).unwrap();
+        let n = room_side
+            .send_payload(&payload[..m], now, &mut out)
+            .unwrap();
+        let mut plain = [0u8; 1500];
+        let mut receiver = SrtpSession::from_dtls_keying_material(profile, &material, true)
+            .unwrap()
+            .receiver;
+        let p = receiver.unprotect_rtp(&out[..n], &mut plain).unwrap();
+        let p = p.parse().unwrap();
+        assert!(p.marker());
+        assert_eq!(p.payload(), &payload[..m]);
     }
 
     #[test]
