@@ -1,7 +1,7 @@
 //! Configuration: defaults, then a TOML file (`--config`), then `CONFER_*` environment
 //! variables. Every setting has a default so that `confer serve` runs with none.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -23,6 +23,9 @@ pub struct Config {
     pub media_workers: usize,
     /// Data directory (database, recordings).
     pub data_dir: PathBuf,
+    /// Address of the HTTP control API (`CONFER_HTTP_LISTEN`, default `127.0.0.1:8080`).
+    /// Port 0 takes a free port; the ready line says which.
+    pub http_listen: SocketAddr,
 }
 
 impl Default for Config {
@@ -34,6 +37,7 @@ impl Default for Config {
             frame_ms: 20,
             media_workers: 0,
             data_dir: PathBuf::from("confer-data"),
+            http_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
         }
     }
 }
@@ -87,6 +91,9 @@ impl Config {
         if let Some(v) = get("CONFER_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
         }
+        if let Some(v) = get("CONFER_HTTP_LISTEN") {
+            self.http_listen = parse("CONFER_HTTP_LISTEN", v)?;
+        }
         Ok(())
     }
 
@@ -127,6 +134,8 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert!(c.media_ip.is_loopback());
+        assert!(c.http_listen.ip().is_loopback());
+        assert_eq!(c.http_listen.port(), 8080);
     }
 
     #[test]
@@ -150,6 +159,13 @@ mod tests {
             .apply_env(|k| (k == "CONFER_RTP_PORT_MIN").then(|| "many".to_string()))
             .unwrap_err();
         assert!(err.to_string().contains("CONFER_RTP_PORT_MIN"), "{err}");
+        c.apply_env(|k| (k == "CONFER_HTTP_LISTEN").then(|| "127.0.0.1:0".to_string()))
+            .unwrap();
+        assert_eq!(c.http_listen.port(), 0);
+        let err = c
+            .apply_env(|k| (k == "CONFER_HTTP_LISTEN").then(|| "localhost".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CONFER_HTTP_LISTEN"), "{err}");
     }
 
     #[test]

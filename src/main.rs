@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod api;
 mod bench;
 mod config;
+mod host;
 mod serve;
 
 #[derive(Parser, Debug)]

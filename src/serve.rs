@@ -1,22 +1,36 @@
-//! `confer serve`: starts the media engine and runs until Ctrl-C or SIGTERM.
+//! `confer serve`: the media engine with its HTTP control API, until Ctrl-C or SIGTERM.
 //!
-//! At this stage the engine is the media core (media workers on the frame clock, the RTP
-//! port range, the codecs); the control API, rooms and SIP arrive with the conference and
-//! PSTN-bridge work.
+//! Wiring only: [`crate::host`] runs the media workers and the participants' sockets,
+//! [`crate::api`] the HTTP routes. The ready line names the control API's actual address
+//! (so `http_listen` may use port 0 and a script can read the port from it). On a signal
+//! the API stops accepting, event streams close, the workers end their rooms (each
+//! participant is sent an RTCP BYE) and stop.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use tokio::sync::watch;
 
+use crate::api::{ApiState, router};
 use crate::config::Config;
+use crate::host::{Host, HostConfig};
 
 /// `confer serve` options. Every setting can also come from the config file or from a
-/// `CONFER_*` environment variable (see README).
+/// `CONFER_*` environment variable: `CONFER_MEDIA_IP`, `CONFER_RTP_PORT_MIN`,
+/// `CONFER_RTP_PORT_MAX`, `CONFER_FRAME_MS`, `CONFER_MEDIA_WORKERS`, `CONFER_DATA_DIR`,
+/// `CONFER_HTTP_LISTEN` (default 127.0.0.1:8080; see README).
 #[derive(Args, Debug)]
+#[command(after_help = "Settings (TOML key / environment variable, default):
+  media_ip       CONFER_MEDIA_IP       127.0.0.1        address of the RTP sockets
+  rtp_port_min   CONFER_RTP_PORT_MIN   20000            first RTP port
+  rtp_port_max   CONFER_RTP_PORT_MAX   20999            last RTP port
+  frame_ms       CONFER_FRAME_MS       20               frame clock, 10 or 20 ms
+  media_workers  CONFER_MEDIA_WORKERS  0 (one per core) media worker threads
+  data_dir       CONFER_DATA_DIR       confer-data      database and recordings
+  http_listen    CONFER_HTTP_LISTEN    127.0.0.1:8080   control API (port 0: any free port)
+Environment variables override the file, which overrides the defaults.")]
 pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, short)]
@@ -34,52 +48,49 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ticks = Arc::new(AtomicU64::new(0));
-    let frame = Duration::from_millis(cfg.frame_ms as u64);
-    let workers: Vec<_> = (0..cfg.workers())
-        .map(|i| {
-            let (stop, ticks) = (stop.clone(), ticks.clone());
-            std::thread::Builder::new()
-                .name(format!("confer-media-{i}"))
-                .spawn(move || media_worker(frame, &stop, &ticks))
-                .context("starting a media worker")
-        })
-        .collect::<Result<_, _>>()?;
+    let listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding the control API to {}", cfg.http_listen))?;
+    let http = listener
+        .local_addr()
+        .context("reading the control API's address")?;
+    let host = Host::start(&HostConfig {
+        workers: cfg.workers(),
+        frame_ms: cfg.frame_ms,
+        media_ip: cfg.media_ip,
+        rtp_port_min: cfg.rtp_port_min,
+        rtp_port_max: cfg.rtp_port_max,
+    })
+    .context("starting the media workers")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = router(ApiState {
+        host: host.clone(),
+        shutdown: stop_rx.clone(),
+    });
     println!(
-        "confer {}: media engine running: {} media workers on a {} ms frame clock, RTP {}:{}-{}, codecs opus pcmu pcma; Ctrl-C or SIGTERM stops it",
+        "confer {}: media engine running: {} media workers on a {} ms frame clock, RTP {}:{}-{}, control API http://{http}, codecs opus pcmu pcma; Ctrl-C or SIGTERM stops it",
         env!("CARGO_PKG_VERSION"),
-        workers.len(),
+        host.workers(),
         cfg.frame_ms,
         cfg.media_ip,
         cfg.rtp_port_min,
-        cfg.rtp_port_max
+        cfg.rtp_port_max,
+    );
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.changed().await;
+            })
+            .into_future(),
     );
     shutdown_signal().await?;
-    stop.store(true, Ordering::Release);
-    for w in workers {
-        let _ = w.join();
-    }
-    println!(
-        "confer: stopped after {} frame ticks",
-        ticks.load(Ordering::Relaxed)
-    );
+    let _ = stop_tx.send(true);
+    // Open connections get a moment to finish; the engine stops regardless.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let ticks = host.stop();
+    println!("confer: stopped after {ticks} frame ticks");
     Ok(())
-}
-
-/// A media worker: owns its rooms and legs (none yet) and ticks them on the frame clock,
-/// catching up without drift after a late wake-up.
-fn media_worker(frame: Duration, stop: &AtomicBool, ticks: &AtomicU64) {
-    let mut next = Instant::now() + frame;
-    while !stop.load(Ordering::Acquire) {
-        let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(Duration::from_millis(50)));
-            continue;
-        }
-        ticks.fetch_add(1, Ordering::Relaxed);
-        next += frame;
-    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

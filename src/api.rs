@@ -1,0 +1,420 @@
+//! The HTTP control API of `confer serve` (axum): rooms, participants, the event stream,
+//! metrics and health. README's "Control API" section is its user documentation.
+//!
+//! Every handler validates its input here and hands the work to the [`Host`]; errors are a
+//! 4xx or 5xx status with `{"error": "..."}` saying what is wrong:
+//!
+//! - 400: the body is not JSON, or not the expected shape (wrong type, unknown field);
+//! - 404: no such room or participant (or route);
+//! - 409: the room refuses the join (locked, full, ended);
+//! - 422: well-formed but impossible values (gain outside -60..=20 dB, unknown codec,
+//!   payload type, RTP address);
+//! - 503: no free RTP port, a media worker's command queue is full, or the engine is
+//!   stopping.
+//!
+//! Bodies are parsed with `serde_json` from the raw bytes (not axum's `Json` extractor), so
+//! that the error format is the same everywhere.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use confer_conference::room::{GAIN_DB_RANGE, RoomError};
+use confer_engine::leg::{Codec, OpusParams};
+use confer_engine::types::PayloadType;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::{broadcast, watch};
+
+use crate::host::{Host, HostError, JoinSpec, ParticipantUpdate, RoomSpec};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The media host.
+    pub host: Host,
+    /// Becomes `true` at shutdown; event streams close.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/events", get(events))
+        .route("/v1/rooms", get(list_rooms).post(create_room))
+        .route(
+            "/v1/rooms/{room}",
+            get(get_room).delete(delete_room).patch(patch_room),
+        )
+        .route("/v1/rooms/{room}/participants", axum::routing::post(join))
+        .route(
+            "/v1/rooms/{room}/participants/{participant}",
+            get(get_participant).delete(leave).patch(patch_participant),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+/// An error response: status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<HostError> for ApiError {
+    fn from(e: HostError) -> Self {
+        let status = match &e {
+            HostError::UnknownRoom(_) | HostError::UnknownParticipant { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            HostError::Room(RoomError::Locked | RoomError::Full(_) | RoomError::Ended) => {
+                StatusCode::CONFLICT
+            }
+            HostError::Room(RoomError::UnknownParticipant(_)) => StatusCode::NOT_FOUND,
+            HostError::Room(_) | HostError::Leg(_) | HostError::AddressFamily { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            HostError::PortsExhausted { .. } | HostError::Busy(_) | HostError::Stopped => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            HostError::Socket(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(status: StatusCode, body: &impl serde::Serialize) -> ApiResult {
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// Parses a JSON body; an empty body is `T::default()` when `empty_ok`.
+fn parse_body<T: DeserializeOwned + Default>(body: &[u8], empty_ok: bool) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return if empty_ok {
+            Ok(T::default())
+        } else {
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a JSON body is required",
+            ))
+        };
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+}
+
+fn room_id(s: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no room {s:?}")))
+}
+
+fn participant_id(room: u64, s: &str) -> Result<u64, ApiError> {
+    s.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no participant {s:?} in room {room}"),
+        )
+    })
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.host.metrics().render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRoom {
+    name: Option<String>,
+    max_participants: Option<usize>,
+    wait_for_moderator: Option<bool>,
+}
+
+async fn create_room(State(s): State<ApiState>, body: Bytes) -> ApiResult {
+    let req: CreateRoom = parse_body(&body, true)?;
+    if let Some(n) = req.max_participants
+        && !(1..=100_000).contains(&n)
+    {
+        return Err(ApiError::unprocessable(format!(
+            "max_participants must be 1..=100000, not {n}"
+        )));
+    }
+    let info = s
+        .host
+        .create_room(RoomSpec {
+            name: req.name.unwrap_or_default(),
+            max_participants: req.max_participants,
+            wait_for_moderator: req.wait_for_moderator.unwrap_or(false),
+        })
+        .await?;
+    ok(StatusCode::CREATED, &info)
+}
+
+async fn list_rooms(State(s): State<ApiState>) -> ApiResult {
+    let rooms = s.host.rooms().await?;
+    ok(StatusCode::OK, &json!({ "rooms": rooms }))
+}
+
+async fn get_room(State(s): State<ApiState>, Path(room): Path<String>) -> ApiResult {
+    let info = s.host.room(room_id(&room)?).await?;
+    ok(StatusCode::OK, &info)
+}
+
+async fn delete_room(State(s): State<ApiState>, Path(room): Path<String>) -> ApiResult {
+    s.host.delete_room(room_id(&room)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchRoom {
+    locked: Option<bool>,
+}
+
+async fn patch_room(State(s): State<ApiState>, Path(room): Path<String>, body: Bytes) -> ApiResult {
+    let id = room_id(&room)?;
+    let req: PatchRoom = parse_body(&body, false)?;
+    let info = match req.locked {
+        Some(locked) => s.host.set_locked(id, locked).await?,
+        None => s.host.room(id).await?,
+    };
+    ok(StatusCode::OK, &info)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Join {
+    rtp_address: Option<String>,
+    codec: Option<String>,
+    payload_type: Option<u8>,
+    bitrate_bps: Option<u32>,
+    fec: Option<bool>,
+    dtx: Option<bool>,
+    denoise: Option<bool>,
+    muted: Option<bool>,
+    deaf: Option<bool>,
+    moderator: Option<bool>,
+}
+
+fn join_spec(req: Join) -> Result<JoinSpec, ApiError> {
+    let addr = req
+        .rtp_address
+        .ok_or_else(|| ApiError::unprocessable("rtp_address is required (\"ip:port\")"))?;
+    let rtp_address: SocketAddr = addr.parse().map_err(|_| {
+        ApiError::unprocessable(format!(
+            "rtp_address {addr:?} is not an address and port such as \"127.0.0.1:40000\""
+        ))
+    })?;
+    if rtp_address.port() == 0 || rtp_address.ip().is_unspecified() {
+        return Err(ApiError::unprocessable(format!(
+            "rtp_address {rtp_address} cannot receive (unspecified address or port 0)"
+        )));
+    }
+    let codec_name = req.codec.as_deref().unwrap_or("opus");
+    let codec = match codec_name {
+        "opus" => {
+            let pt = req.payload_type.unwrap_or(111);
+            if !(96..=127).contains(&pt) {
+                return Err(ApiError::unprocessable(format!(
+                    "payload_type {pt} is not dynamic (96..=127) as Opus needs"
+                )));
+            }
+            let defaults = OpusParams::default();
+            let bitrate_bps = req.bitrate_bps.unwrap_or(defaults.bitrate_bps);
+            if !(6_000..=510_000).contains(&bitrate_bps) {
+                return Err(ApiError::unprocessable(format!(
+                    "bitrate_bps {bitrate_bps} is outside 6000..=510000"
+                )));
+            }
+            Codec::Opus(OpusParams {
+                payload_type: PayloadType::new(pt)
+                    .map_err(|e| ApiError::unprocessable(format!("payload_type: {e}")))?,
+                fec: req.fec.unwrap_or(defaults.fec),
+                dtx: req.dtx.unwrap_or(defaults.dtx),
+                bitrate_bps,
+            })
+        }
+        "pcmu" | "pcma" => {
+            let (codec, pt) = if codec_name == "pcmu" {
+                (Codec::Pcmu, 0)
+            } else {
+                (Codec::Pcma, 8)
+            };
+            if let Some(p) = req.payload_type
+                && p != pt
+            {
+                return Err(ApiError::unprocessable(format!(
+                    "{codec_name} has the static payload type {pt}, not {p}"
+                )));
+            }
+            if req.bitrate_bps.is_some() || req.fec.is_some() || req.dtx.is_some() {
+                return Err(ApiError::unprocessable(format!(
+                    "bitrate_bps, fec and dtx are Opus settings, not {codec_name}'s"
+                )));
+            }
+            codec
+        }
+        other => {
+            return Err(ApiError::unprocessable(format!(
+                "codec {other:?} is not one of \"opus\", \"pcmu\", \"pcma\""
+            )));
+        }
+    };
+    Ok(JoinSpec {
+        rtp_address,
+        codec,
+        denoise: req.denoise.unwrap_or(false),
+        muted: req.muted.unwrap_or(false),
+        deaf: req.deaf.unwrap_or(false),
+        moderator: req.moderator.unwrap_or(false),
+    })
+}
+
+async fn join(State(s): State<ApiState>, Path(room): Path<String>, body: Bytes) -> ApiResult {
+    let id = room_id(&room)?;
+    let req: Join = parse_body(&body, false)?;
+    let spec = join_spec(req)?;
+    let info = s.host.join(id, spec).await?;
+    ok(StatusCode::CREATED, &info)
+}
+
+async fn leave(
+    State(s): State<ApiState>,
+    Path((room, participant)): Path<(String, String)>,
+) -> ApiResult {
+    let room = room_id(&room)?;
+    let participant = participant_id(room, &participant)?;
+    s.host.leave(room, participant).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_participant(
+    State(s): State<ApiState>,
+    Path((room, participant)): Path<(String, String)>,
+) -> ApiResult {
+    let room = room_id(&room)?;
+    let participant = participant_id(room, &participant)?;
+    let info = s.host.participant(room, participant).await?;
+    ok(StatusCode::OK, &info)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchParticipant {
+    muted: Option<bool>,
+    deaf: Option<bool>,
+    input_gain_db: Option<f32>,
+    output_gain_db: Option<f32>,
+}
+
+async fn patch_participant(
+    State(s): State<ApiState>,
+    Path((room, participant)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let room = room_id(&room)?;
+    let participant = participant_id(room, &participant)?;
+    let req: PatchParticipant = parse_body(&body, false)?;
+    for (name, v) in [
+        ("input_gain_db", req.input_gain_db),
+        ("output_gain_db", req.output_gain_db),
+    ] {
+        if let Some(db) = v
+            && !GAIN_DB_RANGE.contains(&db)
+        {
+            return Err(ApiError::unprocessable(format!(
+                "{name} {db} is outside {}..={} dB",
+                GAIN_DB_RANGE.start(),
+                GAIN_DB_RANGE.end()
+            )));
+        }
+    }
+    let info = s
+        .host
+        .update(
+            room,
+            participant,
+            ParticipantUpdate {
+                muted: req.muted,
+                deaf: req.deaf,
+                input_gain_db: req.input_gain_db,
+                output_gain_db: req.output_gain_db,
+            },
+        )
+        .await?;
+    ok(StatusCode::OK, &info)
+}
+
+async fn events(State(s): State<ApiState>, ws: WebSocketUpgrade) -> Response {
+    let rx = s.host.subscribe();
+    let shutdown = s.shutdown.clone();
+    ws.on_upgrade(move |socket| stream_events(socket, rx, shutdown))
+}
+
+/// Sends every room event as a JSON text message until the client goes or the engine
+/// stops. A subscriber too slow to keep up gets `{"kind":"lagged","missed":N}` and carries
+/// on from the oldest event still buffered.
+async fn stream_events(
+    mut socket: WebSocket,
+    mut rx: broadcast::Receiver<crate::host::EventMsg>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let text = tokio::select! {
+            r = rx.recv() => match r {
+                Ok(ev) => serde_json::to_string(&ev).unwrap_or_default(),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    json!({ "kind": "lagged", "missed": n }).to_string()
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = shutdown.changed() => break,
+            msg = socket.recv() => match msg {
+                // Client messages are ignored; a close or error ends the stream.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => continue,
+            },
+        };
+        if socket.send(Message::Text(text.into())).await.is_err() {
+            break;
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}

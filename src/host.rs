@@ -1,0 +1,1537 @@
+//! The media host: the threads and sockets around the sans-IO [`Room`]s.
+//!
+//! # Design
+//!
+//! - `workers` media threads ([`Host::start`]), each **owning** its rooms (`&mut`, no lock
+//!   on the media path). One loop per worker ticks every room it owns once per frame
+//!   (`frame_ms`); a room is a map entry, so an empty room costs nothing between ticks (no
+//!   thread, no timer). A new room goes to the worker with the fewest rooms.
+//! - Control commands reach a worker over a bounded `std::sync::mpsc::sync_channel`
+//!   (`try_send`: a full queue is refused as [`HostError::Busy`], never waited on) and are
+//!   answered over a `tokio::sync::oneshot`. The worker waits for commands with
+//!   `recv_timeout` until its next tick, so controls take effect at once.
+//! - Every participant has its own UDP socket, bound on `media_ip` to the next free port of
+//!   the RTP range (a rotating cursor, so a port just released is not handed out again at
+//!   once and a late packet for the previous owner is not taken for the new one). A tokio
+//!   task receives on it, reads `Instant::now()` right after `recv_from` (the jitter
+//!   buffer's arrival time), drops datagrams whose source is not the participant's declared
+//!   RTP address, and pushes the datagram and its arrival into the participant's `ringbuf`
+//!   SPSC queue; a full queue drops and counts. The worker drains the queues at each tick,
+//!   before the room's tick, and sends with a non-blocking clone of the socket
+//!   (`WouldBlock` and other send errors drop and count: an unreachable participant costs
+//!   a counter, not the worker).
+//! - Room events go to a `tokio::sync::broadcast` channel as [`EventMsg`] (a `Copy` value:
+//!   publishing allocates nothing); the WebSocket stream subscribes to it.
+//! - [`Metrics`] are atomic counters and fixed-bucket histograms, rendered as Prometheus
+//!   text by the API. Stages timed: a datagram's wait in its queue, a room's receive
+//!   hand-over, its tick without the sends (decode, mix, encode), each send call, and the
+//!   worker's whole tick. The room does not time its inner stages (jitter buffer, decode,
+//!   mix, encode) separately.
+//!
+//! Ids: rooms and participants get host-wide numbers (`u64`, never reused) that the API
+//! shows; the worker maps them to the room's own [`ParticipantId`].
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use confer_conference::room::{
+    LeaveReason, ParticipantConfig, ParticipantId, ParticipantStats, Room, RoomConfig, RoomError,
+    RoomEventKind,
+};
+use confer_engine::leg::{Codec, LegConfig, LegError, MAX_DATAGRAM, MediaLeg};
+use ringbuf::traits::{Consumer, Producer, Split};
+use ringbuf::{HeapCons, HeapProd, HeapRb};
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot};
+
+/// Datagrams queued per participant between its receive task and its worker (at 20 ms
+/// frames, over a second of one packet per frame).
+pub const RX_QUEUE_LEN: usize = 64;
+/// Control commands queued per worker.
+pub const COMMAND_QUEUE_LEN: usize = 256;
+/// Room events buffered for slow WebSocket subscribers.
+pub const EVENT_CHANNEL_LEN: usize = 4096;
+
+/// Why a control operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// No room with this id.
+    #[error("no room {0}")]
+    UnknownRoom(u64),
+    /// No participant with this id in the room.
+    #[error("no participant {participant} in room {room}")]
+    UnknownParticipant {
+        /// The room.
+        room: u64,
+        /// The participant.
+        participant: u64,
+    },
+    /// The room refused (locked, full, bad gain, ...).
+    #[error("{0}")]
+    Room(#[from] RoomError),
+    /// The participant's address cannot be reached from the media address's family.
+    #[error("rtp_address {rtp} is not reachable from media_ip {media} (IPv4 and IPv6 differ)")]
+    AddressFamily {
+        /// The participant's address.
+        rtp: SocketAddr,
+        /// The engine's media address.
+        media: IpAddr,
+    },
+    /// Every port of the RTP range is in use.
+    #[error("no free RTP port in {ip}:{min}-{max}")]
+    PortsExhausted {
+        /// The media address.
+        ip: IpAddr,
+        /// First port of the range.
+        min: u16,
+        /// Last port of the range.
+        max: u16,
+    },
+    /// A socket could not be set up.
+    #[error("RTP socket: {0}")]
+    Socket(#[from] io::Error),
+    /// The media leg refused its configuration.
+    #[error("media leg: {0}")]
+    Leg(#[from] LegError),
+    /// The worker's command queue is full.
+    #[error("media worker {0} is busy; try again")]
+    Busy(usize),
+    /// The worker has stopped (shutting down).
+    #[error("the media engine is stopping")]
+    Stopped,
+}
+
+/// One room event as published on the event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EventMsg {
+    /// The room's id.
+    pub room: u64,
+    /// `created`, `ended`, `joined`, `left`, `started_talking`, `stopped_talking`, `muted`,
+    /// `unmuted`, `deafened`, `undeafened`, `locked`, `unlocked`.
+    pub kind: &'static str,
+    /// The participant concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participant: Option<u64>,
+    /// `left`: `left`, `kicked` or `room_ended`; `joined`: `moderator` when one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// Media time of the room (since it was created), in ms.
+    pub media_time_ms: f64,
+}
+
+/// A fixed-bucket latency histogram (upper bounds in microseconds), lock-free.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds_us: &'static [u64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+/// Bucket bounds for durations from 50 us to 1 s.
+pub const LATENCY_BOUNDS_US: &[u64] = &[
+    50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+impl Histogram {
+    fn new(bounds_us: &'static [u64]) -> Self {
+        Histogram {
+            bounds_us,
+            buckets: (0..bounds_us.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one duration.
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = self.bounds_us.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, stage: &str) {
+        let mut cumulative = 0;
+        for (b, n) in self.bounds_us.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let le = *b as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{stage=\"{stage}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = self.count();
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {count}"
+        );
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{stage=\"{stage}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{stage=\"{stage}\"}} {count}");
+    }
+}
+
+/// Engine-wide counters (atomics: written by workers and receive tasks, read by the API).
+#[derive(Debug)]
+pub struct Metrics {
+    /// Rooms now.
+    pub rooms: AtomicU64,
+    /// Participants now.
+    pub participants: AtomicU64,
+    /// Datagrams received on participant sockets (all sources).
+    pub datagrams_received: AtomicU64,
+    /// Datagrams sent to participants.
+    pub datagrams_sent: AtomicU64,
+    /// Dropped: not from the participant's declared RTP address.
+    pub drop_foreign_source: AtomicU64,
+    /// Dropped: the participant's receive queue was full.
+    pub drop_queue_full: AtomicU64,
+    /// Dropped: larger than any RTP packet we accept.
+    pub drop_oversized: AtomicU64,
+    /// Dropped: the leg rejected it (not RTP, malformed, unknown payload type, ...).
+    pub drop_rejected: AtomicU64,
+    /// Not sent: the socket's send buffer was full.
+    pub drop_send_would_block: AtomicU64,
+    /// Not sent: another send error (unreachable, ...).
+    pub drop_send_error: AtomicU64,
+    /// Receive errors on participant sockets (e.g. ICMP port unreachable reported).
+    pub recv_errors: AtomicU64,
+    /// Worker frame ticks.
+    pub ticks: AtomicU64,
+    /// Ticks that took longer than a frame, or started over a frame late.
+    pub tick_overruns: AtomicU64,
+    /// Duration of one worker tick (all its rooms: receive drain, mix, encode, send).
+    pub tick_duration: Histogram,
+    /// From a datagram's arrival to its hand-over to the room (queue wait).
+    pub receive_wait: Histogram,
+    /// One room's hand-over of its queued datagrams (parse, SRTP, jitter buffer insert).
+    pub room_receive: Histogram,
+    /// One room's tick without its sends (decode, mix, encode, packetize).
+    pub room_mix: Histogram,
+    /// One datagram's send call.
+    pub send: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let z = || AtomicU64::new(0);
+        Metrics {
+            rooms: z(),
+            participants: z(),
+            datagrams_received: z(),
+            datagrams_sent: z(),
+            drop_foreign_source: z(),
+            drop_queue_full: z(),
+            drop_oversized: z(),
+            drop_rejected: z(),
+            drop_send_would_block: z(),
+            drop_send_error: z(),
+            recv_errors: z(),
+            ticks: z(),
+            tick_overruns: z(),
+            tick_duration: Histogram::new(LATENCY_BOUNDS_US),
+            receive_wait: Histogram::new(LATENCY_BOUNDS_US),
+            room_receive: Histogram::new(LATENCY_BOUNDS_US),
+            room_mix: Histogram::new(LATENCY_BOUNDS_US),
+            send: Histogram::new(LATENCY_BOUNDS_US),
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let gauges = [
+            ("confer_rooms", "Rooms now.", get(&self.rooms)),
+            (
+                "confer_participants",
+                "Participants now.",
+                get(&self.participants),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let counters = [
+            (
+                "confer_datagrams_received_total",
+                "Datagrams received on participant sockets.",
+                get(&self.datagrams_received),
+            ),
+            (
+                "confer_datagrams_sent_total",
+                "Datagrams sent to participants.",
+                get(&self.datagrams_sent),
+            ),
+            (
+                "confer_recv_errors_total",
+                "Receive errors on participant sockets.",
+                get(&self.recv_errors),
+            ),
+            (
+                "confer_ticks_total",
+                "Media worker frame ticks.",
+                get(&self.ticks),
+            ),
+            (
+                "confer_tick_overruns_total",
+                "Ticks longer than a frame or started over a frame late.",
+                get(&self.tick_overruns),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP confer_datagrams_dropped_total Datagrams dropped, by reason.\n\
+             # TYPE confer_datagrams_dropped_total counter"
+        );
+        for (reason, v) in [
+            ("foreign_source", &self.drop_foreign_source),
+            ("queue_full", &self.drop_queue_full),
+            ("oversized", &self.drop_oversized),
+            ("rejected", &self.drop_rejected),
+            ("send_would_block", &self.drop_send_would_block),
+            ("send_error", &self.drop_send_error),
+        ] {
+            let _ = writeln!(
+                out,
+                "confer_datagrams_dropped_total{{reason=\"{reason}\"}} {}",
+                get(v)
+            );
+        }
+        let name = "confer_stage_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Latency per media stage.\n# TYPE {name} histogram"
+        );
+        self.tick_duration.render(&mut out, name, "tick");
+        self.receive_wait.render(&mut out, name, "receive_queue");
+        self.room_receive.render(&mut out, name, "room_receive");
+        self.room_mix.render(&mut out, name, "room_mix");
+        self.send.render(&mut out, name, "send");
+        out
+    }
+}
+
+/// What the API asks for when creating a room.
+#[derive(Debug, Clone, Default)]
+pub struct RoomSpec {
+    /// A label.
+    pub name: String,
+    /// `None`: the room default.
+    pub max_participants: Option<usize>,
+    /// Non-moderators wait for a moderator.
+    pub wait_for_moderator: bool,
+}
+
+/// A room as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomInfo {
+    /// Host-wide id.
+    pub id: u64,
+    /// Label.
+    pub name: String,
+    /// The worker that owns it.
+    pub worker: usize,
+    /// Participants now.
+    pub participants: usize,
+    /// Join limit.
+    pub max_participants: usize,
+    /// Locked.
+    pub locked: bool,
+    /// Frame ticks that did work.
+    pub ticks: u64,
+    /// Active speakers at the last tick.
+    pub speakers: usize,
+    /// Encoder groups.
+    pub encoder_groups: usize,
+    /// Encoder calls since creation.
+    pub encoder_calls_total: u64,
+    /// Packets sent.
+    pub packets_sent: u64,
+    /// Frames not sent because encoding failed.
+    pub send_errors: u64,
+    /// The participants' ids.
+    pub participant_ids: Vec<u64>,
+}
+
+/// A participant joining.
+#[derive(Debug, Clone)]
+pub struct JoinSpec {
+    /// Where the participant receives RTP, and the only source accepted from it.
+    pub rtp_address: SocketAddr,
+    /// Codec and payload type.
+    pub codec: Codec,
+    /// Noise suppression on what it sends.
+    pub denoise: bool,
+    /// Joins muted.
+    pub muted: bool,
+    /// Joins deaf.
+    pub deaf: bool,
+    /// Moderator role.
+    pub moderator: bool,
+}
+
+/// Participant controls (each optional).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ParticipantUpdate {
+    /// Mute or unmute.
+    pub muted: Option<bool>,
+    /// Deafen or not.
+    pub deaf: Option<bool>,
+    /// Input gain in dB.
+    pub input_gain_db: Option<f32>,
+    /// Output gain in dB.
+    pub output_gain_db: Option<f32>,
+}
+
+/// Per-participant socket counters, shared by its receive task and its worker.
+#[derive(Debug, Default)]
+pub struct SocketCounters {
+    /// Datagrams received from the declared address.
+    pub received: AtomicU64,
+    /// Datagrams from anywhere else (dropped).
+    pub foreign: AtomicU64,
+    /// Datagrams dropped on a full queue.
+    pub queue_full: AtomicU64,
+    /// Datagrams sent.
+    pub sent: AtomicU64,
+    /// Datagrams not sent (would block, or an error).
+    pub send_dropped: AtomicU64,
+}
+
+/// A participant as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantInfo {
+    /// Host-wide id.
+    pub id: u64,
+    /// The room.
+    pub room: u64,
+    /// The participant's declared RTP address.
+    pub rtp_address: SocketAddr,
+    /// Our socket for it.
+    pub local_rtp_address: SocketAddr,
+    /// `opus`, `pcmu` or `pcma`.
+    pub codec: &'static str,
+    /// RTP payload type.
+    pub payload_type: u8,
+    /// Datagrams received from the declared address.
+    pub datagrams_received: u64,
+    /// Datagrams from other addresses (dropped).
+    pub datagrams_foreign: u64,
+    /// Datagrams dropped because the queue to the worker was full.
+    pub datagrams_queue_full: u64,
+    /// Datagrams sent to it.
+    pub datagrams_sent: u64,
+    /// Datagrams that could not be sent.
+    pub datagrams_send_dropped: u64,
+    /// The room's view: controls, jitter buffer, loss, level (absent when only created).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsJson>,
+}
+
+/// The room's per-participant state and counters, for JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsJson {
+    /// Muted.
+    pub muted: bool,
+    /// Deaf.
+    pub deaf: bool,
+    /// Moderator.
+    pub moderator: bool,
+    /// Input gain, dB.
+    pub input_gain_db: f32,
+    /// Output gain, dB.
+    pub output_gain_db: f32,
+    /// Talking at the last tick.
+    pub talking: bool,
+    /// Mixed as an active speaker at the last tick.
+    pub speaker: bool,
+    /// Last frame's level, dBov.
+    pub level_dbov: f32,
+    /// Audio buffered ahead of playout, ms.
+    pub jitter_buffer_delay_ms: f64,
+    /// The jitter buffer's target, ms.
+    pub jitter_buffer_target_ms: f64,
+    /// RTP packets received by the leg.
+    pub rtp_packets_received: u64,
+    /// RTP packets sent by the leg.
+    pub rtp_packets_sent: u64,
+    /// RFC 3550 packets expected.
+    pub packets_expected: u64,
+    /// RFC 3550 cumulative loss.
+    pub packets_lost: i64,
+    /// Interarrival jitter, ms.
+    pub jitter_ms: f64,
+    /// Datagrams the leg rejected.
+    pub rejected: u64,
+    /// Frames mixed into the room.
+    pub frames_mixed: u64,
+}
+
+impl From<&ParticipantStats> for StatsJson {
+    fn from(s: &ParticipantStats) -> Self {
+        StatsJson {
+            muted: s.muted,
+            deaf: s.deaf,
+            moderator: s.moderator,
+            input_gain_db: s.input_gain_db,
+            output_gain_db: s.output_gain_db,
+            talking: s.talking,
+            speaker: s.speaker,
+            level_dbov: s.level_dbov,
+            jitter_buffer_delay_ms: s.jitter_buffer_delay_ms,
+            jitter_buffer_target_ms: s.jitter_buffer_target_ms,
+            rtp_packets_received: s.leg.rtp_packets_received,
+            rtp_packets_sent: s.leg.rtp_packets_sent,
+            packets_expected: s.packets_expected,
+            packets_lost: s.packets_lost,
+            jitter_ms: s.leg.jitter_ms,
+            rejected: s.leg.errors.total(),
+            frames_mixed: s.frames_mixed,
+        }
+    }
+}
+
+/// One received datagram on its way to the worker: a fixed-size slot, so the queue
+/// allocates once.
+struct Datagram {
+    len: usize,
+    arrival: Instant,
+    bytes: [u8; MAX_DATAGRAM],
+}
+
+type Reply<T> = oneshot::Sender<Result<T, HostError>>;
+
+/// A participant's half built on the async side and handed to the worker.
+struct NewMember {
+    id: u64,
+    leg: MediaLeg,
+    spec: JoinSpec,
+    socket: StdUdpSocket,
+    local: SocketAddr,
+    rx: HeapCons<Datagram>,
+    counters: Arc<SocketCounters>,
+    task: tokio::task::AbortHandle,
+}
+
+enum Command {
+    CreateRoom {
+        id: u64,
+        spec: RoomSpec,
+        reply: Reply<RoomInfo>,
+    },
+    DeleteRoom {
+        id: u64,
+        reply: Reply<()>,
+    },
+    GetRoom {
+        id: u64,
+        reply: Reply<RoomInfo>,
+    },
+    ListRooms {
+        reply: Reply<Vec<RoomInfo>>,
+    },
+    SetLocked {
+        id: u64,
+        locked: bool,
+        reply: Reply<RoomInfo>,
+    },
+    Join {
+        room: u64,
+        member: Box<NewMember>,
+        reply: Reply<ParticipantInfo>,
+    },
+    Leave {
+        room: u64,
+        participant: u64,
+        reply: Reply<()>,
+    },
+    Update {
+        room: u64,
+        participant: u64,
+        update: ParticipantUpdate,
+        reply: Reply<ParticipantInfo>,
+    },
+    GetParticipant {
+        room: u64,
+        participant: u64,
+        reply: Reply<ParticipantInfo>,
+    },
+}
+
+/// The media host: the API's handle on the workers (cheap to clone).
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    workers: Vec<SyncSender<Command>>,
+    /// Room id -> owning worker (control plane only).
+    rooms: Mutex<HashMap<u64, usize>>,
+    next_id: AtomicU64,
+    ports: Mutex<u16>,
+    media_ip: IpAddr,
+    port_min: u16,
+    port_max: u16,
+    frame_ms: u32,
+    events: broadcast::Sender<EventMsg>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// What [`Host::start`] needs.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Media worker threads.
+    pub workers: usize,
+    /// Frame clock, ms.
+    pub frame_ms: u32,
+    /// Address of the RTP sockets.
+    pub media_ip: IpAddr,
+    /// First RTP port.
+    pub rtp_port_min: u16,
+    /// Last RTP port.
+    pub rtp_port_max: u16,
+}
+
+impl Host {
+    /// Starts the media workers.
+    pub fn start(cfg: &HostConfig) -> io::Result<Host> {
+        let metrics = Arc::new(Metrics::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_LEN);
+        let frame = Duration::from_millis(u64::from(cfg.frame_ms));
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..cfg.workers.max(1) {
+            let (tx, rx) = sync_channel(COMMAND_QUEUE_LEN);
+            let mut worker = Worker {
+                index: i,
+                frame,
+                frame_ms: cfg.frame_ms,
+                rooms: HashMap::new(),
+                events: events.clone(),
+                metrics: metrics.clone(),
+                tx_buf: vec![0; MAX_DATAGRAM],
+            };
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("confer-media-{i}"))
+                    .spawn(move || worker.run(&rx, &stop))?,
+            );
+            senders.push(tx);
+        }
+        Ok(Host {
+            inner: Arc::new(Inner {
+                workers: senders,
+                rooms: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                ports: Mutex::new(cfg.rtp_port_min),
+                media_ip: cfg.media_ip,
+                port_min: cfg.rtp_port_min,
+                port_max: cfg.rtp_port_max,
+                frame_ms: cfg.frame_ms,
+                events,
+                metrics,
+                stop,
+                threads: Mutex::new(threads),
+            }),
+        })
+    }
+
+    /// Media worker threads.
+    pub fn workers(&self) -> usize {
+        self.inner.workers.len()
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// A new subscription to room events.
+    pub fn subscribe(&self) -> broadcast::Receiver<EventMsg> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stops the workers (ending their rooms) and waits for them; returns the ticks done.
+    pub fn stop(&self) -> u64 {
+        self.inner.stop.store(true, Ordering::Release);
+        let threads = std::mem::take(&mut *lock(&self.inner.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+        self.inner.metrics.ticks.load(Ordering::Relaxed)
+    }
+
+    fn worker_of(&self, room: u64) -> Result<usize, HostError> {
+        lock(&self.inner.rooms)
+            .get(&room)
+            .copied()
+            .ok_or(HostError::UnknownRoom(room))
+    }
+
+    async fn call<T>(
+        &self,
+        worker: usize,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, HostError> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self.inner.workers.get(worker).ok_or(HostError::Stopped)?;
+        match sender.try_send(make(tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(HostError::Busy(worker)),
+            Err(TrySendError::Disconnected(_)) => return Err(HostError::Stopped),
+        }
+        rx.await.map_err(|_| HostError::Stopped)?
+    }
+
+    /// Creates a room on the least loaded worker.
+    pub async fn create_room(&self, spec: RoomSpec) -> Result<RoomInfo, HostError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let worker = {
+            let rooms = lock(&self.inner.rooms);
+            let mut load = vec![0usize; self.inner.workers.len()];
+            for &w in rooms.values() {
+                load[w] += 1;
+            }
+            (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
+        };
+        let info = self
+            .call(worker, |reply| Command::CreateRoom { id, spec, reply })
+            .await?;
+        lock(&self.inner.rooms).insert(id, worker);
+        Ok(info)
+    }
+
+    /// Ends and removes a room.
+    pub async fn delete_room(&self, id: u64) -> Result<(), HostError> {
+        let worker = self.worker_of(id)?;
+        self.call(worker, |reply| Command::DeleteRoom { id, reply })
+            .await?;
+        lock(&self.inner.rooms).remove(&id);
+        Ok(())
+    }
+
+    /// One room.
+    pub async fn room(&self, id: u64) -> Result<RoomInfo, HostError> {
+        let worker = self.worker_of(id)?;
+        self.call(worker, |reply| Command::GetRoom { id, reply })
+            .await
+    }
+
+    /// Locks or unlocks a room.
+    pub async fn set_locked(&self, id: u64, locked: bool) -> Result<RoomInfo, HostError> {
+        let worker = self.worker_of(id)?;
+        self.call(worker, |reply| Command::SetLocked { id, locked, reply })
+            .await
+    }
+
+    /// Every room, by id.
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, HostError> {
+        let mut all = Vec::new();
+        for w in 0..self.inner.workers.len() {
+            all.extend(self.call(w, |reply| Command::ListRooms { reply }).await?);
+        }
+        all.sort_by_key(|r| r.id);
+        Ok(all)
+    }
+
+    /// Adds a participant: binds its socket, builds its leg, starts its receive task, and
+    /// has the room's worker join it.
+    pub async fn join(&self, room: u64, spec: JoinSpec) -> Result<ParticipantInfo, HostError> {
+        let worker = self.worker_of(room)?;
+        if spec.rtp_address.is_ipv4() != self.inner.media_ip.is_ipv4() {
+            return Err(HostError::AddressFamily {
+                rtp: spec.rtp_address,
+                media: self.inner.media_ip,
+            });
+        }
+        let socket = self.bind_rtp_socket()?;
+        let local = socket.local_addr()?;
+        socket.set_nonblocking(true)?;
+        let send_socket = socket.try_clone()?;
+        let recv_socket = tokio::net::UdpSocket::from_std(socket)?;
+        let now = Instant::now();
+        let leg = MediaLeg::new(
+            LegConfig {
+                codec: spec.codec,
+                frame_ms: self.inner.frame_ms,
+                denoise: spec.denoise,
+                ..LegConfig::default()
+            },
+            None,
+            // The OS-seeded CSPRNG: SSRCs and initial sequence numbers must not be guessable.
+            &mut rand::rng(),
+            now,
+        )?;
+        let (prod, cons) = HeapRb::<Datagram>::new(RX_QUEUE_LEN).split();
+        let counters = Arc::new(SocketCounters::default());
+        let task = tokio::spawn(receive(
+            recv_socket,
+            spec.rtp_address,
+            prod,
+            counters.clone(),
+            self.inner.metrics.clone(),
+        ))
+        .abort_handle();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let member = Box::new(NewMember {
+            id,
+            leg,
+            spec,
+            socket: send_socket,
+            local,
+            rx: cons,
+            counters,
+            task: task.clone(),
+        });
+        let r = self
+            .call(worker, |reply| Command::Join {
+                room,
+                member,
+                reply,
+            })
+            .await;
+        if r.is_err() {
+            // The worker dropped the member (and its socket clone); stop the receiver too.
+            task.abort();
+        }
+        r
+    }
+
+    /// Removes a participant (it is sent an RTCP BYE).
+    pub async fn leave(&self, room: u64, participant: u64) -> Result<(), HostError> {
+        let worker = self.worker_of(room)?;
+        self.call(worker, |reply| Command::Leave {
+            room,
+            participant,
+            reply,
+        })
+        .await
+    }
+
+    /// Changes a participant's controls; all are checked before any is applied.
+    pub async fn update(
+        &self,
+        room: u64,
+        participant: u64,
+        update: ParticipantUpdate,
+    ) -> Result<ParticipantInfo, HostError> {
+        let worker = self.worker_of(room)?;
+        self.call(worker, |reply| Command::Update {
+            room,
+            participant,
+            update,
+            reply,
+        })
+        .await
+    }
+
+    /// A participant with its stats.
+    pub async fn participant(
+        &self,
+        room: u64,
+        participant: u64,
+    ) -> Result<ParticipantInfo, HostError> {
+        let worker = self.worker_of(room)?;
+        self.call(worker, |reply| Command::GetParticipant {
+            room,
+            participant,
+            reply,
+        })
+        .await
+    }
+
+    /// Binds the next free port of the range, starting after the last one handed out.
+    fn bind_rtp_socket(&self) -> Result<StdUdpSocket, HostError> {
+        let (min, max) = (self.inner.port_min, self.inner.port_max);
+        let exhausted = HostError::PortsExhausted {
+            ip: self.inner.media_ip,
+            min,
+            max,
+        };
+        if min > max {
+            return Err(exhausted);
+        }
+        let mut cursor = lock(&self.inner.ports);
+        let span = u32::from(max - min) + 1;
+        for i in 0..span {
+            let offset = (u32::from(*cursor - min) + i) % span;
+            // `offset < span`, so `min + offset <= max` fits in a u16.
+            let port = min + offset as u16;
+            match StdUdpSocket::bind(SocketAddr::new(self.inner.media_ip, port)) {
+                Ok(s) => {
+                    *cursor = if port == max { min } else { port + 1 };
+                    return Ok(s);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(HostError::Socket(e)),
+            }
+        }
+        Err(exhausted)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these control-plane locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A participant's receive task: arrival times, source filter, queue to the worker.
+async fn receive(
+    socket: tokio::net::UdpSocket,
+    peer: SocketAddr,
+    mut queue: HeapProd<Datagram>,
+    counters: Arc<SocketCounters>,
+    metrics: Arc<Metrics>,
+) {
+    // One byte more than we accept, so an oversized datagram is seen, not truncated.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let r = socket.recv_from(&mut buf).await;
+        let arrival = Instant::now();
+        match r {
+            Ok((len, from)) => {
+                metrics.datagrams_received.fetch_add(1, Ordering::Relaxed);
+                if from != peer {
+                    counters.foreign.fetch_add(1, Ordering::Relaxed);
+                    metrics.drop_foreign_source.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if len > MAX_DATAGRAM {
+                    metrics.drop_oversized.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                let mut d = Datagram {
+                    len,
+                    arrival,
+                    bytes: [0; MAX_DATAGRAM],
+                };
+                d.bytes[..len].copy_from_slice(&buf[..len]);
+                if queue.try_push(d).is_err() {
+                    counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                    metrics.drop_queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                // ICMP errors reported on the socket and the like: count, keep receiving.
+                metrics.recv_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+struct Member {
+    id: u64,
+    spec: JoinSpec,
+    socket: StdUdpSocket,
+    local: SocketAddr,
+    rx: HeapCons<Datagram>,
+    counters: Arc<SocketCounters>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct RoomEntry {
+    room: Room,
+    name: String,
+    members: HashMap<ParticipantId, Member>,
+    by_api: HashMap<u64, ParticipantId>,
+}
+
+struct Worker {
+    index: usize,
+    frame: Duration,
+    frame_ms: u32,
+    rooms: HashMap<u64, RoomEntry>,
+    events: broadcast::Sender<EventMsg>,
+    metrics: Arc<Metrics>,
+    tx_buf: Vec<u8>,
+}
+
+fn send_counted(m: &Member, metrics: &Metrics, packet: &[u8]) {
+    match m.socket.send_to(packet, m.spec.rtp_address) {
+        Ok(_) => {
+            m.counters.sent.fetch_add(1, Ordering::Relaxed);
+            metrics.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            m.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
+            if e.kind() == io::ErrorKind::WouldBlock {
+                metrics
+                    .drop_send_would_block
+                    .fetch_add(1, Ordering::Relaxed);
+            } else {
+                metrics.drop_send_error.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Worker {
+    // The shell reads the clock: tick times and command times.
+    fn run(&mut self, commands: &Receiver<Command>, stop: &AtomicBool) {
+        let mut next = Instant::now() + self.frame;
+        while !stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now < next {
+                // Commands until the tick is due (at most 50 ms, to see `stop`).
+                match commands.recv_timeout((next - now).min(Duration::from_millis(50))) {
+                    Ok(cmd) => self.command(cmd),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                continue;
+            }
+            if now > next + self.frame {
+                // Over a frame late: count it and take up the clock from here, rather than
+                // bursting ticks.
+                self.metrics.tick_overruns.fetch_add(1, Ordering::Relaxed);
+                next = now;
+            }
+            self.tick(now);
+            let took = Instant::now().saturating_duration_since(now);
+            self.metrics.tick_duration.record(took);
+            self.metrics.ticks.fetch_add(1, Ordering::Relaxed);
+            if took > self.frame {
+                self.metrics.tick_overruns.fetch_add(1, Ordering::Relaxed);
+            }
+            next += self.frame;
+            // A worker that runs behind still answers a few commands per tick.
+            for _ in 0..16 {
+                match commands.try_recv() {
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => break,
+                }
+            }
+        }
+        let now = Instant::now();
+        let ids: Vec<u64> = self.rooms.keys().copied().collect();
+        for id in ids {
+            self.delete_room(id, now);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let metrics = &*self.metrics;
+        for (&room_id, entry) in &mut self.rooms {
+            let RoomEntry { room, members, .. } = entry;
+            if members.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            for (&pid, m) in members.iter_mut() {
+                while let Some(d) = m.rx.try_pop() {
+                    metrics
+                        .receive_wait
+                        .record(now.saturating_duration_since(d.arrival));
+                    if room
+                        .handle_datagram(pid, &d.bytes[..d.len], d.arrival)
+                        .is_err()
+                    {
+                        metrics.drop_rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let mixing = Instant::now();
+            metrics.room_receive.record(mixing - started);
+            let mut sending = Duration::ZERO;
+            room.tick(now, &mut |pid, packet| {
+                if let Some(m) = members.get(&pid) {
+                    let t = Instant::now();
+                    send_counted(m, metrics, packet);
+                    let took = t.elapsed();
+                    metrics.send.record(took);
+                    sending += took;
+                }
+            });
+            metrics
+                .room_mix
+                .record(mixing.elapsed().saturating_sub(sending));
+            publish(room_id, entry, &self.events);
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::CreateRoom { id, spec, reply } => {
+                let _ = reply.send(self.create_room(id, spec, now));
+            }
+            Command::DeleteRoom { id, reply } => {
+                let r = if self.delete_room(id, now) {
+                    Ok(())
+                } else {
+                    Err(HostError::UnknownRoom(id))
+                };
+                let _ = reply.send(r);
+            }
+            Command::GetRoom { id, reply } => {
+                let r = self
+                    .rooms
+                    .get(&id)
+                    .map(|e| room_info(self.index, id, e))
+                    .ok_or(HostError::UnknownRoom(id));
+                let _ = reply.send(r);
+            }
+            Command::ListRooms { reply } => {
+                let all = self
+                    .rooms
+                    .iter()
+                    .map(|(&id, e)| room_info(self.index, id, e))
+                    .collect();
+                let _ = reply.send(Ok(all));
+            }
+            Command::SetLocked { id, locked, reply } => {
+                let r = match self.rooms.get_mut(&id) {
+                    Some(e) => {
+                        if locked {
+                            e.room.lock(now);
+                        } else {
+                            e.room.unlock(now);
+                        }
+                        publish(id, e, &self.events);
+                        Ok(room_info(self.index, id, e))
+                    }
+                    None => Err(HostError::UnknownRoom(id)),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Join {
+                room,
+                member,
+                reply,
+            } => {
+                let _ = reply.send(self.join(room, *member, now));
+            }
+            Command::Leave {
+                room,
+                participant,
+                reply,
+            } => {
+                let _ = reply.send(self.leave(room, participant, now));
+            }
+            Command::Update {
+                room,
+                participant,
+                update,
+                reply,
+            } => {
+                let _ = reply.send(self.update(room, participant, update, now));
+            }
+            Command::GetParticipant {
+                room,
+                participant,
+                reply,
+            } => {
+                let r = self
+                    .member(room, participant)
+                    .and_then(|(e, pid)| participant_info(room, e, pid));
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn create_room(
+        &mut self,
+        id: u64,
+        spec: RoomSpec,
+        now: Instant,
+    ) -> Result<RoomInfo, HostError> {
+        let mut config = RoomConfig {
+            frame_ms: self.frame_ms,
+            wait_for_moderator: spec.wait_for_moderator,
+            ..RoomConfig::default()
+        };
+        if let Some(n) = spec.max_participants {
+            config.max_participants = n;
+        }
+        let room = Room::new(config, now)?;
+        let mut entry = RoomEntry {
+            room,
+            name: spec.name,
+            members: HashMap::new(),
+            by_api: HashMap::new(),
+        };
+        publish(id, &mut entry, &self.events);
+        let info = room_info(self.index, id, &entry);
+        self.rooms.insert(id, entry);
+        self.metrics.rooms.fetch_add(1, Ordering::Relaxed);
+        Ok(info)
+    }
+
+    fn delete_room(&mut self, id: u64, now: Instant) -> bool {
+        let Some(mut entry) = self.rooms.remove(&id) else {
+            return false;
+        };
+        for (pid, mut leg) in entry.room.end(now) {
+            if let Some(m) = entry.members.get(&pid) {
+                bye(&mut leg, m, &self.metrics, &mut self.tx_buf, now);
+            }
+        }
+        publish(id, &mut entry, &self.events);
+        self.metrics
+            .participants
+            .fetch_sub(entry.members.len() as u64, Ordering::Relaxed);
+        self.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    fn join(
+        &mut self,
+        room: u64,
+        n: NewMember,
+        now: Instant,
+    ) -> Result<ParticipantInfo, HostError> {
+        let entry = self
+            .rooms
+            .get_mut(&room)
+            .ok_or(HostError::UnknownRoom(room))?;
+        let mut pc = ParticipantConfig::new(n.leg);
+        pc.muted = n.spec.muted;
+        pc.deaf = n.spec.deaf;
+        pc.moderator = n.spec.moderator;
+        let pid = entry.room.join(pc, now)?;
+        entry.by_api.insert(n.id, pid);
+        entry.members.insert(
+            pid,
+            Member {
+                id: n.id,
+                spec: n.spec,
+                socket: n.socket,
+                local: n.local,
+                rx: n.rx,
+                counters: n.counters,
+                task: n.task,
+            },
+        );
+        self.metrics.participants.fetch_add(1, Ordering::Relaxed);
+        publish(room, entry, &self.events);
+        participant_info(room, entry, pid)
+    }
+
+    fn member(
+        &self,
+        room: u64,
+        participant: u64,
+    ) -> Result<(&RoomEntry, ParticipantId), HostError> {
+        let e = self.rooms.get(&room).ok_or(HostError::UnknownRoom(room))?;
+        let pid = e
+            .by_api
+            .get(&participant)
+            .copied()
+            .ok_or(HostError::UnknownParticipant { room, participant })?;
+        Ok((e, pid))
+    }
+
+    fn leave(&mut self, room: u64, participant: u64, now: Instant) -> Result<(), HostError> {
+        let e = self
+            .rooms
+            .get_mut(&room)
+            .ok_or(HostError::UnknownRoom(room))?;
+        let pid = e
+            .by_api
+            .remove(&participant)
+            .ok_or(HostError::UnknownParticipant { room, participant })?;
+        let leg = e.room.kick(pid, now);
+        // Published while the member is still known, so the event names it.
+        publish(room, e, &self.events);
+        if let Some(m) = e.members.remove(&pid) {
+            if let Ok(mut leg) = leg {
+                bye(&mut leg, &m, &self.metrics, &mut self.tx_buf, now);
+            }
+            self.metrics.participants.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn update(
+        &mut self,
+        room: u64,
+        participant: u64,
+        u: ParticipantUpdate,
+        now: Instant,
+    ) -> Result<ParticipantInfo, HostError> {
+        let e = self
+            .rooms
+            .get_mut(&room)
+            .ok_or(HostError::UnknownRoom(room))?;
+        let pid = e
+            .by_api
+            .get(&participant)
+            .copied()
+            .ok_or(HostError::UnknownParticipant { room, participant })?;
+        // Check every gain before applying anything, so a refused request changes nothing.
+        for db in [u.input_gain_db, u.output_gain_db].into_iter().flatten() {
+            if !confer_conference::room::GAIN_DB_RANGE.contains(&db) {
+                return Err(RoomError::GainOutOfRange(db).into());
+            }
+        }
+        if let Some(db) = u.input_gain_db {
+            e.room.set_input_gain_db(pid, db)?;
+        }
+        if let Some(db) = u.output_gain_db {
+            e.room.set_output_gain_db(pid, db)?;
+        }
+        if let Some(m) = u.muted {
+            e.room.set_muted(pid, m, now)?;
+        }
+        if let Some(d) = u.deaf {
+            e.room.set_deaf(pid, d, now)?;
+        }
+        publish(room, e, &self.events);
+        participant_info(room, e, pid)
+    }
+}
+
+fn room_info(worker: usize, id: u64, e: &RoomEntry) -> RoomInfo {
+    let s = e.room.stats();
+    let mut participant_ids: Vec<u64> = e.by_api.keys().copied().collect();
+    participant_ids.sort_unstable();
+    RoomInfo {
+        id,
+        name: e.name.clone(),
+        worker,
+        participants: e.room.len(),
+        max_participants: e.room.config().max_participants,
+        locked: e.room.is_locked(),
+        ticks: s.ticks,
+        speakers: s.speakers,
+        encoder_groups: s.encoder_groups,
+        encoder_calls_total: s.encoder_calls_total,
+        packets_sent: s.packets_sent,
+        send_errors: s.send_errors,
+        participant_ids,
+    }
+}
+
+fn bye(leg: &mut MediaLeg, m: &Member, metrics: &Metrics, buf: &mut [u8], now: Instant) {
+    if let Ok(n) = leg.write_bye(now, buf) {
+        send_counted(m, metrics, &buf[..n]);
+    }
+}
+
+fn participant_info(
+    room: u64,
+    e: &RoomEntry,
+    pid: ParticipantId,
+) -> Result<ParticipantInfo, HostError> {
+    let m = e
+        .members
+        .get(&pid)
+        .ok_or(RoomError::UnknownParticipant(pid))?;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Ok(ParticipantInfo {
+        id: m.id,
+        room,
+        rtp_address: m.spec.rtp_address,
+        local_rtp_address: m.local,
+        codec: codec_name(m.spec.codec),
+        payload_type: u8::from(m.spec.codec.payload_type()),
+        datagrams_received: get(&m.counters.received),
+        datagrams_foreign: get(&m.counters.foreign),
+        datagrams_queue_full: get(&m.counters.queue_full),
+        datagrams_sent: get(&m.counters.sent),
+        datagrams_send_dropped: get(&m.counters.send_dropped),
+        stats: e
+            .room
+            .participant_stats(pid)
+            .ok()
+            .map(|s| StatsJson::from(&s)),
+    })
+}
+
+/// The API name of a codec.
+pub fn codec_name(c: Codec) -> &'static str {
+    match c {
+        Codec::Opus(_) => "opus",
+        Codec::Pcmu => "pcmu",
+        Codec::Pcma => "pcma",
+    }
+}
+
+/// Drains the room's events onto the broadcast channel.
+fn publish(room_id: u64, e: &mut RoomEntry, events: &broadcast::Sender<EventMsg>) {
+    let api = |pid: ParticipantId| e.members.get(&pid).map(|m| m.id);
+    let mut pending = [None; 16];
+    loop {
+        // Events are collected a few at a time so `api` can borrow the members.
+        let mut n = 0;
+        while n < pending.len() {
+            match e.room.poll_event() {
+                Some(ev) => {
+                    pending[n] = Some(ev);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        for ev in pending[..n].iter().flatten() {
+            let (kind, pid, reason) = match ev.kind {
+                RoomEventKind::Created => ("created", None, None),
+                RoomEventKind::Ended => ("ended", None, None),
+                RoomEventKind::Joined { id, moderator } => {
+                    ("joined", Some(id), moderator.then_some("moderator"))
+                }
+                RoomEventKind::Left { id, reason } => (
+                    "left",
+                    Some(id),
+                    Some(match reason {
+                        LeaveReason::Left => "left",
+                        LeaveReason::Kicked => "kicked",
+                        LeaveReason::RoomEnded => "room_ended",
+                    }),
+                ),
+                RoomEventKind::StartedTalking(id) => ("started_talking", Some(id), None),
+                RoomEventKind::StoppedTalking(id) => ("stopped_talking", Some(id), None),
+                RoomEventKind::Muted(id) => ("muted", Some(id), None),
+                RoomEventKind::Unmuted(id) => ("unmuted", Some(id), None),
+                RoomEventKind::Deafened(id) => ("deafened", Some(id), None),
+                RoomEventKind::Undeafened(id) => ("undeafened", Some(id), None),
+                RoomEventKind::Locked => ("locked", None, None),
+                RoomEventKind::Unlocked => ("unlocked", None, None),
+            };
+            let msg = EventMsg {
+                room: room_id,
+                kind,
+                participant: pid.and_then(api),
+                reason,
+                media_time_ms: ev.media_time.as_secs_f64() * 1000.0,
+            };
+            // No subscriber is not an error: the event simply has no audience.
+            let _ = events.send(msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(min: u16, max: u16) -> Host {
+        Host::start(&HostConfig {
+            workers: 1,
+            frame_ms: 20,
+            media_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            rtp_port_min: min,
+            rtp_port_max: max,
+        })
+        .expect("workers start")
+    }
+
+    /// Three ports nobody else holds right now (the OS hands out ephemeral ports at
+    /// random; three consecutive ones are taken from a probe and checked).
+    fn free_range() -> u16 {
+        for base in (39_000..39_900).step_by(3) {
+            let all: Vec<_> = (base..base + 3)
+                .filter_map(|p| StdUdpSocket::bind(("127.0.0.1", p)).ok())
+                .collect();
+            if all.len() == 3 {
+                return base;
+            }
+        }
+        panic!("no three free ports in 39000..39900");
+    }
+
+    #[test]
+    fn ports_rotate_through_the_range_and_exhaustion_is_a_typed_error() {
+        let base = free_range();
+        let h = host(base, base + 2);
+        let a = h.bind_rtp_socket().expect("first port");
+        let b = h.bind_rtp_socket().expect("second port");
+        let c = h.bind_rtp_socket().expect("third port");
+        let ports: Vec<u16> = [&a, &b, &c]
+            .iter()
+            .map(|s| s.local_addr().expect("bound").port())
+            .collect();
+        assert_eq!(ports, vec![base, base + 1, base + 2]);
+        match h.bind_rtp_socket() {
+            Err(HostError::PortsExhausted { min, max, .. }) => {
+                assert_eq!((min, max), (base, base + 2));
+            }
+            other => panic!("expected exhaustion, got {other:?}"),
+        }
+        // A released port is handed out again once the cursor comes round to it.
+        drop(b);
+        let again = h.bind_rtp_socket().expect("the released port");
+        assert_eq!(again.local_addr().expect("bound").port(), base + 1);
+        h.stop();
+    }
+
+    #[test]
+    fn the_histogram_renders_cumulative_prometheus_buckets() {
+        let hist = Histogram::new(LATENCY_BOUNDS_US);
+        for us in [40, 40, 300, 3_000, 2_000_000] {
+            hist.record(Duration::from_micros(us));
+        }
+        let mut out = String::new();
+        hist.render(&mut out, "x", "tick");
+        assert!(
+            out.contains("x_bucket{stage=\"tick\",le=\"0.00005\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{stage=\"tick\",le=\"0.0005\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{stage=\"tick\",le=\"0.005\"} 4\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{stage=\"tick\",le=\"1\"} 4\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{stage=\"tick\",le=\"+Inf\"} 5\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_count{stage=\"tick\"} 5\n"), "{out}");
+        assert!(out.contains("x_sum{stage=\"tick\"} 2.00338\n"), "{out}");
+    }
+
+    #[test]
+    fn workers_tick_on_the_frame_clock_and_stop_on_request() {
+        let h = host(39_950, 39_959);
+        std::thread::sleep(Duration::from_millis(210));
+        let ticks = h.stop();
+        // About 10 frames of 20 ms; a loaded machine may tick later, never faster.
+        assert!((5..=11).contains(&ticks), "{ticks} ticks in 210 ms");
+        assert_eq!(h.metrics().tick_duration.count(), ticks);
+    }
+}

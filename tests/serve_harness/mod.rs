@@ -1,0 +1,204 @@
+//! Shared harness of the `confer serve` end-to-end tests: the real binary on free ports, a
+//! tiny HTTP/1.1 client, and client-side media legs on real UDP sockets.
+//!
+//! Why: these tests check the engine as a user runs it (process, HTTP, UDP, real time), so
+//! they talk to the built binary over sockets only. Everything is bounded: the process is
+//! killed when the [`Server`] is dropped (also on a failed assertion), HTTP reads time out,
+//! and media runs for fixed durations. What it is not: deterministic in timing (real
+//! clock, real scheduler); assertions leave room for a loaded machine.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use confer_engine::leg::{LegConfig, MediaLeg};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+/// `confer serve` running on a private RTP range and an ephemeral HTTP port.
+pub struct Server {
+    child: Child,
+    /// The control API's address, from the ready line.
+    pub http: SocketAddr,
+    /// The ready line.
+    pub ready: String,
+}
+
+impl Server {
+    /// Starts the binary with `rtp_ports` ports from a range chosen per process (so test
+    /// binaries running side by side do not compete), plus `env`.
+    pub fn start(slot: u16, rtp_ports: u16, env: &[(&str, &str)]) -> Server {
+        let base = 40_000 + (std::process::id() % 100) as u16 * 200 + slot * 50;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_confer"));
+        cmd.arg("serve")
+            .env("CONFER_HTTP_LISTEN", "127.0.0.1:0")
+            .env("CONFER_RTP_PORT_MIN", base.to_string())
+            .env("CONFER_RTP_PORT_MAX", (base + rtp_ports - 1).to_string())
+            .env("CONFER_MEDIA_WORKERS", "2")
+            .stdout(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the confer binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = match lines.next() {
+            Some(Ok(line)) => line,
+            other => {
+                let _ = child.kill();
+                panic!("no ready line: {other:?}");
+            }
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let http = ready
+            .split("control API http://")
+            .nth(1)
+            .and_then(|s| s.split([',', ' ']).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no control API address in {ready:?}"));
+        Server { child, http, ready }
+    }
+
+    /// Still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// One request; returns the status and the body parsed as JSON (`Null` when empty or
+    /// not JSON).
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (status, text) = self.request_text(method, path, body);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// One request; returns the status and the raw body.
+    pub fn request_text(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut s = TcpStream::connect_timeout(&self.http, Duration::from_secs(5))
+            .expect("connect to the control API");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.http,
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("send request");
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).expect("read response");
+        let resp = String::from_utf8_lossy(&resp).into_owned();
+        let status = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad response {resp:?}"));
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        (status, body)
+    }
+
+    /// Creates a room; returns its id.
+    pub fn create_room(&self, body: &str) -> u64 {
+        let (status, v) = self.request("POST", "/v1/rooms", Some(body));
+        assert_eq!(status, 201, "{v}");
+        v["id"].as_u64().expect("room id")
+    }
+
+    /// Adds a participant receiving at `rtp`; returns its id and our local RTP address.
+    pub fn join(&self, room: u64, rtp: SocketAddr, codec: &str) -> (u64, SocketAddr) {
+        let body = format!(r#"{{"rtp_address":"{rtp}","codec":"{codec}"}}"#);
+        let (status, v) = self.request(
+            "POST",
+            &format!("/v1/rooms/{room}/participants"),
+            Some(&body),
+        );
+        assert_eq!(status, 201, "{v}");
+        let local = v["local_rtp_address"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("local_rtp_address");
+        (v["id"].as_u64().expect("participant id"), local)
+    }
+
+    /// The value of a Prometheus sample line that starts with `name` (labels included).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self.request_text("GET", "/metrics", None);
+        assert_eq!(status, 200);
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    /// Mean of a stage histogram, in microseconds, and its observation count.
+    pub fn stage_mean_us(&self, stage: &str) -> (f64, f64) {
+        let sum = self.metric(&format!(
+            "confer_stage_duration_seconds_sum{{stage=\"{stage}\"}}"
+        ));
+        let count = self.metric(&format!(
+            "confer_stage_duration_seconds_count{{stage=\"{stage}\"}}"
+        ));
+        (sum / count.max(1.0) * 1e6, count)
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "confer did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The 16 kHz speech sample at 48 kHz (engine resampler), cached.
+pub fn speech_48k() -> &'static [f32] {
+    static SPEECH: OnceLock<Vec<f32>> = OnceLock::new();
+    SPEECH.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/audio/speech-16k.wav");
+        let mut reader = hound::WavReader::open(path).expect("speech sample is committed");
+        let pcm: Vec<f32> = reader
+            .samples::<i16>()
+            .map(|s| f32::from(s.expect("valid wav")) / 32768.0)
+            .collect();
+        crate::leg_harness::resample_all(&pcm, 16_000, 48_000)
+    })
+}
+
+/// `seconds` of speech from `offset` seconds in, whole 20 ms frames.
+pub fn speech(offset: f64, seconds: f64) -> Vec<f32> {
+    let s = speech_48k();
+    let start = (offset * 48_000.0) as usize;
+    let len = ((seconds * 48_000.0) as usize / 960) * 960;
+    s[start..start + len].to_vec()
+}
+
+/// A client-side leg with a seeded RNG.
+pub fn client_leg(config: LegConfig, seed: u64) -> MediaLeg {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // The clients' start; the clock is read by the test, which is a real-time shell.
+    #[allow(clippy::disallowed_methods)]
+    let now = Instant::now();
+    MediaLeg::new(config, None, &mut rng, now).expect("valid leg config")
+}
