@@ -71,6 +71,8 @@ use crate::speakers::{ActiveSpeakers, SILENCE_DBOV, SpeakerConfig, SpeakerConfig
 pub const ROOM_RATE: u32 = 48_000;
 /// Events kept for [`Room::poll_event`]; more are dropped and counted.
 pub const EVENT_QUEUE_LEN: usize = 4096;
+/// Events a new room has room for before its queue grows.
+const EVENT_QUEUE_INITIAL: usize = 32;
 /// The input and output gains a participant may be given, in dB.
 pub const GAIN_DB_RANGE: std::ops::RangeInclusive<f32> = -60.0..=20.0;
 
@@ -487,7 +489,9 @@ impl Room {
         let mixer = Mixer::new(frame_samples, config.speakers.max_speakers)?;
         // Validates the limiter settings now rather than at the first join.
         Limiter::new(config.limiter, ROOM_RATE, frame_samples)?;
-        let mut events = VecDeque::with_capacity(EVENT_QUEUE_LEN);
+        // Sized for a tick's worth of events: an idle room must stay small (10,000 of them
+        // per process); a burst grows it, up to EVENT_QUEUE_LEN, once.
+        let mut events = VecDeque::with_capacity(EVENT_QUEUE_INITIAL);
         events.push_back(RoomEvent {
             media_time: Duration::ZERO,
             at: now,
