@@ -6,7 +6,8 @@
 //!
 //! - 400: the body is not JSON, or not the expected shape (wrong type, unknown field);
 //! - 404: no such room or participant (or route);
-//! - 409: the room refuses the join (locked, full, ended);
+//! - 409: the room refuses the join (locked, full, ended), or a recording is already
+//!   running (start) or not running (stop);
 //! - 422: well-formed but impossible values (gain outside -60..=20 dB, unknown codec,
 //!   payload type, RTP address);
 //! - 503: no free RTP port, a media worker's command queue is full, or the engine is
@@ -59,6 +60,11 @@ pub fn router(state: ApiState) -> Router {
             "/v1/rooms/{room}/participants/{participant}",
             get(get_participant).delete(leave).patch(patch_participant),
         )
+        .route(
+            "/v1/rooms/{room}/recording",
+            axum::routing::post(start_recording).delete(stop_recording),
+        )
+        .route("/v1/recordings", get(list_recordings))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }
@@ -95,9 +101,13 @@ impl From<HostError> for ApiError {
             HostError::UnknownRoom(_) | HostError::UnknownParticipant { .. } => {
                 StatusCode::NOT_FOUND
             }
-            HostError::Room(RoomError::Locked | RoomError::Full(_) | RoomError::Ended) => {
-                StatusCode::CONFLICT
-            }
+            HostError::Room(
+                RoomError::Locked
+                | RoomError::Full(_)
+                | RoomError::Ended
+                | RoomError::AlreadyRecording,
+            )
+            | HostError::NotRecording(_) => StatusCode::CONFLICT,
             HostError::Room(RoomError::UnknownParticipant(_)) => StatusCode::NOT_FOUND,
             HostError::Room(_) | HostError::Leg(_) | HostError::AddressFamily { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -105,7 +115,7 @@ impl From<HostError> for ApiError {
             HostError::PortsExhausted { .. } | HostError::Busy(_) | HostError::Stopped => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            HostError::Socket(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HostError::Socket(_) | HostError::RecordingIo(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
     }
@@ -417,4 +427,44 @@ async fn stream_events(
         }
     }
     let _ = socket.send(Message::Close(None)).await;
+}
+
+/// `POST /v1/rooms/{room}/recording` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordingBody {
+    /// Also record every participant's own input.
+    #[serde(default)]
+    tracks: bool,
+}
+
+async fn start_recording(
+    State(st): State<ApiState>,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let room = room_id(&room)?;
+    let b: RecordingBody = parse_body(&body, true)?;
+    let files = st.host.start_recording(room, b.tracks).await?;
+    ok(StatusCode::CREATED, &json!({ "files": files }))
+}
+
+async fn stop_recording(State(st): State<ApiState>, Path(room): Path<String>) -> ApiResult {
+    let room = room_id(&room)?;
+    let files = st.host.stop_recording(room).await?;
+    ok(StatusCode::OK, &json!({ "files": files }))
+}
+
+async fn list_recordings(State(st): State<ApiState>) -> ApiResult {
+    let host = st.host.clone();
+    let listed = tokio::task::spawn_blocking(move || host.list_recordings())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("listing recordings: {e}"),
+            )
+        })?;
+    ok(StatusCode::OK, &json!({ "recordings": listed }))
 }

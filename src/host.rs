@@ -28,21 +28,35 @@
 //!   worker's whole tick. The room does not time its inner stages (jitter buffer, decode,
 //!   mix, encode) separately.
 //!
+//! - Recordings ([`Host::start_recording`]): the room hands each tick's mix (and, with
+//!   tracks, each participant's input) to a [`RecordSink`] the worker builds: one
+//!   [`Recorder`] per file, writing Ogg Opus through a `BufWriter` **on the media worker
+//!   thread** (a page about once a second per file; a slow disk slows the worker's tick).
+//!   An I/O error ends that file's recording (closed as far as it goes), is logged and
+//!   counted (`confer_recording_errors_total`); it never stops the room. Stopping, deleting
+//!   the room and shutting down finish every file, so it is complete and readable. Files:
+//!   `recordings/room-{room}-{unix_ms}-mix.opus` and `...-p{participant}.opus` under the
+//!   data directory; a participant who joins later gets a track padded with silence from
+//!   the start, so every file of a recording shares its timeline.
+//!
 //! Ids: rooms and participants get host-wide numbers (`u64`, never reused) that the API
 //! shows; the worker maps them to the room's own [`ParticipantId`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io;
+use std::fs::File;
+use std::io::{self, BufWriter, Write as _};
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use confer_conference::recording::{FRAME_SAMPLES, Recorder, RecorderConfig};
 use confer_conference::room::{
-    LeaveReason, ParticipantConfig, ParticipantId, ParticipantStats, Room, RoomConfig, RoomError,
-    RoomEventKind,
+    LeaveReason, ParticipantConfig, ParticipantId, ParticipantStats, RecordSink, Room, RoomConfig,
+    RoomError, RoomEventKind,
 };
 use confer_engine::leg::{Codec, LegConfig, LegError, MAX_DATAGRAM, MediaLeg};
 use ringbuf::traits::{Consumer, Producer, Split};
@@ -105,6 +119,12 @@ pub enum HostError {
     /// The worker has stopped (shutting down).
     #[error("the media engine is stopping")]
     Stopped,
+    /// Stopping a recording in a room that is not recording.
+    #[error("room {0} is not recording")]
+    NotRecording(u64),
+    /// A recording file could not be created.
+    #[error("recording: {0}")]
+    RecordingIo(String),
 }
 
 /// One room event as published on the event stream.
@@ -210,6 +230,8 @@ pub struct Metrics {
     pub drop_send_error: AtomicU64,
     /// Receive errors on participant sockets (e.g. ICMP port unreachable reported).
     pub recv_errors: AtomicU64,
+    /// Recording files ended by an I/O or encoding error.
+    pub recording_errors: AtomicU64,
     /// Worker frame ticks.
     pub ticks: AtomicU64,
     /// Ticks that took longer than a frame, or started over a frame late.
@@ -241,6 +263,7 @@ impl Default for Metrics {
             drop_send_would_block: z(),
             drop_send_error: z(),
             recv_errors: z(),
+            recording_errors: z(),
             ticks: z(),
             tick_overruns: z(),
             tick_duration: Histogram::new(LATENCY_BOUNDS_US),
@@ -283,6 +306,11 @@ impl Metrics {
                 "confer_recv_errors_total",
                 "Receive errors on participant sockets.",
                 get(&self.recv_errors),
+            ),
+            (
+                "confer_recording_errors_total",
+                "Recording files ended by an I/O or encoding error.",
+                get(&self.recording_errors),
             ),
             (
                 "confer_ticks_total",
@@ -579,6 +607,16 @@ enum Command {
         participant: u64,
         reply: Reply<ParticipantInfo>,
     },
+    StartRecording {
+        room: u64,
+        tracks: bool,
+        unix_ms: u64,
+        reply: Reply<Vec<RecordingFile>>,
+    },
+    StopRecording {
+        room: u64,
+        reply: Reply<Vec<RecordingFile>>,
+    },
 }
 
 /// The media host: the API's handle on the workers (cheap to clone).
@@ -597,6 +635,7 @@ struct Inner {
     port_min: u16,
     port_max: u16,
     frame_ms: u32,
+    recordings_dir: PathBuf,
     events: broadcast::Sender<EventMsg>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
@@ -616,6 +655,8 @@ pub struct HostConfig {
     pub rtp_port_min: u16,
     /// Last RTP port.
     pub rtp_port_max: u16,
+    /// Where recordings are written (`data_dir/recordings`; created when needed).
+    pub recordings_dir: PathBuf,
 }
 
 impl Host {
@@ -633,6 +674,7 @@ impl Host {
                 index: i,
                 frame,
                 frame_ms: cfg.frame_ms,
+                recordings_dir: cfg.recordings_dir.clone(),
                 rooms: HashMap::new(),
                 events: events.clone(),
                 metrics: metrics.clone(),
@@ -656,6 +698,7 @@ impl Host {
                 port_min: cfg.rtp_port_min,
                 port_max: cfg.rtp_port_max,
                 frame_ms: cfg.frame_ms,
+                recordings_dir: cfg.recordings_dir.clone(),
                 events,
                 metrics,
                 stop,
@@ -727,6 +770,65 @@ impl Host {
             .await?;
         lock(&self.inner.rooms).insert(id, worker);
         Ok(info)
+    }
+
+    /// Starts recording a room (its mix; with `tracks` also every participant's input);
+    /// returns the files started.
+    pub async fn start_recording(
+        &self,
+        room: u64,
+        tracks: bool,
+    ) -> Result<Vec<RecordingFile>, HostError> {
+        let worker = self.worker_of(room)?;
+        // The shell reads the wall clock: it names the files.
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        std::fs::create_dir_all(&self.inner.recordings_dir)
+            .map_err(|e| HostError::RecordingIo(e.to_string()))?;
+        self.call(worker, |reply| Command::StartRecording {
+            room,
+            tracks,
+            unix_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops a room's recording and closes its files; returns them, complete.
+    pub async fn stop_recording(&self, room: u64) -> Result<Vec<RecordingFile>, HostError> {
+        let worker = self.worker_of(room)?;
+        self.call(worker, |reply| Command::StopRecording { room, reply })
+            .await
+    }
+
+    /// The recording files in the recordings directory (blocking file-system reads).
+    pub fn list_recordings(&self) -> io::Result<Vec<RecordingListing>> {
+        let dir = match std::fs::read_dir(&self.inner.recordings_dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in dir {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Some((room, started_unix_ms, track)) = parse_recording_name(&name) else {
+                continue;
+            };
+            let bytes = entry.metadata()?.len();
+            out.push(RecordingListing {
+                name,
+                bytes,
+                room,
+                started_unix_ms,
+                track,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// Ends and removes a room.
@@ -964,6 +1066,209 @@ impl Drop for Member {
     }
 }
 
+/// A recording file as the API shows it when starting or stopping.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordingFile {
+    /// The file name in the recordings directory.
+    pub name: String,
+    /// `mix`, or `p{participant}` for a participant's track.
+    pub track: String,
+    /// Audio recorded so far, in seconds.
+    pub duration_s: f64,
+    /// Bytes written so far (after stopping: the file's size).
+    pub bytes: u64,
+    /// The file was ended early by an error (see the log).
+    pub failed: bool,
+}
+
+/// A file of the recordings directory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordingListing {
+    /// The file name.
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+    /// The room recorded.
+    pub room: u64,
+    /// When the recording started (Unix time, ms).
+    pub started_unix_ms: u64,
+    /// `mix` or `p{participant}`.
+    pub track: String,
+}
+
+/// `room-{room}-{unix_ms}-{track}.opus` -> its parts.
+fn parse_recording_name(name: &str) -> Option<(u64, u64, String)> {
+    let rest = name.strip_prefix("room-")?.strip_suffix(".opus")?;
+    let mut parts = rest.splitn(3, '-');
+    let room = parts.next()?.parse().ok()?;
+    let ms = parts.next()?.parse().ok()?;
+    let track = parts.next()?;
+    Some((room, ms, track.to_owned()))
+}
+
+/// One file being recorded: 20 ms frames gathered from the room's ticks (10 ms rooms give
+/// two per frame) and encoded by its own [`Recorder`].
+struct TrackFile {
+    name: String,
+    track: String,
+    recorder: Option<Recorder<BufWriter<File>>>,
+    pending: Vec<f32>,
+    failed: bool,
+}
+
+impl TrackFile {
+    fn create(dir: &Path, prefix: &str, track: String, serial: u32) -> io::Result<TrackFile> {
+        let name = format!("{prefix}-{track}.opus");
+        let file = File::create(dir.join(&name))?;
+        let mut config = RecorderConfig::new(serial);
+        config.comments.push(("TITLE".into(), name.clone()));
+        let recorder = Recorder::new(BufWriter::new(file), config)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(TrackFile {
+            name,
+            track,
+            recorder: Some(recorder),
+            pending: Vec::with_capacity(FRAME_SAMPLES),
+            failed: false,
+        })
+    }
+
+    fn fail(&mut self, what: &str, e: &dyn std::fmt::Display, metrics: &Metrics) {
+        tracing::warn!(file = %self.name, "recording {what} failed, file ended: {e}");
+        metrics.recording_errors.fetch_add(1, Ordering::Relaxed);
+        // Dropping the recorder closes the stream as far as the writer allows.
+        self.recorder = None;
+        self.failed = true;
+    }
+
+    fn push(&mut self, mut frame: &[f32], metrics: &Metrics) {
+        while !frame.is_empty() {
+            let take = (FRAME_SAMPLES - self.pending.len()).min(frame.len());
+            self.pending.extend_from_slice(&frame[..take]);
+            frame = &frame[take..];
+            if self.pending.len() == FRAME_SAMPLES {
+                if let Some(r) = self.recorder.as_mut()
+                    && let Err(e) = r.push_frame(&self.pending)
+                {
+                    self.fail("write", &e, metrics);
+                }
+                self.pending.clear();
+            }
+        }
+    }
+
+    fn push_silence(&mut self, frames: u64, metrics: &Metrics) {
+        let frames = u32::try_from(frames).unwrap_or(u32::MAX);
+        if let Some(r) = self.recorder.as_mut()
+            && let Err(e) = r.push_silence(frames)
+        {
+            self.fail("write", &e, metrics);
+        }
+    }
+
+    fn duration_samples(&self) -> u64 {
+        self.recorder.as_ref().map_or(0, Recorder::duration_samples)
+    }
+
+    fn info(&self, dir: &Path) -> RecordingFile {
+        RecordingFile {
+            name: self.name.clone(),
+            track: self.track.clone(),
+            duration_s: self.duration_samples() as f64 / 48_000.0,
+            bytes: std::fs::metadata(dir.join(&self.name)).map_or(0, |m| m.len()),
+            failed: self.failed,
+        }
+    }
+
+    /// Pads a partial frame with silence, finishes the stream and flushes the file.
+    fn finish(mut self, dir: &Path, metrics: &Metrics) -> RecordingFile {
+        if !self.pending.is_empty() {
+            self.pending.resize(FRAME_SAMPLES, 0.0);
+            let pending = std::mem::take(&mut self.pending);
+            self.push(&pending, metrics);
+        }
+        let mut info = self.info(dir);
+        if let Some(r) = self.recorder.take() {
+            match r.finish() {
+                Ok((w, _)) => match w.into_inner() {
+                    Ok(mut file) => {
+                        if let Err(e) = file.flush() {
+                            self.fail("flush", &e, metrics);
+                        }
+                    }
+                    Err(e) => self.fail("flush", &e.error().to_string(), metrics),
+                },
+                Err(e) => self.fail("finish", &e, metrics),
+            }
+        }
+        info.failed = self.failed;
+        info.bytes = std::fs::metadata(dir.join(&self.name)).map_or(0, |m| m.len());
+        info
+    }
+}
+
+/// The worker's [`RecordSink`]: the mix file and the participants' track files.
+struct FileSink {
+    dir: PathBuf,
+    prefix: String,
+    serial: u32,
+    tracks_on: bool,
+    mix: TrackFile,
+    tracks: HashMap<ParticipantId, TrackFile>,
+    metrics: Arc<Metrics>,
+}
+
+impl FileSink {
+    /// Opens a track for participant `api_id`, padded with silence to the mix's timeline.
+    fn add_track(&mut self, pid: ParticipantId, api_id: u64) -> io::Result<()> {
+        self.serial = self.serial.wrapping_add(1);
+        let mut t = TrackFile::create(&self.dir, &self.prefix, format!("p{api_id}"), self.serial)?;
+        t.push_silence(
+            self.mix.duration_samples() / FRAME_SAMPLES as u64,
+            &self.metrics,
+        );
+        self.tracks.insert(pid, t);
+        Ok(())
+    }
+
+    fn files(&self) -> Vec<RecordingFile> {
+        let mut v = vec![self.mix.info(&self.dir)];
+        v.extend(self.tracks.values().map(|t| t.info(&self.dir)));
+        v
+    }
+
+    fn finish(self) -> Vec<RecordingFile> {
+        let FileSink {
+            dir,
+            mix,
+            tracks,
+            metrics,
+            ..
+        } = self;
+        let mut v = vec![mix.finish(&dir, &metrics)];
+        v.extend(tracks.into_values().map(|t| t.finish(&dir, &metrics)));
+        v
+    }
+}
+
+impl RecordSink for FileSink {
+    fn mix(&mut self, frame: &[f32]) {
+        self.mix.push(frame, &self.metrics);
+    }
+
+    fn track(&mut self, id: ParticipantId, frame: &[f32]) {
+        if let Some(t) = self.tracks.get_mut(&id) {
+            t.push(frame, &self.metrics);
+        }
+    }
+}
+
+/// Stops a room's recording, if any, and finishes its files.
+fn finish_recording(room: &mut Room) -> Option<Vec<RecordingFile>> {
+    let sink: Box<dyn std::any::Any> = room.stop_recording()?;
+    sink.downcast::<FileSink>().ok().map(|s| s.finish())
+}
+
 struct RoomEntry {
     room: Room,
     name: String,
@@ -975,6 +1280,7 @@ struct Worker {
     index: usize,
     frame: Duration,
     frame_ms: u32,
+    recordings_dir: PathBuf,
     rooms: HashMap<u64, RoomEntry>,
     events: broadcast::Sender<EventMsg>,
     metrics: Arc<Metrics>,
@@ -1048,7 +1354,7 @@ impl Worker {
         let metrics = &*self.metrics;
         for (&room_id, entry) in &mut self.rooms {
             let RoomEntry { room, members, .. } = entry;
-            if members.is_empty() {
+            if members.is_empty() && !room.is_recording() {
                 continue;
             }
             let started = Instant::now();
@@ -1161,7 +1467,60 @@ impl Worker {
                     .and_then(|(e, pid)| participant_info(room, e, pid));
                 let _ = reply.send(r);
             }
+            Command::StartRecording {
+                room,
+                tracks,
+                unix_ms,
+                reply,
+            } => {
+                let _ = reply.send(self.start_recording(room, tracks, unix_ms));
+            }
+            Command::StopRecording { room, reply } => {
+                let r = match self.rooms.get_mut(&room) {
+                    Some(e) => finish_recording(&mut e.room).ok_or(HostError::NotRecording(room)),
+                    None => Err(HostError::UnknownRoom(room)),
+                };
+                let _ = reply.send(r);
+            }
         }
+    }
+
+    fn start_recording(
+        &mut self,
+        room: u64,
+        tracks: bool,
+        unix_ms: u64,
+    ) -> Result<Vec<RecordingFile>, HostError> {
+        let e = self
+            .rooms
+            .get_mut(&room)
+            .ok_or(HostError::UnknownRoom(room))?;
+        if e.room.is_recording() {
+            return Err(HostError::Room(RoomError::AlreadyRecording));
+        }
+        let io_err = |e: io::Error| HostError::RecordingIo(e.to_string());
+        let prefix = format!("room-{room}-{unix_ms}");
+        // Distinct streams per file; the serial only has to differ between chained streams.
+        let serial = (unix_ms as u32) ^ (room as u32).rotate_left(16);
+        let mix = TrackFile::create(&self.recordings_dir, &prefix, "mix".into(), serial)
+            .map_err(io_err)?;
+        let mut sink = FileSink {
+            dir: self.recordings_dir.clone(),
+            prefix,
+            serial,
+            tracks_on: tracks,
+            mix,
+            tracks: HashMap::new(),
+            metrics: self.metrics.clone(),
+        };
+        if tracks {
+            for (&pid, m) in &e.members {
+                sink.add_track(pid, m.id).map_err(io_err)?;
+            }
+        }
+        let files = sink.files();
+        e.room.start_recording(Box::new(sink), tracks)?;
+        Ok(files)
     }
 
     fn create_room(
@@ -1196,6 +1555,9 @@ impl Worker {
         let Some(mut entry) = self.rooms.remove(&id) else {
             return false;
         };
+        if let Some(files) = finish_recording(&mut entry.room) {
+            tracing::info!(room = id, files = files.len(), "recording closed");
+        }
         for (pid, mut leg) in entry.room.end(now) {
             if let Some(m) = entry.members.get(&pid) {
                 bye(&mut leg, m, &self.metrics, &mut self.tx_buf, now);
@@ -1225,6 +1587,18 @@ impl Worker {
         pc.moderator = n.spec.moderator;
         let pid = entry.room.join(pc, now)?;
         entry.by_api.insert(n.id, pid);
+        if let Some(sink) = entry
+            .room
+            .record_sink_mut()
+            .and_then(|s| s.downcast_mut::<FileSink>())
+            && sink.tracks_on
+            && let Err(e) = sink.add_track(pid, n.id)
+        {
+            tracing::warn!(room, participant = n.id, "no recording track: {e}");
+            self.metrics
+                .recording_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
         entry.members.insert(
             pid,
             Member {
@@ -1450,8 +1824,29 @@ mod tests {
             media_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             rtp_port_min: min,
             rtp_port_max: max,
+            recordings_dir: std::env::temp_dir().join("confer-host-unit-recordings"),
         })
         .expect("workers start")
+    }
+
+    #[test]
+    fn recording_file_names_parse_back_and_other_files_are_ignored() {
+        assert_eq!(
+            parse_recording_name("room-12-1700000000123-p7.opus"),
+            Some((12, 1_700_000_000_123, "p7".to_owned()))
+        );
+        assert_eq!(
+            parse_recording_name("room-3-5-mix.opus"),
+            Some((3, 5, "mix".to_owned()))
+        );
+        for other in [
+            "room-x-5-mix.opus",
+            "room-3-mix.opus",
+            "notes.txt",
+            "room-3-5-mix.wav",
+        ] {
+            assert_eq!(parse_recording_name(other), None, "{other}");
+        }
     }
 
     /// Three ports nobody else holds right now (the OS hands out ephemeral ports at

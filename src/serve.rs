@@ -60,6 +60,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         media_ip: cfg.media_ip,
         rtp_port_min: cfg.rtp_port_min,
         rtp_port_max: cfg.rtp_port_max,
+        recordings_dir: cfg.data_dir.join("recordings"),
     })
     .context("starting the media workers")?;
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -14,6 +14,13 @@
 //! - Controls (`set_muted`, `set_deaf`, `set_input_gain_db`, `set_output_gain_db`,
 //!   `set_moderator`, `lock`, `unlock`, `end`) at any time between ticks.
 //!
+//! - Recording: [`Room::start_recording`] hands the room a [`RecordSink`]; every tick then
+//!   gives it the full mix (what a silent listener hears, before any output gain, through
+//!   its own limiter; silence when nobody talks, so the timeline is continuous, also while
+//!   the room is empty) and, when tracks are on, each participant's own input after input
+//!   gain and mute. [`Room::stop_recording`] gives the sink back. The room never opens a
+//!   file: the sink is the caller's (the host writes Ogg Opus files).
+//!
 //! Time never comes from the clock; an empty room's tick returns at once (no work, no
 //! timer), so idle rooms cost nothing.
 //!
@@ -53,6 +60,7 @@
 //! counted). The leg's own exceptions (RTCP, `rtc-srtp`) are documented in
 //! [`confer_engine::leg`].
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -88,6 +96,24 @@ impl std::fmt::Display for ParticipantId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "p{}.{}", self.slot, self.generation)
     }
+}
+
+/// Where a recording room puts its audio, once per tick (called on the room's thread, from
+/// [`Room::tick`]: it must not block for long). It is `Any` so that the caller who built it
+/// can get its own type back from [`Room::stop_recording`] (`Box<dyn Any>::downcast`).
+pub trait RecordSink: Any + Send {
+    /// The room's full mix for this tick (`frame_ms` of 48 kHz mono samples).
+    fn mix(&mut self, frame: &[f32]);
+    /// Participant `id`'s own input for this tick, after its input gain (zeros while muted
+    /// or while the room waits for a moderator).
+    /// Only called when the recording was started with tracks.
+    fn track(&mut self, id: ParticipantId, frame: &[f32]);
+}
+
+struct Recording {
+    sink: Box<dyn RecordSink>,
+    tracks: bool,
+    limiter: Limiter,
 }
 
 /// The settings of a room.
@@ -187,6 +213,9 @@ pub enum RoomError {
     /// A codec could not be built for an encoder group.
     #[error("codec: {0}")]
     Codec(#[from] CodecError),
+    /// [`Room::start_recording`] while a recording runs.
+    #[error("the room is already recording")]
+    AlreadyRecording,
     /// The leg rejected a datagram (the peer's fault).
     #[error("leg: {0}")]
     Leg(#[from] LegError),
@@ -455,6 +484,7 @@ pub struct Room {
     packet: Vec<u8>,
     events: VecDeque<RoomEvent>,
     stats: RoomStats,
+    recording: Option<Recording>,
 }
 
 impl std::fmt::Debug for Room {
@@ -513,6 +543,7 @@ impl Room {
             packet: vec![0; MAX_DATAGRAM],
             events,
             stats: RoomStats::default(),
+            recording: None,
         })
     }
 
@@ -903,6 +934,42 @@ impl Room {
         Ok(p.leg.handle_datagram(datagram, now)?)
     }
 
+    /// Starts recording into `sink` (see the module docs); `tracks` also gives it every
+    /// participant's own input. Refused while a recording runs (the new sink is dropped).
+    pub fn start_recording(
+        &mut self,
+        sink: Box<dyn RecordSink>,
+        tracks: bool,
+    ) -> Result<(), RoomError> {
+        if self.recording.is_some() {
+            return Err(RoomError::AlreadyRecording);
+        }
+        let limiter = Limiter::new(self.config.limiter, ROOM_RATE, self.frame_samples)?;
+        self.recording = Some(Recording {
+            sink,
+            tracks,
+            limiter,
+        });
+        Ok(())
+    }
+
+    /// Stops recording and gives the sink back (`None` when not recording).
+    pub fn stop_recording(&mut self) -> Option<Box<dyn RecordSink>> {
+        self.recording.take().map(|r| r.sink)
+    }
+
+    /// Whether a recording runs.
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_some()
+    }
+
+    /// The running recording's sink, e.g. to tell it about a new participant.
+    pub fn record_sink_mut(&mut self) -> Option<&mut dyn Any> {
+        self.recording
+            .as_mut()
+            .map(|r| &mut *r.sink as &mut dyn Any)
+    }
+
     /// Room-wide counters.
     pub fn stats(&self) -> RoomStats {
         self.stats
@@ -941,6 +1008,11 @@ impl Room {
     /// and its participant.
     pub fn tick(&mut self, now: Instant, send: &mut impl FnMut(ParticipantId, &[u8])) {
         if self.count == 0 {
+            if let Some(r) = self.recording.as_mut() {
+                // An empty room's recording goes on as silence (continuous timeline).
+                self.scratch.fill(0.0);
+                r.sink.mix(&self.scratch);
+            }
             return;
         }
         self.stats.ticks += 1;
@@ -999,6 +1071,28 @@ impl Room {
             }
         }
         self.stats.speakers = self.mixer.talkers();
+
+        // The recording: the full mix at unity gain, and each participant's own input.
+        if let Some(r) = self.recording.as_mut() {
+            if self.mixer.mix_all(1.0, &mut self.scratch).is_err() {
+                self.scratch.fill(0.0);
+            }
+            r.limiter.process(&mut self.scratch);
+            r.sink.mix(&self.scratch);
+            if r.tracks {
+                for p in self.slots.iter().filter_map(|s| s.participant.as_ref()) {
+                    let gain = if p.muted || waiting {
+                        0.0
+                    } else {
+                        p.input_gain
+                    };
+                    for (o, &x) in self.scratch.iter_mut().zip(&p.frame) {
+                        *o = x * gain;
+                    }
+                    r.sink.track(p.id, &self.scratch);
+                }
+            }
+        }
 
         // 5. Shared encodes, once per group that has a listener this tick.
         for g in &mut self.groups {
