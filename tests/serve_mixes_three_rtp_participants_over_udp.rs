@@ -48,10 +48,12 @@ fn each_participant_hears_the_other_two_and_not_itself() {
         let runs = legs
             .into_iter()
             .map(|(udp, io)| udp.run_until(io, tokio::time::sleep(run_for)));
-        let results =
-            tokio::time::timeout(Duration::from_secs(30), futures_join_all(runs.collect()))
-                .await
-                .expect("the clients stop on their own");
+        let results = tokio::time::timeout(
+            Duration::from_secs(30),
+            serve_harness::join_all(runs.collect()),
+        )
+        .await
+        .expect("the clients stop on their own");
         for (i, (leg, shell)) in results.iter().enumerate() {
             let s = leg.stats();
             println!(
@@ -118,32 +120,4 @@ fn each_participant_hears_the_other_two_and_not_itself() {
     }
     let status = server.stop();
     assert!(status.success(), "{status:?}");
-}
-
-/// Runs futures concurrently on the current task (no extra crate for `join_all`).
-async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
-    let mut handles: Vec<Option<_>> = handles.into_iter().map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (h, out) in handles.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(f) = h {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *out = Some(v);
-                        *h = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }

@@ -134,7 +134,7 @@ fn a_recording_with_tracks_gives_valid_files_of_the_recorded_length() {
             remotes.push(remote);
             runs.push(udp.run_until(io, tokio::time::sleep(Duration::from_millis(2200))));
         }
-        tokio::time::timeout(Duration::from_secs(20), join_all(runs))
+        tokio::time::timeout(Duration::from_secs(20), serve_harness::join_all(runs))
             .await
             .expect("the clients stop on their own");
         let (status, v) = server.request("DELETE", &path, None);
@@ -215,33 +215,6 @@ fn sigterm_during_a_recording_leaves_a_complete_file() {
         "{secs:.3} s of {wall:.3} s"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Runs futures concurrently on the current task (no extra crate for `join_all`).
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut handles: Vec<Option<_>> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut outputs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (h, out) in handles.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(f) = h {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *out = Some(v);
-                        *h = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 #[test]
