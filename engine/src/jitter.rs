@@ -601,7 +601,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             self.epoch = Some(arrival);
         }
         if !self.started {
-            self.start_at(packet, arrival);
+            self.start_at(packet);
         } else if self.is_discontinuity(&packet) {
             // Restart only when the packet after the jump continues it.
             let max_gap = self.cfg.clock_rate as u64 * self.cfg.max_dtx_gap_ms as u64 / 1000;
@@ -693,7 +693,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
     }
 
     /// Starts playout with the first packet, `initial_delay_ms` from now.
-    fn start_at(&mut self, packet: JbPacket<'_>, _arrival: Instant) {
+    fn start_at(&mut self, packet: JbPacket<'_>) {
         self.started = true;
         self.next_seq = packet.seq;
         self.next_ts = packet.timestamp;
