@@ -16,7 +16,8 @@ use confer_codecs::denoise::{self, Denoiser};
 use confer_codecs::g711::{G711Decoder, G711Encoder, G711Law};
 use confer_codecs::level;
 use confer_codecs::opus::{
-    MAX_PACKET_BYTES, OpusApplication, OpusChannels, OpusDecoder, OpusEncoder, OpusRateControl,
+    MAX_PACKET_BYTES, OpusApplication, OpusChannels, OpusDecoder, OpusEncoder, OpusEncoderConfig,
+    OpusRateControl,
 };
 use confer_codecs::resample::Resampler;
 use confer_codecs::timestretch::TimeStretcher;
@@ -107,6 +108,22 @@ fn bench_opus(c: &mut Criterion) {
             )
         })
     });
+
+    // What the engine's encoders cost per complexity (rooms default to 5, Janus uses 4).
+    for complexity in [4u8, 5, 9, 10] {
+        let mut enc = OpusEncoder::new(OpusEncoderConfig {
+            complexity,
+            ..common::opus_config()
+        })
+        .expect("encoder");
+        let mut i = 0;
+        g.bench_function(format!("encode_complexity{complexity}"), |b| {
+            b.iter(|| {
+                let frame = frames[next(&mut i, frames.len())];
+                black_box(enc.encode(black_box(frame), &mut buf).expect("encode"))
+            })
+        });
+    }
 
     let mut dec = OpusDecoder::new(48000).expect("decoder");
     let mut out = [0f32; FRAME_48K];

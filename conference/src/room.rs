@@ -26,14 +26,34 @@
 //!
 //! # One tick
 //!
-//! 1. Every leg's frame is polled (so every jitter buffer keeps its schedule), with its
-//!    RFC 6464 level and VAD decision. A participant *talks* when the VAD says voice, its
-//!    smoothed level is above [`SpeakerConfig::min_level_dbov`], it is not muted, and the
-//!    room is not waiting for a moderator. Changes are `StartedTalking`/`StoppedTalking`
-//!    events.
+//! 1. Levels and voice. A participant whose packets carry the RFC 6464 audio level
+//!    ([`MediaLeg::header_level`]: browsers send it) is judged from that header level and
+//!    its V flag, **without decoding**; any other (a G.711 phone behind a PBX) has its
+//!    frame polled, decoded and measured by the leg's VAD, as every participant once was.
+//!    A participant *talks* when it has voice, its smoothed level is above
+//!    [`SpeakerConfig::min_level_dbov`], it is not muted, and the room is not waiting for
+//!    a moderator. Changes are `StartedTalking`/`StoppedTalking` events.
 //! 2. [`ActiveSpeakers`] picks at most K speakers (hysteresis, see [`crate::speakers`]).
-//!    Only they are mixed: silent participants cost a poll, not a mix.
-//! 3. The [`Mixer`] adds each speaker's frame once (with its input gain).
+//!    Of the header-level participants, the speakers and the
+//!    [`RoomConfig::challengers`] loudest other talkers ([`ActiveSpeakers::challengers`])
+//!    are decoded; everyone else's leg is only advanced ([`MediaLeg::poll_skip`]: its
+//!    jitter buffer takes packets out at their playout time and counts them, nothing is
+//!    decoded, resampled, denoised or analysed). Why: decoding costs about 44 us per
+//!    20 ms Opus frame (146 us more with noise suppression), so a room where 700 browsers
+//!    all send speech could not decode everyone on one core (31 ms per 20 ms tick); it
+//!    decodes K + challengers (measured: a 700-talker tick takes 3.0 ms this way against
+//!    30 ms decoding everyone, release build on the 2-core development machine,
+//!    `cargo test --release -p confer-conference --test room_header_levels seven --
+//!    --nocapture`). A newcomer louder than the weakest speaker ranks among the loudest
+//!    non-speakers, so it is decoded for the whole hold time and its decoder is warm when
+//!    it is first mixed; a talker given a free place at once is decoded from that tick,
+//!    from a freshly reset decoder (see [`MediaLeg::poll_frame`] for what its first frame
+//!    sounds like). Challengers are chosen among header-level participants only (the
+//!    others are decoded anyway). While a recording keeps per-participant tracks, or
+//!    with [`RoomConfig::header_levels`] off, everyone is decoded. Counts: [`RoomStats::frames_decoded_last_tick`] and
+//!    [`RoomStats::frames_skipped_last_tick`].
+//! 3. The [`Mixer`] adds each speaker's frame once (with its input gain). Silent
+//!    participants cost a poll, not a mix.
 //! 4. Each speaker who can hear gets its own N-1 mix (total minus itself, times its output
 //!    gain, through its own [`Limiter`]), encoded by its own leg ([`MediaLeg::send_frame`]).
 //! 5. Every other participant is a listener. Listeners are grouped by what their encoded
@@ -47,6 +67,17 @@
 //! 6. Deaf participants, and everyone while the room waits for a moderator, get nothing
 //!    (their leg's media clock advances, so the next packet is a marked talkspurt).
 //! 7. Every leg's RTCP is polled.
+//!
+//! # Stage timing
+//!
+//! With a clock injected ([`Room::set_stage_clock`]; the room never reads one itself), a
+//! tick laps a [`StageTimer`] at every stage boundary, and hands it down to the legs it
+//! polls and encodes with, so each interval of the tick is counted once, in one stage:
+//! jitter (jitter-buffer pops and skips, and the per-participant loop around them),
+//! decode (decoder calls and resampling), denoise, vad, mix (speaker selection, mixing,
+//! limiting), encode, record (the recording sink), send (packetizing, RTCP and the `send`
+//! callback). [`Room::last_tick_stages`] gives them after the tick, with the tick's
+//! counts. Untimed, a tick reads no clock at all.
 //!
 //! A participant moving between speaker and listener switches between its own encoder and
 //! its group's: the decoder sees a new encoder's stream (Opus copes; no reset is signalled),
@@ -69,7 +100,8 @@ use confer_codecs::g711::{G711Encoder, G711Law};
 use confer_codecs::opus::{OpusEncoder, OpusEncoderConfig};
 use confer_codecs::resample::Resampler;
 use confer_engine::leg::{
-    Codec, LegError, LegStats, MAX_DATAGRAM, MAX_ENCODED_PAYLOAD, MediaLeg, Received,
+    Codec, LegError, LegStats, MAX_DATAGRAM, MAX_ENCODED_PAYLOAD, MediaLeg, Received, Stage,
+    StageClock, StageTimer, StageTimes,
 };
 
 use crate::mixer::{Limiter, LimiterConfig, Mixer, MixerError};
@@ -129,6 +161,13 @@ pub struct RoomConfig {
     pub max_participants: usize,
     /// Non-moderators hear nothing and are not mixed until a moderator is present.
     pub wait_for_moderator: bool,
+    /// Decide who speaks from the RFC 6464 levels in participants' RTP headers, for those
+    /// who send them, and decode only who may be heard (see the module docs). Off: every
+    /// participant is decoded every tick.
+    pub header_levels: bool,
+    /// Besides the speakers, this many of the loudest talking participants are decoded
+    /// ahead of being mixed (0..=64), when speakers come from header levels.
+    pub challengers: usize,
 }
 
 impl Default for RoomConfig {
@@ -139,6 +178,8 @@ impl Default for RoomConfig {
             limiter: LimiterConfig::default(),
             max_participants: 1000,
             wait_for_moderator: false,
+            header_levels: true,
+            challengers: 2,
         }
     }
 }
@@ -315,6 +356,10 @@ pub struct ParticipantStats {
     pub output_gain_db: f32,
     /// Frames this participant was mixed into the room.
     pub frames_mixed: u64,
+    /// At the last tick, whether it spoke was decided from its RTP header level.
+    pub header_levels: bool,
+    /// Its frame was decoded at the last tick (not only advanced).
+    pub decoded: bool,
     /// The leg's own counters.
     pub leg: LegStats,
 }
@@ -344,6 +389,14 @@ pub struct RoomStats {
     pub send_errors: u64,
     /// Events dropped because nobody polled them.
     pub events_dropped: u64,
+    /// Participants' frames decoded at the last tick.
+    pub frames_decoded_last_tick: u32,
+    /// Participants' frames advanced without decoding at the last tick.
+    pub frames_skipped_last_tick: u32,
+    /// Frames decoded since the room was created.
+    pub frames_decoded_total: u64,
+    /// Frames advanced without decoding since the room was created.
+    pub frames_skipped_total: u64,
 }
 
 /// What a listener's encoded audio depends on.
@@ -361,6 +414,7 @@ enum CodecKey {
         bitrate_bps: u32,
         fec: bool,
         dtx: bool,
+        complexity: u8,
     },
     G711(bool),
 }
@@ -397,6 +451,7 @@ impl EncoderGroup {
                 bitrate_bps,
                 fec,
                 dtx,
+                complexity,
             } => (
                 // The same settings as the leg's own encoder (`MediaLeg::new`).
                 GroupEncoder::Opus(Box::new(OpusEncoder::new(OpusEncoderConfig {
@@ -406,6 +461,7 @@ impl EncoderGroup {
                     dtx,
                     expected_loss_percent: if fec { 10 } else { 0 },
                     frame_ms: key.frame_ms,
+                    complexity,
                     ..OpusEncoderConfig::default()
                 })?)),
                 ROOM_RATE,
@@ -460,6 +516,10 @@ struct Participant {
     /// The participant's place in this tick's mixer, when it is a speaker.
     mix_index: Option<usize>,
     frames_mixed: u64,
+    /// This tick, whether it speaks is decided from its RTP header level.
+    header: bool,
+    /// Its frame was decoded this tick.
+    decoded: bool,
 }
 
 struct Slot {
@@ -485,6 +545,10 @@ pub struct Room {
     events: VecDeque<RoomEvent>,
     stats: RoomStats,
     recording: Option<Recording>,
+    /// Non-speakers decoded ahead of time this tick (slots), at most `challengers`.
+    challengers: Vec<usize>,
+    stage_clock: Option<StageClock>,
+    last_stages: StageTimes,
 }
 
 impl std::fmt::Debug for Room {
@@ -513,6 +577,9 @@ impl Room {
         if !(1..=100_000).contains(&config.max_participants) {
             return Err(RoomError::BadConfig("max_participants must be 1..=100000"));
         }
+        if config.challengers > 64 {
+            return Err(RoomError::BadConfig("challengers must be 0..=64"));
+        }
         let frame_samples = (ROOM_RATE / 1000 * config.frame_ms) as usize;
         let frame = Duration::from_millis(u64::from(config.frame_ms));
         let speakers = ActiveSpeakers::new(config.speakers, frame, 0)?;
@@ -528,7 +595,6 @@ impl Room {
             kind: RoomEventKind::Created,
         });
         Ok(Room {
-            config,
             created: now,
             frame_samples,
             locked: false,
@@ -544,6 +610,10 @@ impl Room {
             events,
             stats: RoomStats::default(),
             recording: None,
+            challengers: Vec::with_capacity(config.challengers),
+            stage_clock: None,
+            last_stages: StageTimes::default(),
+            config,
         })
     }
 
@@ -675,6 +745,8 @@ impl Room {
             level_dbov: SILENCE_DBOV,
             mix_index: None,
             frames_mixed: 0,
+            header: false,
+            decoded: false,
         });
         self.groups[group].members += 1;
         self.count += 1;
@@ -702,6 +774,7 @@ impl Room {
                 bitrate_bps: o.bitrate_bps,
                 fec: o.fec,
                 dtx: o.dtx,
+                complexity: o.complexity,
             },
             Codec::Pcmu => CodecKey::G711(true),
             Codec::Pcma => CodecKey::G711(false),
@@ -1000,13 +1073,39 @@ impl Room {
             input_gain_db: p.input_gain_db,
             output_gain_db: p.output_gain_db,
             frames_mixed: p.frames_mixed,
+            header_levels: p.header,
+            decoded: p.decoded,
             leg,
         })
+    }
+
+    /// Times the stages of every tick with `clock` (see the module docs), or stops timing
+    /// (`None`). The room never reads a clock of its own: the host passes `Instant::now`,
+    /// tests a fake one.
+    pub fn set_stage_clock(&mut self, clock: Option<StageClock>) {
+        self.stage_clock = clock;
+    }
+
+    /// What the last tick did: its time per stage (zero without a stage clock) and its
+    /// counts (frames decoded and skipped, decoder and encoder calls; always counted). An
+    /// empty room's tick reports nothing.
+    pub fn last_tick_stages(&self) -> StageTimes {
+        self.last_stages
+    }
+
+    /// The jitter-buffer delay of every participant mixed at the last tick.
+    pub fn mixed_jitter_delays(&self) -> impl Iterator<Item = (ParticipantId, Duration)> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|s| s.participant.as_ref())
+            .filter(|p| p.mix_index.is_some())
+            .map(|p| (p.id, p.leg.jitter_buffer_delay()))
     }
 
     /// One frame tick at `now`: see the module docs. `send` gets every packet to transmit
     /// and its participant.
     pub fn tick(&mut self, now: Instant, send: &mut impl FnMut(ParticipantId, &[u8])) {
+        self.last_stages = StageTimes::default();
         if self.count == 0 {
             if let Some(r) = self.recording.as_mut() {
                 // An empty room's recording goes on as silence (continuous timeline).
@@ -1015,24 +1114,47 @@ impl Room {
             }
             return;
         }
+        let mut timer = self.stage_clock.map(StageTimer::start);
         self.stats.ticks += 1;
         let waiting = self.waiting_for_moderator();
+        // Recorded tracks need everyone's audio.
+        let use_headers =
+            self.config.header_levels && !self.recording.as_ref().is_some_and(|r| r.tracks);
+        let (mut decoded, mut skipped, mut decoder_calls) = (0u32, 0u32, 0u32);
 
-        // 1. Frames, levels, voice.
+        // 1. Levels and voice: from the RTP header where the participant sends levels,
+        //    else from its decoded frame.
         for slot in 0..self.slots.len() {
             let Some(p) = self.slots[slot].participant.as_mut() else {
                 continue;
             };
             p.mix_index = None;
-            let (level, voice) = match p.leg.poll_frame(now, &mut p.frame) {
-                Ok(info) => (-f32::from(info.level.level()), info.voice && !info.idle),
-                Err(_) => {
-                    // Frame sizes were checked at join; nothing else fails here. Silence.
-                    p.frame.fill(0.0);
-                    (SILENCE_DBOV, false)
+            let header = if use_headers {
+                p.leg.header_level(now)
+            } else {
+                None
+            };
+            p.header = header.is_some();
+            p.decoded = header.is_none();
+            let (level, voice) = match header {
+                Some(l) => (-f32::from(l.level()), l.voice()),
+                None => {
+                    decoded += 1;
+                    let r = p.leg.poll_frame_timed(now, &mut p.frame, timer.as_mut());
+                    while p.leg.poll_event().is_some() {}
+                    match r {
+                        Ok(info) => {
+                            decoder_calls += info.decoder_calls;
+                            (-f32::from(info.level.level()), info.voice && !info.idle)
+                        }
+                        Err(_) => {
+                            // Frame sizes were checked at join; nothing else fails. Silence.
+                            p.frame.fill(0.0);
+                            (SILENCE_DBOV, false)
+                        }
+                    }
                 }
             };
-            while p.leg.poll_event().is_some() {}
             p.level_dbov = level;
             if p.muted || waiting {
                 self.speakers.silence(slot);
@@ -1054,8 +1176,40 @@ impl Room {
             }
         }
 
-        // 2, 3. Speakers, mixed once.
+        // 2. Speakers, and who else to decode ahead of time.
         self.speakers.select();
+        if use_headers {
+            // Those decoded for their VAD anyway take no challenger's place.
+            let slots = &self.slots;
+            self.speakers
+                .challengers(self.config.challengers, &mut self.challengers, |slot| {
+                    slots[slot].participant.as_ref().is_some_and(|p| p.header)
+                });
+        }
+        lap(&mut timer, Stage::Mix);
+
+        // Header-level participants: speakers and challengers are decoded, everyone else's
+        // jitter buffer only keeps its schedule.
+        for slot in 0..self.slots.len() {
+            let Some(p) = self.slots[slot].participant.as_mut().filter(|p| p.header) else {
+                continue;
+            };
+            if self.speakers.is_speaker(slot) || self.challengers.contains(&slot) {
+                decoded += 1;
+                p.decoded = true;
+                match p.leg.poll_frame_timed(now, &mut p.frame, timer.as_mut()) {
+                    Ok(info) => decoder_calls += info.decoder_calls,
+                    Err(_) => p.frame.fill(0.0),
+                }
+            } else {
+                skipped += 1;
+                p.leg.poll_skip(now, timer.as_mut());
+            }
+            while p.leg.poll_event().is_some() {}
+        }
+        self.challengers.clear();
+
+        // 3. Speakers, mixed once.
         self.mixer.begin();
         for (k, &slot) in self.speakers.speakers().iter().enumerate() {
             let Some(p) = self
@@ -1071,6 +1225,7 @@ impl Room {
             }
         }
         self.stats.speakers = self.mixer.talkers();
+        lap(&mut timer, Stage::Mix);
 
         // The recording: the full mix at unity gain, and each participant's own input.
         if let Some(r) = self.recording.as_mut() {
@@ -1092,6 +1247,7 @@ impl Room {
                     r.sink.track(p.id, &self.scratch);
                 }
             }
+            lap(&mut timer, Stage::Record);
         }
 
         // 5. Shared encodes, once per group that has a listener this tick.
@@ -1109,6 +1265,7 @@ impl Room {
                 }
             }
         }
+        lap(&mut timer, Stage::Mix);
         let mut shared = 0u32;
         for g in self.groups.iter_mut().filter(|g| g.wanted) {
             if self.mixer.mix_all(g.output_gain, &mut g.pcm).is_err() {
@@ -1116,11 +1273,13 @@ impl Room {
                 continue;
             }
             g.limiter.process(&mut g.pcm);
+            lap(&mut timer, Stage::Mix);
             shared += 1;
             match g.encode() {
                 Ok(n) => g.payload_len = Some(n),
                 Err(_) => self.stats.send_errors += 1,
             }
+            lap(&mut timer, Stage::Encode);
         }
 
         // 4, 6, 7. Per participant: own N-1 encode, shared payload, or nothing; RTCP.
@@ -1137,8 +1296,10 @@ impl Room {
                 match self.mixer.mix_without(k, p.output_gain, &mut self.scratch) {
                     Ok(()) => {
                         p.limiter.process(&mut self.scratch);
+                        lap(&mut timer, Stage::Mix);
                         own += 1;
-                        p.leg.send_frame(&self.scratch, now, &mut self.packet)
+                        p.leg
+                            .send_frame_timed(&self.scratch, now, &mut self.packet, timer.as_mut())
                     }
                     Err(_) => Ok(0),
                 }
@@ -1171,11 +1332,28 @@ impl Room {
                 Ok(None) => {}
                 Err(_) => self.stats.send_errors += 1,
             }
+            lap(&mut timer, Stage::Send);
         }
         self.stats.shared_encodes_last_tick = shared;
         self.stats.speaker_encodes_last_tick = own;
         self.stats.encoder_calls_last_tick = shared + own;
         self.stats.encoder_calls_total += u64::from(shared + own);
         self.stats.packets_sent += sent;
+        self.stats.frames_decoded_last_tick = decoded;
+        self.stats.frames_skipped_last_tick = skipped;
+        self.stats.frames_decoded_total += u64::from(decoded);
+        self.stats.frames_skipped_total += u64::from(skipped);
+        let mut stages = timer.map(|t| *t.times()).unwrap_or_default();
+        stages.frames_decoded = decoded;
+        stages.frames_skipped = skipped;
+        stages.decoder_calls = decoder_calls;
+        stages.encodes = shared + own;
+        self.last_stages = stages;
+    }
+}
+
+fn lap(timer: &mut Option<StageTimer>, stage: Stage) {
+    if let Some(t) = timer.as_mut() {
+        t.lap(stage);
     }
 }

@@ -30,6 +30,12 @@
 //!    loudest wins.
 //!
 //! Participants that may not talk are never selected, whatever their level.
+//!
+//! The level may come from a decoded frame or, without decoding, from the RFC 6464 level
+//! the sender put in its RTP header (the room prefers it): both are dBov of the frame, so
+//! one smoothing and one set of thresholds serve both. [`ActiveSpeakers::challengers`]
+//! names who the room should decode besides the speakers, so that a newcomer is decoded
+//! for the hold time before it is mixed.
 
 use std::time::Duration;
 
@@ -325,6 +331,39 @@ impl ActiveSpeakers {
         // they keep counting: the bar moves with the weakest speaker each frame.
     }
 
+    /// The `n` loudest talking non-speakers among those `eligible` (by smoothed level,
+    /// loudest first) into `out`, which is cleared first and must have room for `n`
+    /// (nothing is allocated): who could take a place next, by outlasting the hold against
+    /// the weakest speaker or by filling a place that frees. A room that selects from RTP
+    /// header levels decodes them ahead of time, so that a newcomer's decoder is warm when
+    /// it is first mixed; those it decodes anyway are not eligible.
+    pub fn challengers(&self, n: usize, out: &mut Vec<usize>, eligible: impl Fn(usize) -> bool) {
+        out.clear();
+        if n == 0 {
+            return;
+        }
+        for (i, s) in self.slots.iter().enumerate() {
+            if !s.in_use || s.speaker || !s.voice || !eligible(i) {
+                continue;
+            }
+            let level = s.smoothed_dbov;
+            if out.len() == n {
+                if out
+                    .last()
+                    .is_some_and(|&j| self.slots[j].smoothed_dbov >= level)
+                {
+                    continue;
+                }
+                out.pop();
+            }
+            let pos = out
+                .iter()
+                .position(|&j| self.slots[j].smoothed_dbov < level)
+                .unwrap_or(out.len());
+            out.insert(pos, i);
+        }
+    }
+
     /// The current speakers (slot indices), at most K.
     pub fn speakers(&self) -> &[usize] {
         &self.speakers
@@ -473,6 +512,33 @@ mod tests {
             [None, Some(-30.0), Some(-30.0), Some(-45.0)][i]
         });
         assert_eq!(sorted(&s), [1, 2, 3]);
+    }
+
+    #[test]
+    fn challengers_are_the_loudest_talking_non_speakers_loudest_first() {
+        let mut s = selector(8);
+        let levels = [
+            Some(-20.0),
+            Some(-22.0),
+            Some(-24.0),
+            Some(-40.0),
+            None,
+            Some(-30.0),
+            Some(-35.0),
+            Some(-70.0),
+        ];
+        run(&mut s, 8, 5, |_, i| levels[i]);
+        assert_eq!(sorted(&s), [0, 1, 2]);
+        let mut out = Vec::with_capacity(2);
+        s.challengers(2, &mut out, |_| true);
+        // Slot 4 is silent and slot 7 below the floor: neither may talk.
+        assert_eq!(out, [5, 6]);
+        s.challengers(4, &mut out, |_| true);
+        assert_eq!(out, [5, 6, 3]);
+        s.challengers(2, &mut out, |i| i != 5);
+        assert_eq!(out, [6, 3]);
+        s.challengers(0, &mut out, |_| true);
+        assert!(out.is_empty());
     }
 
     #[test]

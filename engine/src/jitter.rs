@@ -10,6 +10,8 @@
 //! - [`JitterBuffer::pop`] once per output frame on the engine's frame clock (every
 //!   `frame_ms`), with that tick's `Instant`. It always fills exactly one frame: decoded
 //!   audio, audio recovered from FEC, concealment, or silence before the stream starts.
+//!   [`JitterBuffer::pop_skip`] instead, for a frame nobody will hear: the same schedule
+//!   and counters, no decoding, no audio (see below).
 //! - Time never comes from the clock; the same inputs always give the same output.
 //!
 //! # How the delay adapts
@@ -66,6 +68,37 @@
 //! - A sliding window (exact quantile over a sorted array) instead of exponential
 //!   forgetting: old conditions leave the estimate completely once out of the window.
 //!
+//! # Advancing without decoding
+//!
+//! A conference room of hundreds decodes only the few participants it may mix; everyone
+//! else's buffer must still follow its schedule, so that a participant who becomes a
+//! speaker plays from the right place with the right delay, and so that its statistics
+//! (played, late, lost, DTX) stay true. [`JitterBuffer::pop_skip`] advances exactly as
+//! [`JitterBuffer::pop`] would, producing no audio: a packet counts the duration its header
+//! declares ([`SkipDecoder::skip`]; for Opus the TOC byte's frame count and size), a gap
+//! that the next packet's FEC would recover is recovered ([`SkipDecoder::skip_fec`]),
+//! concealment is silence, and the buffer's decoded-but-unplayed audio is zeros. Steering
+//! sees silence, where the time-stretcher would remove or insert as much as it is asked
+//! to (its quiet splice): that is what the skip does, as a plain drop or insert of zeros,
+//! without the pitch search. The schedule, the slack measurements, the settled sequence
+//! numbers and every counter move as they would with decoding; only a stretch differs
+//! (decoded speech may be stretched later or by a pitch period instead of at once), so
+//! delays, and with them a borderline late packet, can differ slightly.
+//!
+//! The first `pop` after a `pop_skip` resets the decoder ([`SkipDecoder::reset`]): its
+//! state belongs to a packet played long ago. The first frame after resuming therefore
+//! plays what is left of the skipped audio (silence, less than a packet) and then the next
+//! packet decoded from a fresh state, as the first packet of any stream is (for Opus:
+//! without prediction history, so its first milliseconds may come out softer); the frames
+//! after are decoded normally.
+//!
+//! # Stage timing
+//!
+//! [`JitterBuffer::pop_timed`] laps a [`StageTimer`] (a clock the caller injects: the
+//! buffer never reads one) around every decoder call: decode, FEC and concealment go to
+//! [`Stage::Decode`], the bookkeeping before each call to [`Stage::Jitter`]. The leg and
+//! the room lap the same timer, so every interval of a tick is counted once.
+//!
 //! # Limits
 //!
 //! - The buffer assumes the RTP clock rate equals the decoder's output rate (true for Opus
@@ -77,8 +110,181 @@
 
 use std::time::{Duration, Instant};
 
-use confer_codecs::decoder::AudioDecoder;
+use confer_codecs::decoder::{AudioDecoder, CodecError};
+use confer_codecs::g711::G711Decoder;
 use confer_codecs::timestretch::TimeStretcher;
+
+/// A stage of the media path, as [`StageTimer`] attributes time to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Jitter-buffer bookkeeping: pops, skips, time-stretching, and the per-participant
+    /// loop around them.
+    Jitter,
+    /// Decoder calls (decode, FEC, concealment) and resampling to the engine rate.
+    Decode,
+    /// Noise suppression.
+    Denoise,
+    /// Level and voice-activity detection of decoded frames.
+    Vad,
+    /// Speaker selection, mixing, limiting.
+    Mix,
+    /// Encoding (shared group encodes and per-speaker encodes, with their resampling).
+    Encode,
+    /// Recording sinks.
+    Record,
+    /// Packetizing, protecting, RTCP, and the caller's send callback.
+    Send,
+}
+
+/// Wall time per [`Stage`] over a span a [`StageTimer`] measured (a room tick), and what
+/// was done in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageTimes {
+    /// [`Stage::Jitter`].
+    pub jitter: Duration,
+    /// [`Stage::Decode`].
+    pub decode: Duration,
+    /// [`Stage::Denoise`].
+    pub denoise: Duration,
+    /// [`Stage::Vad`].
+    pub vad: Duration,
+    /// [`Stage::Mix`].
+    pub mix: Duration,
+    /// [`Stage::Encode`].
+    pub encode: Duration,
+    /// [`Stage::Record`].
+    pub record: Duration,
+    /// [`Stage::Send`].
+    pub send: Duration,
+    /// Frames decoded (legs polled with decoding).
+    pub frames_decoded: u32,
+    /// Frames advanced without decoding.
+    pub frames_skipped: u32,
+    /// Decoder calls (decode, FEC, concealment).
+    pub decoder_calls: u32,
+    /// Encoder calls.
+    pub encodes: u32,
+}
+
+impl StageTimes {
+    /// The time of one stage.
+    pub fn get(&self, stage: Stage) -> Duration {
+        match stage {
+            Stage::Jitter => self.jitter,
+            Stage::Decode => self.decode,
+            Stage::Denoise => self.denoise,
+            Stage::Vad => self.vad,
+            Stage::Mix => self.mix,
+            Stage::Encode => self.encode,
+            Stage::Record => self.record,
+            Stage::Send => self.send,
+        }
+    }
+
+    fn get_mut(&mut self, stage: Stage) -> &mut Duration {
+        match stage {
+            Stage::Jitter => &mut self.jitter,
+            Stage::Decode => &mut self.decode,
+            Stage::Denoise => &mut self.denoise,
+            Stage::Vad => &mut self.vad,
+            Stage::Mix => &mut self.mix,
+            Stage::Encode => &mut self.encode,
+            Stage::Record => &mut self.record,
+            Stage::Send => &mut self.send,
+        }
+    }
+
+    /// Every stage's time added up: the span from the timer's start to its last lap.
+    pub fn total(&self) -> Duration {
+        self.jitter
+            + self.decode
+            + self.denoise
+            + self.vad
+            + self.mix
+            + self.encode
+            + self.record
+            + self.send
+    }
+}
+
+/// A clock the owner of a sans-IO core injects for stage timing (the host passes
+/// `Instant::now`; tests pass a fake).
+pub type StageClock = fn() -> Instant;
+
+/// Splits a span of work into [`Stage`]s with an injected clock, by laps: each
+/// [`lap`](Self::lap) reads the clock once and gives the time since the previous lap (or
+/// the start) to one stage. Every interval is thus counted exactly once, and the stages add
+/// up to the span. The cores that take one ([`JitterBuffer::pop_timed`], the leg's and the
+/// room's timed calls) lap it at their stage boundaries; they never read a clock otherwise.
+#[derive(Debug, Clone)]
+pub struct StageTimer {
+    clock: StageClock,
+    last: Instant,
+    times: StageTimes,
+}
+
+impl StageTimer {
+    /// Starts timing now (one clock read).
+    pub fn start(clock: StageClock) -> Self {
+        StageTimer {
+            clock,
+            last: clock(),
+            times: StageTimes::default(),
+        }
+    }
+
+    /// Gives the time since the previous lap to `stage`.
+    pub fn lap(&mut self, stage: Stage) {
+        let now = (self.clock)();
+        *self.times.get_mut(stage) += now.saturating_duration_since(self.last);
+        self.last = now;
+    }
+
+    /// What was measured so far.
+    pub fn times(&self) -> &StageTimes {
+        &self.times
+    }
+
+    /// The counts, for the owner to fill in.
+    pub fn times_mut(&mut self) -> &mut StageTimes {
+        &mut self.times
+    }
+}
+
+/// A decoder the jitter buffer can run past without decoding ([`JitterBuffer::pop_skip`]).
+pub trait SkipDecoder: AudioDecoder {
+    /// Accounts for `payload` as [`AudioDecoder::decode`] would, without decoding it: the
+    /// samples it holds (from its header), or the error `decode` gives a malformed one.
+    fn skip(&mut self, payload: &[u8]) -> Result<usize, CodecError>;
+
+    /// Answers as [`AudioDecoder::decode_fec`] would for a gap of `missing` samples before
+    /// `next_payload`, without decoding: `Ok(Some(missing))` when its FEC would recover
+    /// the gap.
+    fn skip_fec(
+        &mut self,
+        next_payload: &[u8],
+        missing: usize,
+    ) -> Result<Option<usize>, CodecError>;
+
+    /// Forgets the decoding state: the next decode starts afresh.
+    fn reset(&mut self);
+}
+
+impl SkipDecoder for G711Decoder {
+    fn skip(&mut self, payload: &[u8]) -> Result<usize, CodecError> {
+        self.samples_in(payload)
+    }
+
+    fn skip_fec(&mut self, _: &[u8], _: usize) -> Result<Option<usize>, CodecError> {
+        // G.711 has no FEC.
+        Ok(None)
+    }
+
+    fn reset(&mut self) {
+        // The concealment history is the only state.
+        *self = G711Decoder::new(self.law());
+    }
+}
 
 /// Settings of one jitter buffer. `Default` suits 20 ms Opus or G.711 voice.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +401,8 @@ pub struct PopInfo {
     pub concealed: usize,
     /// True when the stream has not started yet (the frame is silence).
     pub idle: bool,
+    /// Calls into the decoder (decode, FEC, concealment); 0 from [`JitterBuffer::pop_skip`].
+    pub decoder_calls: u32,
 }
 
 /// Counters and current state, for stats, metrics and tests.
@@ -216,6 +424,10 @@ pub struct JitterStats {
     pub fec_recovered: u64,
     /// Payloads the decoder rejected.
     pub decode_errors: u64,
+    /// Calls into the decoder (decode, FEC, concealment); none while skipping.
+    pub decoder_calls: u64,
+    /// Frames advanced without decoding ([`JitterBuffer::pop_skip`]).
+    pub skipped_frames: u64,
     /// Milliseconds of concealment (loss and underrun).
     pub concealed_ms: f64,
     /// Milliseconds removed by acceleration.
@@ -446,8 +658,42 @@ pub struct JitterBuffer<D: AudioDecoder> {
     pending_jump: Option<(u64, u64)>,
     /// Stored slots that carry no audio (telephone-events).
     stored_foreign: usize,
+    /// Set by `pop_skip`: the decoder's reset, for the next `pop` to run.
+    resume_reset: Option<fn(&mut D)>,
     stats: JitterStats,
 }
+
+/// How one pop produces its frame: by decoding, or by accounting without decoding.
+struct PopCtx<'t, D> {
+    skip: Option<SkipFns<D>>,
+    timer: Option<&'t mut StageTimer>,
+}
+
+impl<D> PopCtx<'_, D> {
+    fn lap(&mut self, stage: Stage) {
+        if let Some(t) = self.timer.as_deref_mut() {
+            t.lap(stage);
+        }
+    }
+}
+
+/// The [`SkipDecoder`] methods, taken as plain functions so that the pop path, which
+/// needs only [`AudioDecoder`], can run them.
+struct SkipFns<D> {
+    samples: fn(&mut D, &[u8]) -> Result<usize, CodecError>,
+    fec: SkipFecFn<D>,
+}
+
+/// [`SkipDecoder::skip_fec`] as a plain function.
+type SkipFecFn<D> = fn(&mut D, &[u8], usize) -> Result<Option<usize>, CodecError>;
+
+impl<D> Clone for SkipFns<D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D> Copy for SkipFns<D> {}
 
 const MAX_PACKET_MS: usize = 120;
 /// Extended sequence numbers and timestamps start at 2^16 and 2^32 and grow by one cycle
@@ -513,6 +759,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             settled: vec![u64::MAX; cfg.capacity * 2],
             pending_jump: None,
             stored_foreign: 0,
+            resume_reset: None,
             stats: JitterStats::default(),
             stretcher,
             decoder,
@@ -523,6 +770,12 @@ impl<D: AudioDecoder> JitterBuffer<D> {
     /// Samples per output frame.
     pub fn frame_samples(&self) -> usize {
         self.frame
+    }
+
+    /// Audio buffered ahead of playout (decoded and in packets), as
+    /// [`JitterStats::current_delay_ms`] says, without computing the other stats.
+    pub fn current_delay(&self) -> Duration {
+        Duration::from_secs_f64(self.buffered_samples() as f64 / self.rate())
     }
 
     /// The decoder (e.g. to read its configuration).
@@ -781,25 +1034,62 @@ impl<D: AudioDecoder> JitterBuffer<D> {
 impl<D: AudioDecoder> JitterBuffer<D> {
     /// Produces the next output frame into `out` (exactly `frame_samples()` long).
     pub fn pop(&mut self, now: Instant, out: &mut [f32]) -> Result<PopInfo, JitterError> {
+        self.pop_with(now, out, None)
+    }
+
+    /// [`pop`](Self::pop), lapping `timer` around every decoder call (see the module docs).
+    pub fn pop_timed(
+        &mut self,
+        now: Instant,
+        out: &mut [f32],
+        timer: &mut StageTimer,
+    ) -> Result<PopInfo, JitterError> {
+        self.pop_with(now, out, Some(timer))
+    }
+
+    fn pop_with(
+        &mut self,
+        now: Instant,
+        out: &mut [f32],
+        timer: Option<&mut StageTimer>,
+    ) -> Result<PopInfo, JitterError> {
         if out.len() != self.frame {
             return Err(JitterError::BadFrame {
                 expected: self.frame,
                 got: out.len(),
             });
         }
+        if let Some(reset) = self.resume_reset.take() {
+            reset(&mut self.decoder);
+        }
+        let mut ctx = PopCtx { skip: None, timer };
+        Ok(self.advance(now, Some(out), &mut ctx))
+    }
+
+    /// One frame of the schedule, into `out` when given.
+    fn advance(
+        &mut self,
+        now: Instant,
+        out: Option<&mut [f32]>,
+        ctx: &mut PopCtx<'_, D>,
+    ) -> PopInfo {
         let frame_d = Duration::from_millis(self.cfg.frame_ms as u64);
         let mut info = PopInfo::default();
         if !self.started {
-            out.fill(0.0);
+            if let Some(out) = out {
+                out.fill(0.0);
+            }
             info.idle = true;
             self.next_tick = Some(now + frame_d);
-            return Ok(info);
+            return info;
         }
         self.catch_up();
         while self.sync.len() < self.frame {
-            self.produce(&mut info);
+            self.produce(&mut info, ctx);
         }
-        out.copy_from_slice(&self.sync[..self.frame]);
+        if let Some(out) = out {
+            out.copy_from_slice(&self.sync[..self.frame]);
+        }
         let end = self.sync_pos + self.frame as u64;
         let mut k = 0;
         while k < self.markers.len() && self.markers[k].1 < end {
@@ -817,7 +1107,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         self.sync.drain(..self.frame);
         self.sync_pos = end;
         self.next_tick = Some(now + frame_d);
-        Ok(info)
+        info
     }
 
     /// The lowest stored packet at or after `next_seq`: (slot, seq, ts).
@@ -848,27 +1138,35 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         }
     }
 
-    /// Appends `n` samples of concealment to the sync buffer.
-    fn conceal(&mut self, n: usize, info: &mut PopInfo) {
+    /// Appends `n` samples of concealment to the sync buffer (silence when skipping).
+    fn conceal(&mut self, n: usize, info: &mut PopInfo, ctx: &mut PopCtx<'_, D>) {
         let n = n.min(self.decode_buf.len());
-        let buf = &mut self.decode_buf[..n];
-        if self.decoder.conceal(buf).is_err() {
-            buf.fill(0.0);
+        if ctx.skip.is_some() {
+            self.sync.resize(self.sync.len() + n, 0.0);
+        } else {
+            ctx.lap(Stage::Jitter);
+            self.stats.decoder_calls += 1;
+            info.decoder_calls += 1;
+            let buf = &mut self.decode_buf[..n];
+            if self.decoder.conceal(buf).is_err() {
+                buf.fill(0.0);
+            }
+            ctx.lap(Stage::Decode);
+            self.sync.extend_from_slice(&self.decode_buf[..n]);
         }
-        self.sync.extend_from_slice(buf);
         info.concealed += n;
         self.stats.concealed_ms += n as f64 * 1000.0 / self.cfg.clock_rate as f64;
     }
 
     /// Adds at least some samples to the sync buffer: decoded, recovered or concealed.
-    fn produce(&mut self, info: &mut PopInfo) {
+    fn produce(&mut self, info: &mut PopInfo, ctx: &mut PopCtx<'_, D>) {
         let frame = self.frame;
         let Some((i, seq, ts)) = self.next_candidate() else {
             // Underrun: conceal what this frame lacks (in 2.5 ms steps, the finest that
             // Opus conceals) and hold the schedule: the missing packet keeps its place.
             let step = (self.cfg.clock_rate / 400) as usize;
             let n = (frame - self.sync.len().min(frame)).div_ceil(step) * step;
-            self.conceal(n, info);
+            self.conceal(n, info, ctx);
             if self.held_since_decode < self.ms_to_samples(self.cfg.max_hold_ms) {
                 self.offset += n as i64;
                 self.held_since_decode += n as i64;
@@ -896,7 +1194,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
                 self.held_since_decode -= undo;
                 if ts > self.next_ts {
                     let n = ((ts - self.next_ts) as usize).min(frame);
-                    self.conceal(n, info);
+                    self.conceal(n, info, ctx);
                     self.next_ts += n as u64;
                     return;
                 }
@@ -907,7 +1205,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
                 self.offset += (self.next_ts - ts) as i64;
             }
             self.next_ts = ts;
-            self.decode_slot(i, info);
+            self.decode_slot(i, info, ctx);
             return;
         }
         // Packets between next_seq and seq are missing and their time has come.
@@ -915,63 +1213,114 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         if missing == 0 {
             self.next_seq = seq;
             self.next_ts = ts;
-            self.decode_slot(i, info);
+            self.decode_slot(i, info, ctx);
             return;
         }
-        if seq == self.next_seq + 1 && missing <= self.decode_buf.len() && !foreign {
-            let len = self.slots[i].len;
-            let (slots, buf) = (&self.slots, &mut self.decode_buf);
-            if let Ok(Some(n)) = self
-                .decoder
-                .decode_fec(&slots[i].data[..len], &mut buf[..missing])
-            {
-                self.sync.extend_from_slice(&self.decode_buf[..n]);
-                info.decoded += n;
-                self.stats.fec_recovered += 1;
-                self.settle(self.next_seq);
-                // FEC covered `n` of the `missing` samples of media.
-                self.offset += n as i64 - missing as i64;
-                self.next_seq = seq;
-                self.next_ts = ts;
-                return;
-            }
+        if seq == self.next_seq + 1
+            && missing <= self.decode_buf.len()
+            && !foreign
+            && let Some(n) = self.recover_fec(i, missing, info, ctx)
+        {
+            info.decoded += n;
+            self.stats.fec_recovered += 1;
+            self.settle(self.next_seq);
+            // FEC covered `n` of the `missing` samples of media.
+            self.offset += n as i64 - missing as i64;
+            self.next_seq = seq;
+            self.next_ts = ts;
+            return;
         }
         let n = missing.min(frame);
-        self.conceal(n, info);
+        self.conceal(n, info, ctx);
         self.next_ts += n as u64;
         if self.next_ts >= ts {
             self.next_seq = seq;
         }
     }
 
-    fn decode_slot(&mut self, i: usize, info: &mut PopInfo) {
-        let (seq, ts, len) = (self.slots[i].seq, self.slots[i].ts, self.slots[i].len);
-        let result = self
+    /// Recovers the `missing` samples before slot `i`'s packet from its FEC, appended to the
+    /// sync buffer; `None` when it carries none.
+    fn recover_fec(
+        &mut self,
+        i: usize,
+        missing: usize,
+        info: &mut PopInfo,
+        ctx: &mut PopCtx<'_, D>,
+    ) -> Option<usize> {
+        let payload = &self.slots[i].data[..self.slots[i].len];
+        if let Some(f) = ctx.skip {
+            let n = (f.fec)(&mut self.decoder, payload, missing)
+                .ok()
+                .flatten()?
+                .min(missing);
+            self.sync.resize(self.sync.len() + n, 0.0);
+            return Some(n);
+        }
+        ctx.lap(Stage::Jitter);
+        self.stats.decoder_calls += 1;
+        info.decoder_calls += 1;
+        let r = self
             .decoder
-            .decode(&self.slots[i].data[..len], &mut self.decode_buf);
+            .decode_fec(payload, &mut self.decode_buf[..missing]);
+        ctx.lap(Stage::Decode);
+        let n = r.ok().flatten()?.min(missing);
+        self.sync.extend_from_slice(&self.decode_buf[..n]);
+        Some(n)
+    }
+
+    /// The samples slot `i`'s packet decodes to (into `decode_buf`), or would when
+    /// skipping; `None` when the decoder rejects it.
+    fn decode_payload(
+        &mut self,
+        i: usize,
+        info: &mut PopInfo,
+        ctx: &mut PopCtx<'_, D>,
+    ) -> Option<usize> {
+        let payload = &self.slots[i].data[..self.slots[i].len];
+        let n = match ctx.skip {
+            Some(f) => (f.samples)(&mut self.decoder, payload)
+                .ok()
+                // `decode` could not write more than the buffer holds.
+                .filter(|&n| n <= self.decode_buf.len()),
+            None => {
+                ctx.lap(Stage::Jitter);
+                self.stats.decoder_calls += 1;
+                info.decoder_calls += 1;
+                let r = self.decoder.decode(payload, &mut self.decode_buf);
+                ctx.lap(Stage::Decode);
+                r.ok()
+            }
+        };
+        n.filter(|&n| n > 0)
+    }
+
+    fn decode_slot(&mut self, i: usize, info: &mut PopInfo, ctx: &mut PopCtx<'_, D>) {
+        let (seq, ts) = (self.slots[i].seq, self.slots[i].ts);
+        let result = self.decode_payload(i, info, ctx);
         self.free_slot(i);
         self.next_seq = seq + 1;
         self.settle(seq);
-        let n = match result {
-            Ok(n) if n > 0 => n,
-            _ => {
-                // A payload the decoder rejects is lost: conceal its nominal length.
-                self.stats.decode_errors += 1;
-                let n = self.packet_samples;
-                self.conceal(n, info);
-                self.next_ts = ts + n as u64;
-                return;
-            }
+        let Some(n) = result else {
+            // A payload the decoder rejects is lost: conceal its nominal length.
+            self.stats.decode_errors += 1;
+            let n = self.packet_samples;
+            self.conceal(n, info, ctx);
+            self.next_ts = ts + n as u64;
+            return;
         };
         self.markers
             .push((seq, self.sync_pos + self.sync.len() as u64));
-        self.sync.extend_from_slice(&self.decode_buf[..n]);
+        if ctx.skip.is_some() {
+            self.sync.resize(self.sync.len() + n, 0.0);
+        } else {
+            self.sync.extend_from_slice(&self.decode_buf[..n]);
+        }
         info.decoded += n;
         self.stats.played += 1;
         self.packet_samples = n;
         self.next_ts = ts + n as u64;
         self.held_since_decode = 0;
-        self.stretch();
+        self.stretch(ctx.skip.is_some());
     }
 
     /// How much delay (ms) the schedule should gain (> 0) or lose (< 0) now, once
@@ -996,7 +1345,11 @@ impl<D: AudioDecoder> JitterBuffer<D> {
     /// that must decode it. Shortening by up to `phase` costs no margin; beyond that the
     /// margin can only be spent in whole frames. Lateness (negative margin) is cured by
     /// lengthening to the next frame boundary, which adds a whole frame of margin.
-    fn stretch(&mut self) {
+    ///
+    /// When `skipping`, the sync buffer holds zeros, on which the stretcher would make its
+    /// quiet splice: as much as asked, up to the chunk minus its 5 ms cross-fade. That
+    /// amount is dropped or inserted directly.
+    fn stretch(&mut self, skipping: bool) {
         let Some(change_ms) = self.steering() else {
             return;
         };
@@ -1015,26 +1368,42 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             return;
         }
         let start = self.sync.len() - len;
-        self.stretcher.set_quiet_cap(want);
-        self.stretcher.set_max_splice_period(want);
-        let result = if accelerate {
-            self.stretcher
-                .accelerate(&self.sync[start..], &mut self.stretch_buf)
+        let changed = if skipping {
+            // The stretcher's quiet cross-fade: 5 ms, at most half the chunk.
+            let fade = (self.cfg.clock_rate as usize / 200).min(len / 2);
+            let jump = want.min(len - fade);
+            if accelerate {
+                self.sync.truncate(self.sync.len() - jump);
+                -(jump as isize)
+            } else {
+                self.sync.resize(self.sync.len() + jump, 0.0);
+                jump as isize
+            }
         } else {
-            self.stretcher
-                .expand(&self.sync[start..], &mut self.stretch_buf)
+            self.stretcher.set_quiet_cap(want);
+            self.stretcher.set_max_splice_period(want);
+            let result = if accelerate {
+                self.stretcher
+                    .accelerate(&self.sync[start..], &mut self.stretch_buf)
+            } else {
+                self.stretcher
+                    .expand(&self.sync[start..], &mut self.stretch_buf)
+            };
+            let Ok(r) = result else {
+                return;
+            };
+            if r.changed != 0 {
+                self.sync.truncate(start);
+                self.sync.extend_from_slice(&self.stretch_buf[..r.written]);
+            }
+            r.changed
         };
-        let Ok(r) = result else {
-            return;
-        };
-        if r.changed == 0 {
+        if changed == 0 {
             return;
         }
-        self.sync.truncate(start);
-        self.sync.extend_from_slice(&self.stretch_buf[..r.written]);
-        self.offset += r.changed as i64;
-        let ms = r.changed.unsigned_abs() as f64 * 1000.0 / self.rate();
-        if r.changed < 0 {
+        self.offset += changed as i64;
+        let ms = changed.unsigned_abs() as f64 * 1000.0 / self.rate();
+        if changed < 0 {
             self.stats.accelerated_ms += ms;
         } else {
             self.stats.expanded_ms += ms;
@@ -1042,7 +1411,7 @@ impl<D: AudioDecoder> JitterBuffer<D> {
         // Packet starts inside the stretched region move with it (to within a period).
         let region = self.sync_pos + start as u64;
         for m in self.markers.iter_mut().filter(|m| m.1 > region) {
-            m.1 = (m.1 as i64 + r.changed as i64).max(region as i64) as u64;
+            m.1 = (m.1 as i64 + changed as i64).max(region as i64) as u64;
         }
     }
 
@@ -1071,5 +1440,185 @@ impl<D: AudioDecoder> JitterBuffer<D> {
             self.offset -= skipped as i64;
         }
         self.window.clear();
+    }
+}
+
+impl<D: SkipDecoder> JitterBuffer<D> {
+    /// Advances one output frame exactly as [`pop`](Self::pop) would, without decoding
+    /// anything and producing no audio (see the module docs). The next `pop` resets the
+    /// decoder first.
+    pub fn pop_skip(&mut self, now: Instant) -> PopInfo {
+        self.resume_reset = Some(<D as SkipDecoder>::reset);
+        self.stats.skipped_frames += 1;
+        let mut ctx = PopCtx {
+            skip: Some(SkipFns {
+                samples: <D as SkipDecoder>::skip,
+                fec: <D as SkipDecoder>::skip_fec,
+            }),
+            timer: None,
+        };
+        self.advance(now, None, &mut ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confer_codecs::g711::G711Law;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use std::cell::Cell;
+
+    fn t0() -> Instant {
+        // An arbitrary origin; only differences matter.
+        #[allow(clippy::disallowed_methods)]
+        Instant::now()
+    }
+
+    thread_local! {
+        static FAKE_NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+
+    /// A clock that advances by 1 ms at every read.
+    fn fake_clock() -> Instant {
+        FAKE_NOW.with(|c| {
+            let next = c.get().unwrap_or_else(t0) + Duration::from_millis(1);
+            c.set(Some(next));
+            next
+        })
+    }
+
+    fn pcmu_buffer() -> JitterBuffer<G711Decoder> {
+        let cfg = JitterConfig {
+            clock_rate: 8000,
+            ..JitterConfig::default()
+        };
+        JitterBuffer::new(cfg, G711Decoder::new(G711Law::Ulaw)).unwrap()
+    }
+
+    #[test]
+    fn skipping_a_silent_stream_matches_decoding_it_in_every_counter() {
+        // On silence the stretcher makes its quiet splice, which is what a skip does: the
+        // two schedules are then identical, stretches included.
+        let (mut decoding, mut skipping) = (pcmu_buffer(), pcmu_buffer());
+        let silence = [0xFFu8; 160];
+        let start = t0();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut arrivals = Vec::new();
+        let mut ts = 1u64 << 32;
+        for k in 0..3000u64 {
+            // A DTX pause of a second every 10 s, 2 % loss, 0-60 ms of jitter, a 300 ms spike.
+            if k % 500 == 499 {
+                ts += 8000;
+            }
+            ts += 160;
+            if rng.random_bool(0.02) {
+                continue;
+            }
+            let spike = if (1000..1010).contains(&k) { 300 } else { 0 };
+            let delay = Duration::from_millis(rng.random_range(0..60) + spike);
+            let sent = start + Duration::from_millis(20 * k);
+            arrivals.push((sent + delay, (1u64 << 16) + k, ts));
+        }
+        arrivals.sort_by_key(|a| a.0);
+        let mut out = [1.0f32; 160];
+        let mut next = 0;
+        for tick in 0..3200u64 {
+            let now = start + Duration::from_millis(20 * tick);
+            while let Some(&(at, seq, ts)) = arrivals.get(next).filter(|a| a.0 <= now) {
+                let p = JbPacket {
+                    seq,
+                    timestamp: ts,
+                    payload: &silence,
+                };
+                assert_eq!(decoding.push(p, at), skipping.push(p, at));
+                next += 1;
+            }
+            let a = decoding.pop(now, &mut out).unwrap();
+            let b = skipping.pop_skip(now);
+            assert!(out.iter().all(|&x| x == 0.0));
+            assert_eq!(
+                (a.decoded, a.concealed, a.idle),
+                (b.decoded, b.concealed, b.idle),
+                "tick {tick}"
+            );
+            assert_eq!(b.decoder_calls, 0);
+        }
+        let (mut d, s) = (decoding.stats(), skipping.stats());
+        assert!(
+            d.accelerated_ms > 0.0 && d.expanded_ms > 0.0 && d.late > 0,
+            "{d:?}"
+        );
+        assert!(
+            d.decoder_calls > 2900 && s.skipped_frames == 3200,
+            "{d:?} {s:?}"
+        );
+        d.decoder_calls = 0;
+        d.skipped_frames = 3200;
+        assert_eq!(d, s);
+    }
+
+    #[test]
+    fn a_timed_pop_gives_decoder_calls_to_decode_and_the_rest_to_jitter() {
+        let mut jb = pcmu_buffer();
+        let start = t0();
+        let payload = [0x55u8; 160];
+        for k in 0..10u64 {
+            let p = JbPacket {
+                seq: 100 + k,
+                timestamp: 160 * k,
+                payload: &payload,
+            };
+            jb.push(p, start + Duration::from_millis(20 * k)).unwrap();
+        }
+        let mut out = [0.0f32; 160];
+        let mut timer = StageTimer::start(fake_clock);
+        let mut calls = 0;
+        for k in 0..8u64 {
+            let info = jb
+                .pop_timed(start + Duration::from_millis(20 * k), &mut out, &mut timer)
+                .unwrap();
+            calls += info.decoder_calls;
+            timer.lap(Stage::Mix);
+        }
+        let t = timer.times();
+        // Every decoder call: one lap before it (jitter), one after (decode); every pop
+        // closes with the caller's lap.
+        let ms = |n: u32| Duration::from_millis(u64::from(n));
+        assert!(calls >= 6, "{calls}");
+        assert_eq!(t.decode, ms(calls));
+        assert_eq!(t.jitter, ms(calls));
+        assert_eq!(t.mix, ms(8));
+        assert_eq!(t.total(), ms(2 * calls + 8));
+        assert_eq!(jb.stats().decoder_calls, u64::from(calls));
+    }
+
+    #[test]
+    fn the_first_pop_after_skipping_starts_the_decoder_afresh() {
+        let mut jb = pcmu_buffer();
+        let start = t0();
+        let loud = [0x80u8; 160];
+        let mut out = [0.0f32; 160];
+        let push = |jb: &mut JitterBuffer<G711Decoder>, k: u64| {
+            let p = JbPacket {
+                seq: 100 + k,
+                timestamp: 160 * k,
+                payload: &loud,
+            };
+            jb.push(p, start + Duration::from_millis(20 * k)).unwrap();
+        };
+        for k in 0..40u64 {
+            push(&mut jb, k);
+            jb.pop(start + Duration::from_millis(20 * k), &mut out)
+                .unwrap();
+        }
+        for k in 40..50u64 {
+            jb.pop_skip(start + Duration::from_millis(20 * k));
+        }
+        // Nothing arrived while skipping: the decoder conceals. From a fresh state it has
+        // no history to continue, so it is silence rather than the old loud signal.
+        jb.pop(start + Duration::from_millis(1000), &mut out)
+            .unwrap();
+        assert!(out.iter().all(|&x| x == 0.0), "{:?}", &out[..8]);
     }
 }

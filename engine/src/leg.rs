@@ -18,6 +18,9 @@
 //! - [`MediaLeg::poll_frame`] once per engine frame tick (every `frame_ms`) with that tick's
 //!   time: it always fills one engine-rate frame (audio, concealment, or silence before the
 //!   stream starts) and reports its RFC 6464 level and voice activity.
+//!   [`MediaLeg::poll_skip`] instead, for a tick whose audio nobody will hear (a
+//!   conference participant that is not mixed): the jitter buffer keeps its schedule and
+//!   its counters, nothing is decoded. The `_timed` variants lap a [`StageTimer`].
 //! - [`MediaLeg::send_frame`] once per tick with one engine-rate frame to send: it returns
 //!   the length of the (S)RTP packet written to `out`, or 0 when Opus DTX suppressed it.
 //!   [`MediaLeg::skip_frame`] when there is nothing to send: the media clock still advances.
@@ -40,6 +43,12 @@
 //! a candidate like any other (a phone resuming after music on hold). A source change
 //! resets the extenders and the RTCP statistics and resyncs the jitter buffer, which keeps
 //! playing what it already decoded. One jitter buffer serves the active source.
+//!
+//! With [`LegConfig::audio_level_extension`] set, the RFC 6464 level and voice flag of the
+//! latest received audio packet are kept ([`MediaLeg::header_level`]): a conference room
+//! decides who speaks from them without decoding anyone. They expire after
+//! [`HEADER_LEVEL_MAX_AGE`], and a peer whose last [`HEADER_LEVEL_ABSENT_AFTER`] audio
+//! packets carried none (or a new source that sent none yet) is taken to send none.
 //!
 //! Telephone-events (RFC 4733) share the audio stream's SSRC and sequence space; they go to
 //! a [`TelephoneEventReceiver`] and come out as [`LegEvent::Dtmf`]. Their sequence numbers
@@ -79,12 +88,15 @@ use confer_codecs::denoise::{self, Denoiser};
 use confer_codecs::dtmf::{ReceivedEvent, TelephoneEventError, TelephoneEventReceiver};
 use confer_codecs::g711::{G711Decoder, G711Encoder, G711Law};
 use confer_codecs::level::{Vad, VadConfig};
-use confer_codecs::opus::{OpusDecoder, OpusEncoder, OpusEncoderConfig};
+use confer_codecs::opus::{self, OpusDecoder, OpusEncoder, OpusEncoderConfig, OpusMode};
 use confer_codecs::resample::{self, Resampler};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::jitter::{JbPacket, JitterBuffer, JitterConfig, JitterError, JitterStats, PushOutcome};
+use crate::jitter::{
+    JbPacket, JitterBuffer, JitterConfig, JitterError, JitterStats, PushOutcome, SkipDecoder,
+};
+pub use crate::jitter::{Stage, StageClock, StageTimer, StageTimes};
 use crate::rtcp::{
     CompoundRules, ReceiverReport, ReportBlock, RtcpError, RtcpPacket, Sdes, build_compound,
     parse_compound,
@@ -111,6 +123,12 @@ const RTCP_COMPENSATION: f64 = std::f64::consts::E - 1.5;
 pub const RETIRED_FOR: Duration = Duration::from_secs(2);
 /// Opus DTX frames are this long or shorter (the TOC byte, maybe one more).
 const DTX_MAX_BYTES: usize = 2;
+/// A received RFC 6464 level older than this reads as silence (the peer paused, is in
+/// DTX, or its network froze): see [`MediaLeg::header_level`].
+pub const HEADER_LEVEL_MAX_AGE: Duration = Duration::from_millis(200);
+/// After this many audio packets in a row without the audio level extension, the peer is
+/// taken not to send levels (see [`MediaLeg::header_level`]).
+pub const HEADER_LEVEL_ABSENT_AFTER: u32 = 16;
 
 /// Opus settings negotiated in SDP (`a=rtpmap` and `a=fmtp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +141,10 @@ pub struct OpusParams {
     pub dtx: bool,
     /// Target bitrate (`maxaveragebitrate`), 6000..=510000 bit/s.
     pub bitrate_bps: u32,
+    /// Encoder complexity 0..=10 (local, not negotiated). 5 by default: on 20 ms speech
+    /// frames at 32 kbit/s it costs about half of complexity 9's encode time; Janus
+    /// AudioBridge encodes at 4.
+    pub complexity: u8,
 }
 
 impl Default for OpusParams {
@@ -136,6 +158,7 @@ impl Default for OpusParams {
             fec: true,
             dtx: false,
             bitrate_bps: 32_000,
+            complexity: 5,
         }
     }
 }
@@ -190,7 +213,9 @@ pub struct LegConfig {
     pub engine_rate: u32,
     /// Noise suppression (RNNoise) on received audio; needs a 48 kHz engine and adds 10 ms.
     pub denoise: bool,
-    /// The `a=extmap` id (1..=14) of the RFC 6464 audio level extension on what we send.
+    /// The `a=extmap` id (1..=14) of the RFC 6464 audio level extension: written on what
+    /// we send, and read on what we receive (RFC 8285: one mapping serves both
+    /// directions). See [`MediaLeg::header_level`].
     pub audio_level_extension: Option<u8>,
     /// Our RTCP CNAME (at most 255 bytes).
     pub cname: String,
@@ -443,6 +468,8 @@ pub struct FrameInfo {
     pub voice: bool,
     /// RNNoise's voice probability (maximum over the 10 ms sub-frames) when denoising.
     pub vad_probability: Option<f32>,
+    /// Calls into the decoder (decode, FEC, concealment); 0 for a skipped frame.
+    pub decoder_calls: u32,
 }
 
 /// Counters and state of a leg.
@@ -492,34 +519,52 @@ pub struct LegStats {
     pub jitter_buffer: JitterStats,
     /// The SRTP receiver's counters, with SRTP.
     pub srtp: Option<SrtpCounters>,
+    /// Frames produced by decoding ([`MediaLeg::poll_frame`]).
+    pub frames_decoded: u64,
+    /// Frames advanced without decoding ([`MediaLeg::poll_skip`]).
+    pub frames_skipped: u64,
+    /// Audio packets received with the RFC 6464 audio level extension.
+    pub header_levels_received: u64,
 }
 
 /// The codecs a leg can decode, without dynamic dispatch.
 enum LegDecoder {
-    Opus(OpusDecoder),
+    /// The decoder, and the mode of the last packet it decoded or skipped (libopus ignores
+    /// FEC after a CELT-only packet; mirrored so that a skip answers as a decode would).
+    Opus(OpusDecoder, Option<OpusMode>),
     G711(Box<G711Decoder>),
+}
+
+impl LegDecoder {
+    fn note_mode(&mut self, payload: &[u8]) {
+        if let LegDecoder::Opus(_, mode) = self {
+            *mode = opus::parse_packet(payload).ok().map(|p| p.mode);
+        }
+    }
 }
 
 impl AudioDecoder for LegDecoder {
     fn sample_rate(&self) -> u32 {
         match self {
-            LegDecoder::Opus(d) => d.sample_rate(),
+            LegDecoder::Opus(d, _) => d.sample_rate(),
             LegDecoder::G711(d) => d.sample_rate(),
         }
     }
 
     fn samples_in(&self, payload: &[u8]) -> Result<usize, CodecError> {
         match self {
-            LegDecoder::Opus(d) => d.samples_in(payload),
+            LegDecoder::Opus(d, _) => d.samples_in(payload),
             LegDecoder::G711(d) => d.samples_in(payload),
         }
     }
 
     fn decode(&mut self, payload: &[u8], out: &mut [f32]) -> Result<usize, CodecError> {
-        match self {
-            LegDecoder::Opus(d) => d.decode(payload, out),
+        let n = match self {
+            LegDecoder::Opus(d, _) => d.decode(payload, out),
             LegDecoder::G711(d) => d.decode(payload, out),
-        }
+        }?;
+        self.note_mode(payload);
+        Ok(n)
     }
 
     fn decode_fec(
@@ -527,16 +572,69 @@ impl AudioDecoder for LegDecoder {
         next_payload: &[u8],
         out: &mut [f32],
     ) -> Result<Option<usize>, CodecError> {
-        match self {
-            LegDecoder::Opus(d) => d.decode_fec(next_payload, out),
+        let r = match self {
+            LegDecoder::Opus(d, _) => d.decode_fec(next_payload, out),
             LegDecoder::G711(d) => d.decode_fec(next_payload, out),
+        }?;
+        if r.is_some() {
+            self.note_mode(next_payload);
         }
+        Ok(r)
     }
 
     fn conceal(&mut self, out: &mut [f32]) -> Result<usize, CodecError> {
         match self {
-            LegDecoder::Opus(d) => d.conceal(out),
+            LegDecoder::Opus(d, _) => d.conceal(out),
             LegDecoder::G711(d) => d.conceal(out),
+        }
+    }
+}
+
+impl SkipDecoder for LegDecoder {
+    fn skip(&mut self, payload: &[u8]) -> Result<usize, CodecError> {
+        let n = self.samples_in(payload)?;
+        self.note_mode(payload);
+        Ok(n)
+    }
+
+    fn skip_fec(
+        &mut self,
+        next_payload: &[u8],
+        missing: usize,
+    ) -> Result<Option<usize>, CodecError> {
+        let LegDecoder::Opus(d, last_mode) = self else {
+            // G.711 has no FEC.
+            return Ok(None);
+        };
+        // `OpusDecoder::decode_fec`'s rules: a gap of whole 2.5 ms steps up to 120 ms,
+        // FEC in the packet, not after a CELT-only packet, at least one frame long.
+        let quantum = d.sample_rate() as usize / 400;
+        if missing == 0 || !missing.is_multiple_of(quantum) || missing > d.max_frame_samples() {
+            return Err(CodecError::BadFrameSize {
+                got: missing,
+                rule: "a multiple of 2.5 ms, at most 120 ms",
+            });
+        }
+        let info = opus::parse_packet(next_payload)?;
+        let usable = info.has_fec()
+            && *last_mode != Some(OpusMode::Celt)
+            && missing >= info.samples_per_frame(d.sample_rate());
+        if !usable {
+            return Ok(None);
+        }
+        *last_mode = Some(info.mode);
+        Ok(Some(missing))
+    }
+
+    fn reset(&mut self) {
+        match self {
+            LegDecoder::Opus(d, mode) => {
+                // A reset of a valid decoder state does not fail; if it did, the decoder
+                // would go on from its old state, which is what skipping leaves anyway.
+                let _ = d.reset();
+                *mode = None;
+            }
+            LegDecoder::G711(d) => SkipDecoder::reset(&mut **d),
         }
     }
 }
@@ -588,6 +686,7 @@ struct Pending {
     payload_type: PayloadType,
     arrival: Instant,
     datagram_len: usize,
+    level: Option<AudioLevel>,
     /// Payload length, `None` when it did not fit `data` (it is then not played).
     len: Option<usize>,
     data: Box<[u8]>,
@@ -601,6 +700,8 @@ struct RtpMeta {
     seq: u16,
     timestamp: u32,
     datagram_len: usize,
+    /// The RFC 6464 level it carried.
+    level: Option<AudioLevel>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -617,6 +718,9 @@ struct Counters {
     events_dropped: u64,
     dropped: DropCounts,
     errors: LegErrorCounts,
+    frames_decoded: u64,
+    frames_skipped: u64,
+    header_levels: u64,
 }
 
 /// One RTP session with a peer. See the module docs for the drive contract.
@@ -645,6 +749,12 @@ pub struct MediaLeg {
     denoiser: Option<Box<Denoiser>>,
     denoise_out: Vec<f32>,
     rx_vad: Vad,
+    /// The RFC 6464 level of the latest audio packet that carried one, and its arrival.
+    rx_level: Option<(AudioLevel, Instant)>,
+    /// Audio packets in a row without the level extension since then.
+    rx_without_level: u32,
+    /// The last frame was skipped, not decoded: the resampler's history is stale.
+    skipping: bool,
     dtmf: TelephoneEventReceiver,
     events: VecDeque<LegEvent>,
 
@@ -721,10 +831,11 @@ impl MediaLeg {
                     dtx: p.dtx,
                     expected_loss_percent: if p.fec { 10 } else { 0 },
                     frame_ms: config.frame_ms,
+                    complexity: p.complexity,
                     ..OpusEncoderConfig::default()
                 })?;
                 (
-                    LegDecoder::Opus(OpusDecoder::new(codec_hz)?),
+                    LegDecoder::Opus(OpusDecoder::new(codec_hz)?, None),
                     LegEncoder::Opus(Box::new(enc)),
                     p.dtx,
                 )
@@ -769,6 +880,7 @@ impl MediaLeg {
                 payload_type: config.codec.payload_type(),
                 arrival: now,
                 datagram_len: 0,
+                level: None,
                 len: None,
                 data: vec![0; max_payload].into_boxed_slice(),
             },
@@ -780,6 +892,9 @@ impl MediaLeg {
             denoiser: config.denoise.then(|| Box::new(Denoiser::new())),
             denoise_out: vec![0.0; denoise::FRAME_SAMPLES],
             rx_vad: Vad::new(config.engine_rate, VadConfig::default())?,
+            rx_level: None,
+            rx_without_level: 0,
+            skipping: false,
             dtmf: TelephoneEventReceiver::new(codec_hz),
             events: VecDeque::with_capacity(EVENT_QUEUE_LEN),
             encoder,
@@ -908,6 +1023,10 @@ impl MediaLeg {
             seq: packet.sequence_number(),
             timestamp: packet.timestamp(),
             datagram_len,
+            level: self
+                .audio_level_extension
+                .filter(|_| !is_event)
+                .and_then(|id| packet.audio_level(id)),
         };
         let ssrc = packet.ssrc();
         match self.source.as_ref().map(|s| s.ssrc) {
@@ -949,6 +1068,7 @@ impl MediaLeg {
         p.payload_type = meta.payload_type;
         p.arrival = now;
         p.datagram_len = meta.datagram_len;
+        p.level = meta.level;
         p.len = p.data.get_mut(..payload.len()).map(|d| {
             d.copy_from_slice(payload);
             payload.len()
@@ -966,6 +1086,7 @@ impl MediaLeg {
             seq: self.pending.seq,
             timestamp: self.pending.timestamp,
             datagram_len: self.pending.datagram_len,
+            level: self.pending.level,
         };
         let arrival = self.pending.arrival;
         let data = std::mem::take(&mut self.pending.data);
@@ -989,6 +1110,9 @@ impl MediaLeg {
         // The held packet (if this source was pending) stays for `play_held`.
         self.pending.ssrc = None;
         self.bye_received = false;
+        // Whether the new source sends levels is for its own packets to say.
+        self.rx_level = None;
+        self.rx_without_level = 0;
         self.dtmf = TelephoneEventReceiver::new(self.codec_rate.hz());
         self.push_event(LegEvent::NewSource { previous, ssrc });
     }
@@ -1050,6 +1174,14 @@ impl MediaLeg {
         let Some(seq) = update.seq() else {
             return Ok(Received::Dropped(DropReason::SequenceJump));
         };
+        match meta.level {
+            Some(level) => {
+                self.rx_level = Some((level, now));
+                self.rx_without_level = 0;
+                self.counters.header_levels += 1;
+            }
+            None => self.rx_without_level = self.rx_without_level.saturating_add(1),
+        }
         let packet = JbPacket {
             seq: seq.0,
             timestamp: ts.0,
@@ -1110,17 +1242,45 @@ impl MediaLeg {
 
     /// Produces the frame for the tick at `now` into `out` (exactly
     /// [`frame_samples`](Self::frame_samples) long).
+    ///
+    /// After [`poll_skip`](Self::poll_skip), the decoder and the resampler start afresh:
+    /// the first frame plays what is left of the skipped time as silence (less than a
+    /// packet), then the next packet decoded from a fresh state, as the first packet of a
+    /// stream is (Opus has no prediction history yet, so its first milliseconds may come
+    /// out softer); the frames after are decoded normally. Noise suppression and the VAD
+    /// keep their state from before the skip and adapt within a few frames.
     pub fn poll_frame(&mut self, now: Instant, out: &mut [f32]) -> Result<FrameInfo, LegError> {
+        self.poll_frame_timed(now, out, None)
+    }
+
+    /// [`poll_frame`](Self::poll_frame), lapping `timer` at its stage boundaries:
+    /// [`Stage::Jitter`] (the jitter buffer; its decoder calls go to [`Stage::Decode`]),
+    /// [`Stage::Decode`] (resampling), [`Stage::Denoise`], [`Stage::Vad`].
+    pub fn poll_frame_timed(
+        &mut self,
+        now: Instant,
+        out: &mut [f32],
+        mut timer: Option<&mut StageTimer>,
+    ) -> Result<FrameInfo, LegError> {
         if out.len() != self.engine_frame {
             return Err(LegError::BadFrame {
                 expected: self.engine_frame,
                 got: out.len(),
             });
         }
-        let pop = self.jb.pop(now, &mut self.rx_codec)?;
+        if self.skipping {
+            self.skipping = false;
+            self.rx_resampler.reset();
+        }
+        let pop = match timer.as_deref_mut() {
+            Some(t) => self.jb.pop_timed(now, &mut self.rx_codec, t)?,
+            None => self.jb.pop(now, &mut self.rx_codec)?,
+        };
         // Playout times are not used here; draining keeps the buffer's record short.
         self.jb.drain_played();
+        lap(&mut timer, Stage::Jitter);
         self.rx_resampler.process(&self.rx_codec, out)?;
+        lap(&mut timer, Stage::Decode);
         let mut vad_probability = None;
         if let Some(dn) = self.denoiser.as_mut() {
             let mut p = 0.0f32;
@@ -1129,9 +1289,12 @@ impl MediaLeg {
                 chunk.copy_from_slice(&self.denoise_out);
             }
             vad_probability = Some(p);
+            lap(&mut timer, Stage::Denoise);
         }
         let decision = self.rx_vad.process(out);
         self.poll_dtmf_timeout(now);
+        self.counters.frames_decoded += 1;
+        lap(&mut timer, Stage::Vad);
         Ok(FrameInfo {
             decoded: pop.decoded,
             concealed: pop.concealed,
@@ -1139,7 +1302,59 @@ impl MediaLeg {
             level: AudioLevel::from_dbov(decision.level_dbov, decision.voice),
             voice: decision.voice,
             vad_probability,
+            decoder_calls: pop.decoder_calls,
         })
+    }
+
+    /// Lets the tick at `now` pass without decoding: the jitter buffer follows its
+    /// schedule exactly as [`poll_frame`](Self::poll_frame) would (packets leave at their
+    /// playout time; played, late, lost, DTX and FEC are counted the same), but nothing is
+    /// decoded, resampled, denoised or analysed, and no audio comes out. For participants
+    /// a room will not mix; see [`JitterBuffer::pop_skip`]. The frame's `level` and
+    /// `voice` are the peer's [`header_level`](Self::header_level) (silence without one);
+    /// `vad_probability` is `None`. Laps `timer` once, as [`Stage::Jitter`].
+    pub fn poll_skip(&mut self, now: Instant, mut timer: Option<&mut StageTimer>) -> FrameInfo {
+        let pop = self.jb.pop_skip(now);
+        self.jb.drain_played();
+        self.skipping = true;
+        self.poll_dtmf_timeout(now);
+        self.counters.frames_skipped += 1;
+        let level = self.header_level(now).unwrap_or(AudioLevel::SILENCE);
+        lap(&mut timer, Stage::Jitter);
+        FrameInfo {
+            decoded: pop.decoded,
+            concealed: pop.concealed,
+            idle: pop.idle,
+            level,
+            voice: level.voice() && !pop.idle,
+            vad_probability: None,
+            decoder_calls: 0,
+        }
+    }
+
+    /// The RFC 6464 audio level the peer puts in its packets (client to mixer), so that
+    /// who speaks can be decided without decoding: the level and voice flag of the latest
+    /// audio packet that carried one, or [`AudioLevel::SILENCE`] when that packet arrived
+    /// more than [`HEADER_LEVEL_MAX_AGE`] before `now` (a pause, DTX, a frozen network).
+    ///
+    /// `None` when the peer does not send levels: no extension id configured
+    /// ([`LegConfig::audio_level_extension`]), none received from the current source, or
+    /// none in its last [`HEADER_LEVEL_ABSENT_AFTER`] audio packets. A peer that declares
+    /// `vad=off` (RFC 6464 section 4: the V flag is not used) reads as never talking.
+    pub fn header_level(&self, now: Instant) -> Option<AudioLevel> {
+        let (level, at) = self.rx_level?;
+        if self.rx_without_level >= HEADER_LEVEL_ABSENT_AFTER {
+            return None;
+        }
+        if now.saturating_duration_since(at) > HEADER_LEVEL_MAX_AGE {
+            return Some(AudioLevel::SILENCE);
+        }
+        Some(level)
+    }
+
+    /// Audio buffered in the jitter buffer ahead of playout.
+    pub fn jitter_buffer_delay(&self) -> Duration {
+        self.jb.current_delay()
     }
 
     /// Ends a telephone-event whose end packets were lost, on the source's media clock
@@ -1170,6 +1385,18 @@ impl MediaLeg {
         now: Instant,
         out: &mut [u8],
     ) -> Result<usize, LegError> {
+        self.send_frame_timed(pcm, now, out, None)
+    }
+
+    /// [`send_frame`](Self::send_frame), lapping `timer`: [`Stage::Encode`] after
+    /// resampling, encoding and the level of the frame, [`Stage::Send`] after packetizing.
+    pub fn send_frame_timed(
+        &mut self,
+        pcm: &[f32],
+        now: Instant,
+        out: &mut [u8],
+        mut timer: Option<&mut StageTimer>,
+    ) -> Result<usize, LegError> {
         if pcm.len() != self.engine_frame {
             return Err(LegError::BadFrame {
                 expected: self.engine_frame,
@@ -1180,10 +1407,12 @@ impl MediaLeg {
         let n = self.encoder.encode(&self.tx_codec, &mut self.tx_payload)?;
         let decision = self.tx_vad.process(pcm);
         let level = AudioLevel::from_dbov(decision.level_dbov, decision.voice);
+        lap(&mut timer, Stage::Encode);
         // Taken out for the call (an empty `Vec` does not allocate) and put back.
         let payload = std::mem::take(&mut self.tx_payload);
         let r = self.packetize(&payload[..n], Some(level), now, out);
         self.tx_payload = payload;
+        lap(&mut timer, Stage::Send);
         r
     }
 
@@ -1374,7 +1603,16 @@ impl MediaLeg {
             errors: c.errors,
             jitter_buffer: self.jb.stats(),
             srtp: self.srtp.as_ref().map(|s| s.receiver.counters()),
+            frames_decoded: c.frames_decoded,
+            frames_skipped: c.frames_skipped,
+            header_levels_received: c.header_levels,
         }
+    }
+}
+
+fn lap(timer: &mut Option<&mut StageTimer>, stage: Stage) {
+    if let Some(t) = timer.as_deref_mut() {
+        t.lap(stage);
     }
 }
 
