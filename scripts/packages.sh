@@ -3,8 +3,9 @@
 
 # Packages the build needs (cmake builds the bundled libopus).
 CONFER_BUILD_PACKAGES=(build-essential pkg-config cmake)
-# Packages the tests need on top: opus-tools (opusinfo, opusdec) checks recordings.
-CONFER_TEST_PACKAGES=(opus-tools)
+# Packages the tests need on top: opus-tools (opusinfo, opusdec) checks recordings; janus
+# (AudioBridge) is the engine `confer bench --target janus` compares with.
+CONFER_TEST_PACKAGES=(opus-tools janus)
 
 confer_ensure_packages() {
   local missing=()

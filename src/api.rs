@@ -237,6 +237,8 @@ struct Join {
     bitrate_bps: Option<u32>,
     fec: Option<bool>,
     dtx: Option<bool>,
+    complexity: Option<u8>,
+    audio_level_extension: Option<u8>,
     denoise: Option<bool>,
     muted: Option<bool>,
     deaf: Option<bool>,
@@ -273,12 +275,19 @@ fn join_spec(req: Join) -> Result<JoinSpec, ApiError> {
                     "bitrate_bps {bitrate_bps} is outside 6000..=510000"
                 )));
             }
+            let complexity = req.complexity.unwrap_or(defaults.complexity);
+            if complexity > 10 {
+                return Err(ApiError::unprocessable(format!(
+                    "complexity {complexity} is outside 0..=10"
+                )));
+            }
             Codec::Opus(OpusParams {
                 payload_type: PayloadType::new(pt)
                     .map_err(|e| ApiError::unprocessable(format!("payload_type: {e}")))?,
                 fec: req.fec.unwrap_or(defaults.fec),
                 dtx: req.dtx.unwrap_or(defaults.dtx),
                 bitrate_bps,
+                complexity,
             })
         }
         "pcmu" | "pcma" => {
@@ -294,9 +303,13 @@ fn join_spec(req: Join) -> Result<JoinSpec, ApiError> {
                     "{codec_name} has the static payload type {pt}, not {p}"
                 )));
             }
-            if req.bitrate_bps.is_some() || req.fec.is_some() || req.dtx.is_some() {
+            if req.bitrate_bps.is_some()
+                || req.fec.is_some()
+                || req.dtx.is_some()
+                || req.complexity.is_some()
+            {
                 return Err(ApiError::unprocessable(format!(
-                    "bitrate_bps, fec and dtx are Opus settings, not {codec_name}'s"
+                    "bitrate_bps, fec, dtx and complexity are Opus settings, not {codec_name}'s"
                 )));
             }
             codec
@@ -307,9 +320,17 @@ fn join_spec(req: Join) -> Result<JoinSpec, ApiError> {
             )));
         }
     };
+    if let Some(id) = req.audio_level_extension
+        && !(1..=14).contains(&id)
+    {
+        return Err(ApiError::unprocessable(format!(
+            "audio_level_extension {id} is not a one-byte-header extension id (1..=14)"
+        )));
+    }
     Ok(JoinSpec {
         rtp_address,
         codec,
+        audio_level_extension: req.audio_level_extension,
         denoise: req.denoise.unwrap_or(false),
         muted: req.muted.unwrap_or(false),
         deaf: req.deaf.unwrap_or(false),

@@ -25,19 +25,34 @@
 //! - [`Metrics`] are atomic counters and fixed-bucket histograms, rendered as Prometheus
 //!   text by the API. Stages timed: a datagram's wait in its queue, a room's receive
 //!   hand-over, its tick without the sends (decode, mix, encode), each send call, and the
-//!   worker's whole tick. The room does not time its inner stages (jitter buffer, decode,
-//!   mix, encode) separately.
+//!   worker's whole tick. Inside the tick, the room times its own stages with the clock
+//!   the worker injects ([`Room::set_stage_clock`] with `Instant::now`): jitter, decode,
+//!   denoise, vad, mix, encode, record and room_send (packetizing and the send calls),
+//!   recorded per room and tick; and the jitter-buffer delay of every mixed speaker, per
+//!   tick (`confer_jitter_buffer_delay_seconds`).
 //!
 //! - Recordings ([`Host::start_recording`]): the room hands each tick's mix (and, with
-//!   tracks, each participant's input) to a [`RecordSink`] the worker builds: one
-//!   [`Recorder`] per file, writing Ogg Opus through a `BufWriter` **on the media worker
-//!   thread** (a page about once a second per file; a slow disk slows the worker's tick).
+//!   tracks, each participant's input) to a [`RecordSink`] the worker builds. The worker
+//!   only copies each file's tick into a fixed-size slot of a `ringbuf` SPSC queue
+//!   ([`RECORDING_QUEUE_FRAMES`] slots, allocated when the recording starts) and never
+//!   waits: a full queue drops the frame and counts it
+//!   (`confer_recording_frames_dropped_total`). Each recording has its own writer thread
+//!   (`confer-rec-*`) that owns the files: it encodes (one [`Recorder`] per file, Ogg Opus
+//!   through a `BufWriter`, a page about once a second) and writes, so a slow disk or the
+//!   encoder's CPU never lengthens the worker's tick. Frames carry their tick number; a
+//!   tick missing from a file (dropped, or before a track opened) is written as silence of
+//!   the same length, so every file of a recording shares its timeline. The worker still
+//!   creates each file (one `open`, so a refusal is the API's answer); opening, closing and
+//!   stopping go to the writer over a channel, each stamped with its tick, and take effect
+//!   after the frames queued before them.
 //!   An I/O error ends that file's recording (closed as far as it goes), is logged and
-//!   counted (`confer_recording_errors_total`); it never stops the room. Stopping, deleting
-//!   the room and shutting down finish every file, so it is complete and readable. Files:
-//!   `recordings/room-{room}-{unix_ms}-mix.opus` and `...-p{participant}.opus` under the
-//!   data directory; a participant who joins later gets a track padded with silence from
-//!   the start, so every file of a recording shares its timeline.
+//!   counted (`confer_recording_errors_total`); it never stops the room. A participant who
+//!   leaves or is kicked has its track finished at once (its length: the leading silence
+//!   plus its time in the room); a rejoin is a new participant with a new track. Stopping
+//!   drains the queue and finishes every file before the API answers (the files can be
+//!   read at once); so does deleting the room; at shutdown the host joins the writers
+//!   after the workers. Files: `recordings/room-{room}-{unix_ms}-mix.opus` and
+//!   `...-p{participant}.opus` under the data directory.
 //!
 //! Ids: rooms and participants get host-wide numbers (`u64`, never reused) that the API
 //! shows; the worker maps them to the room's own [`ParticipantId`].
@@ -58,8 +73,8 @@ use confer_conference::room::{
     LeaveReason, ParticipantConfig, ParticipantId, ParticipantStats, RecordSink, Room, RoomConfig,
     RoomError, RoomEventKind,
 };
-use confer_engine::leg::{Codec, LegConfig, LegError, MAX_DATAGRAM, MediaLeg};
-use ringbuf::traits::{Consumer, Producer, Split};
+use confer_engine::leg::{Codec, LegConfig, LegError, MAX_DATAGRAM, MediaLeg, StageTimes};
+use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
@@ -154,9 +169,18 @@ pub struct Histogram {
     sum_us: AtomicU64,
 }
 
-/// Bucket bounds for durations from 50 us to 1 s.
+/// Bucket bounds for durations from 10 us to 1 s: fine enough (at most 1.5x apart, 25%
+/// steps around the 1-20 ms of a tick) that `confer bench` reads percentiles from them.
 pub const LATENCY_BOUNDS_US: &[u64] = &[
-    50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 1_000_000,
+    10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1_000, 1_250, 1_500, 2_000, 2_500,
+    3_000, 4_000, 5_000, 6_000, 7_500, 10_000, 12_500, 15_000, 20_000, 25_000, 30_000, 40_000,
+    50_000, 75_000, 100_000, 150_000, 200_000, 300_000, 500_000, 1_000_000,
+];
+
+/// Bucket bounds for jitter-buffer delays, from 5 ms to 1 s.
+pub const JITTER_DELAY_BOUNDS_US: &[u64] = &[
+    5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000, 300_000,
+    500_000, 1_000_000,
 ];
 
 impl Histogram {
@@ -185,23 +209,31 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, stage: &str) {
+        self.render_labeled(out, name, &format!("stage=\"{stage}\""));
+    }
+
+    /// Renders with `labels` (e.g. `stage="tick"`, or empty) besides `le`.
+    fn render_labeled(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         for (b, n) in self.bounds_us.iter().zip(&self.buckets) {
             cumulative += n.load(Ordering::Relaxed);
             let le = *b as f64 / 1e6;
             let _ = writeln!(
                 out,
-                "{name}_bucket{{stage=\"{stage}\",le=\"{le}\"}} {cumulative}"
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
             );
         }
         let count = self.count();
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {count}"
-        );
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{stage=\"{stage}\"}} {sum}");
-        let _ = writeln!(out, "{name}_count{{stage=\"{stage}\"}} {count}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
     }
 }
 
@@ -232,6 +264,9 @@ pub struct Metrics {
     pub recv_errors: AtomicU64,
     /// Recording files ended by an I/O or encoding error.
     pub recording_errors: AtomicU64,
+    /// Recorded frames (one tick of one file) dropped because the recording's writer
+    /// queue was full; each is recorded as silence of the same length.
+    pub recording_frames_dropped: AtomicU64,
     /// Worker frame ticks.
     pub ticks: AtomicU64,
     /// Ticks that took longer than a frame, or started over a frame late.
@@ -246,6 +281,77 @@ pub struct Metrics {
     pub room_mix: Histogram,
     /// One datagram's send call.
     pub send: Histogram,
+    /// Frames of participants decoded by room ticks.
+    pub frames_decoded: AtomicU64,
+    /// Frames of participants advanced without decoding (header levels said they are
+    /// not heard).
+    pub frames_skipped: AtomicU64,
+    /// Inside one room's tick, per stage (see [`RoomStages`]).
+    pub room_stages: RoomStages,
+    /// The jitter-buffer delay of each mixed speaker, once per tick.
+    pub jitter_buffer_delay: Histogram,
+}
+
+/// One room tick's time per stage, as the room measures it ([`Room::last_tick_stages`]).
+#[derive(Debug)]
+pub struct RoomStages {
+    /// Jitter-buffer pops and skips, and the per-participant loop around them.
+    pub jitter: Histogram,
+    /// Decoding (with concealment and FEC) and resampling to the room rate.
+    pub decode: Histogram,
+    /// Noise suppression.
+    pub denoise: Histogram,
+    /// Level and voice detection of decoded frames.
+    pub vad: Histogram,
+    /// Speaker selection, mixing and limiting.
+    pub mix: Histogram,
+    /// Shared and per-speaker encodes.
+    pub encode: Histogram,
+    /// Recording sinks.
+    pub record: Histogram,
+    /// Packetizing, RTCP and the send calls.
+    pub send: Histogram,
+}
+
+impl Default for RoomStages {
+    fn default() -> Self {
+        let h = || Histogram::new(LATENCY_BOUNDS_US);
+        RoomStages {
+            jitter: h(),
+            decode: h(),
+            denoise: h(),
+            vad: h(),
+            mix: h(),
+            encode: h(),
+            record: h(),
+            send: h(),
+        }
+    }
+}
+
+impl RoomStages {
+    /// Records one tick's stages.
+    pub fn record(&self, t: &StageTimes) {
+        self.jitter.record(t.jitter);
+        self.decode.record(t.decode);
+        self.denoise.record(t.denoise);
+        self.vad.record(t.vad);
+        self.mix.record(t.mix);
+        self.encode.record(t.encode);
+        self.record.record(t.record);
+        self.send.record(t.send);
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        self.jitter.render(out, name, "jitter");
+        self.decode.render(out, name, "decode");
+        self.denoise.render(out, name, "denoise");
+        self.vad.render(out, name, "vad");
+        self.mix.render(out, name, "mix");
+        self.encode.render(out, name, "encode");
+        self.record.render(out, name, "record");
+        self.send.render(out, name, "room_send");
+    }
 }
 
 impl Default for Metrics {
@@ -264,6 +370,7 @@ impl Default for Metrics {
             drop_send_error: z(),
             recv_errors: z(),
             recording_errors: z(),
+            recording_frames_dropped: z(),
             ticks: z(),
             tick_overruns: z(),
             tick_duration: Histogram::new(LATENCY_BOUNDS_US),
@@ -271,6 +378,10 @@ impl Default for Metrics {
             room_receive: Histogram::new(LATENCY_BOUNDS_US),
             room_mix: Histogram::new(LATENCY_BOUNDS_US),
             send: Histogram::new(LATENCY_BOUNDS_US),
+            frames_decoded: z(),
+            frames_skipped: z(),
+            room_stages: RoomStages::default(),
+            jitter_buffer_delay: Histogram::new(JITTER_DELAY_BOUNDS_US),
         }
     }
 }
@@ -278,7 +389,14 @@ impl Default for Metrics {
 impl Metrics {
     /// Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
+        let mut out = String::with_capacity(32 * 1024);
+        if let Some(cpu) = proc_stat_cpu_s("/proc/self/stat") {
+            let name = "process_cpu_seconds_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} User and system CPU time of the process.\n# TYPE {name} counter\n{name} {cpu}"
+            );
+        }
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let gauges = [
             ("confer_rooms", "Rooms now.", get(&self.rooms)),
@@ -313,6 +431,11 @@ impl Metrics {
                 get(&self.recording_errors),
             ),
             (
+                "confer_recording_frames_dropped_total",
+                "Recorded frames dropped (writer queue full), recorded as silence.",
+                get(&self.recording_frames_dropped),
+            ),
+            (
                 "confer_ticks_total",
                 "Media worker frame ticks.",
                 get(&self.ticks),
@@ -321,6 +444,16 @@ impl Metrics {
                 "confer_tick_overruns_total",
                 "Ticks longer than a frame or started over a frame late.",
                 get(&self.tick_overruns),
+            ),
+            (
+                "confer_frames_decoded_total",
+                "Participant frames decoded by room ticks.",
+                get(&self.frames_decoded),
+            ),
+            (
+                "confer_frames_skipped_total",
+                "Participant frames advanced without decoding (not heard).",
+                get(&self.frames_skipped),
             ),
         ];
         for (name, help, v) in counters {
@@ -358,8 +491,30 @@ impl Metrics {
         self.room_receive.render(&mut out, name, "room_receive");
         self.room_mix.render(&mut out, name, "room_mix");
         self.send.render(&mut out, name, "send");
+        self.room_stages.render(&mut out, name);
+        let name = "confer_jitter_buffer_delay_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Jitter-buffer delay of each mixed speaker, per tick.\n\
+             # TYPE {name} histogram"
+        );
+        self.jitter_buffer_delay.render_labeled(&mut out, name, "");
         out
     }
+}
+
+/// CPU seconds (user + system) of the process or thread whose `stat` file is `path`
+/// (`/proc/self/stat`, `/proc/thread-self/stat`, `/proc/<pid>/stat`); `None` where there is
+/// no such file (not Linux).
+pub fn proc_stat_cpu_s(path: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses).
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux ABI.
+    Some((utime + stime) / 100.0)
 }
 
 /// What the API asks for when creating a room.
@@ -411,6 +566,9 @@ pub struct JoinSpec {
     pub rtp_address: SocketAddr,
     /// Codec and payload type.
     pub codec: Codec,
+    /// The `a=extmap` id of RFC 6464 audio levels (both directions): the room reads who
+    /// talks from the packet headers and decodes only whom it may mix.
+    pub audio_level_extension: Option<u8>,
     /// Noise suppression on what it sends.
     pub denoise: bool,
     /// Joins muted.
@@ -640,7 +798,13 @@ struct Inner {
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The recordings' writer threads (joined at stop, after the workers).
+    writers: Writers,
 }
+
+/// Writer threads of recordings, shared by the workers (which add) and the host (which
+/// joins them when it stops); finished ones are pruned when a recording starts.
+type Writers = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;
 
 /// What [`Host::start`] needs.
 #[derive(Debug, Clone)]
@@ -668,6 +832,7 @@ impl Host {
         let frame = Duration::from_millis(u64::from(cfg.frame_ms));
         let mut senders = Vec::new();
         let mut threads = Vec::new();
+        let writers = Writers::default();
         for i in 0..cfg.workers.max(1) {
             let (tx, rx) = sync_channel(COMMAND_QUEUE_LEN);
             let mut worker = Worker {
@@ -679,6 +844,7 @@ impl Host {
                 events: events.clone(),
                 metrics: metrics.clone(),
                 tx_buf: vec![0; MAX_DATAGRAM],
+                writers: writers.clone(),
             };
             let stop = stop.clone();
             threads.push(
@@ -703,6 +869,7 @@ impl Host {
                 metrics,
                 stop,
                 threads: Mutex::new(threads),
+                writers,
             }),
         })
     }
@@ -722,12 +889,17 @@ impl Host {
         self.inner.events.subscribe()
     }
 
-    /// Stops the workers (ending their rooms) and waits for them; returns the ticks done.
+    /// Stops the workers (ending their rooms), waits for them and then for the recordings'
+    /// writers (so every file is complete); returns the ticks done.
     pub fn stop(&self) -> u64 {
         self.inner.stop.store(true, Ordering::Release);
         let threads = std::mem::take(&mut *lock(&self.inner.threads));
         for t in threads {
             let _ = t.join();
+        }
+        let writers = std::mem::take(&mut *lock(&self.inner.writers));
+        for w in writers {
+            let _ = w.join();
         }
         self.inner.metrics.ticks.load(Ordering::Relaxed)
     }
@@ -795,7 +967,8 @@ impl Host {
         .await
     }
 
-    /// Stops a room's recording and closes its files; returns them, complete.
+    /// Stops a room's recording; returns its files once its writer has finished them all
+    /// (complete, readable at once), tracks of participants who left included.
     pub async fn stop_recording(&self, room: u64) -> Result<Vec<RecordingFile>, HostError> {
         let worker = self.worker_of(room)?;
         self.call(worker, |reply| Command::StopRecording { room, reply })
@@ -831,7 +1004,7 @@ impl Host {
         Ok(out)
     }
 
-    /// Ends and removes a room.
+    /// Ends and removes a room; answers once its recording's files, if any, are complete.
     pub async fn delete_room(&self, id: u64) -> Result<(), HostError> {
         let worker = self.worker_of(id)?;
         self.call(worker, |reply| Command::DeleteRoom { id, reply })
@@ -885,6 +1058,7 @@ impl Host {
                 codec: spec.codec,
                 frame_ms: self.inner.frame_ms,
                 denoise: spec.denoise,
+                audio_level_extension: spec.audio_level_extension,
                 ..LegConfig::default()
             },
             None,
@@ -1106,30 +1280,98 @@ fn parse_recording_name(name: &str) -> Option<(u64, u64, String)> {
     Some((room, ms, track.to_owned()))
 }
 
-/// One file being recorded: 20 ms frames gathered from the room's ticks (10 ms rooms give
-/// two per frame) and encoded by its own [`Recorder`].
+/// Frames queued per recording between its media worker and its writer thread. A slot is
+/// one tick of one file (about 3.9 KB), so a recording holds 2 MB of queue, allocated when
+/// it starts. That buffers about 10 s of a mix-only recording at 20 ms ticks and 1 s of a
+/// mix with nine tracks: a disk stall of that length loses nothing, a longer one drops
+/// frames (counted, recorded as silence) instead of slowing the worker.
+pub const RECORDING_QUEUE_FRAMES: usize = 512;
+
+/// The file key of a recording's mix; tracks get 1, 2, ... in the order they open.
+const MIX_FILE: u32 = 0;
+
+/// One tick of one file on its way to the writer: a fixed-size slot, so the queue
+/// allocates once.
+struct RecFrame {
+    file: u32,
+    /// The recording's tick this frame belongs to (0 = the first).
+    tick: u64,
+    len: usize,
+    samples: [f32; FRAME_SAMPLES],
+}
+
+/// Who is told when a recording's files are finished.
+enum RecDone {
+    /// `stop_recording`: the files, once complete.
+    Files(Reply<Vec<RecordingFile>>),
+    /// `delete_room`: answered once the files are complete.
+    Deleted(Reply<()>),
+    /// Shutdown (the host joins the writer threads).
+    Nobody,
+}
+
+/// What the writer is told besides frames, each at the tick it takes effect: every frame
+/// of an earlier tick was queued (or dropped) before it was sent.
+enum RecControl {
+    /// A participant's track starts at `at_tick`, with silence before.
+    Open {
+        file: u32,
+        at_tick: u64,
+        track: Box<TrackFile>,
+    },
+    /// A participant's track ends before `at_tick`: finish its file.
+    Close { file: u32, at_tick: u64 },
+    /// The recording ends before `at_tick`: finish every file, then answer.
+    Stop { at_tick: u64, done: RecDone },
+}
+
+impl RecControl {
+    fn at_tick(&self) -> u64 {
+        match self {
+            RecControl::Open { at_tick, .. }
+            | RecControl::Close { at_tick, .. }
+            | RecControl::Stop { at_tick, .. } => *at_tick,
+        }
+    }
+}
+
+/// Where a file's encoded pages go: a `BufWriter<File>`, or a test's writer.
+type RecOut = Box<dyn io::Write + Send>;
+
+/// One file being recorded, owned by its recording's writer thread: the room's ticks
+/// gathered into 20 ms frames (10 ms rooms give two per frame) and encoded by its own
+/// [`Recorder`].
 struct TrackFile {
     name: String,
     track: String,
-    recorder: Option<Recorder<BufWriter<File>>>,
+    recorder: Option<Recorder<RecOut>>,
     pending: Vec<f32>,
     failed: bool,
+    /// The next tick this file expects; a later frame means the ticks between were
+    /// dropped (or came before the file opened) and are recorded as silence.
+    next_tick: u64,
 }
 
 impl TrackFile {
+    /// Creates `{prefix}-{track}.opus` in `dir` (on the worker: the open's error is the
+    /// caller's answer; the headers stay in the `BufWriter`).
     fn create(dir: &Path, prefix: &str, track: String, serial: u32) -> io::Result<TrackFile> {
         let name = format!("{prefix}-{track}.opus");
         let file = File::create(dir.join(&name))?;
+        TrackFile::new(name, track, Box::new(BufWriter::new(file)), serial)
+    }
+
+    fn new(name: String, track: String, out: RecOut, serial: u32) -> io::Result<TrackFile> {
         let mut config = RecorderConfig::new(serial);
         config.comments.push(("TITLE".into(), name.clone()));
-        let recorder = Recorder::new(BufWriter::new(file), config)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let recorder = Recorder::new(out, config).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(TrackFile {
             name,
             track,
             recorder: Some(recorder),
             pending: Vec::with_capacity(FRAME_SAMPLES),
             failed: false,
+            next_tick: 0,
         })
     }
 
@@ -1157,27 +1399,46 @@ impl TrackFile {
         }
     }
 
-    fn push_silence(&mut self, frames: u64, metrics: &Metrics) {
-        let frames = u32::try_from(frames).unwrap_or(u32::MAX);
-        if let Some(r) = self.recorder.as_mut()
-            && let Err(e) = r.push_silence(frames)
-        {
-            self.fail("write", &e, metrics);
+    /// `n` samples of silence: whole frames as silent packets (nothing to encode).
+    fn push_zeros(&mut self, mut n: u64, metrics: &Metrics) {
+        if !self.pending.is_empty() {
+            // Below FRAME_SAMPLES, so it fits a usize.
+            let take = n.min((FRAME_SAMPLES - self.pending.len()) as u64) as usize;
+            self.pending.resize(self.pending.len() + take, 0.0);
+            n -= take as u64;
+            if self.pending.len() == FRAME_SAMPLES {
+                let full = std::mem::take(&mut self.pending);
+                self.push(&full, metrics);
+                self.pending = full;
+                self.pending.clear();
+            }
+        }
+        let mut whole = n / FRAME_SAMPLES as u64;
+        while whole > 0 {
+            let frames = u32::try_from(whole).unwrap_or(u32::MAX);
+            if let Some(r) = self.recorder.as_mut()
+                && let Err(e) = r.push_silence(frames)
+            {
+                self.fail("write", &e, metrics);
+            }
+            whole -= u64::from(frames);
+        }
+        // Below FRAME_SAMPLES; the pending frame is empty whenever this is not zero.
+        let rest = (n % FRAME_SAMPLES as u64) as usize;
+        self.pending.resize(self.pending.len() + rest, 0.0);
+    }
+
+    /// Silence up to `tick` (frames dropped on the way, or a track's start).
+    fn catch_up(&mut self, tick: u64, tick_samples: u64, metrics: &Metrics) {
+        if tick > self.next_tick {
+            let gap = (tick - self.next_tick).saturating_mul(tick_samples);
+            self.push_zeros(gap, metrics);
+            self.next_tick = tick;
         }
     }
 
     fn duration_samples(&self) -> u64 {
         self.recorder.as_ref().map_or(0, Recorder::duration_samples)
-    }
-
-    fn info(&self, dir: &Path) -> RecordingFile {
-        RecordingFile {
-            name: self.name.clone(),
-            track: self.track.clone(),
-            duration_s: self.duration_samples() as f64 / 48_000.0,
-            bytes: std::fs::metadata(dir.join(&self.name)).map_or(0, |m| m.len()),
-            failed: self.failed,
-        }
     }
 
     /// Pads a partial frame with silence, finishes the stream and flushes the file.
@@ -1187,86 +1448,357 @@ impl TrackFile {
             let pending = std::mem::take(&mut self.pending);
             self.push(&pending, metrics);
         }
-        let mut info = self.info(dir);
+        let duration_samples = self.duration_samples();
         if let Some(r) = self.recorder.take() {
             match r.finish() {
-                Ok((w, _)) => match w.into_inner() {
-                    Ok(mut file) => {
-                        if let Err(e) = file.flush() {
-                            self.fail("flush", &e, metrics);
-                        }
+                Ok((mut w, _)) => {
+                    if let Err(e) = w.flush() {
+                        self.fail("flush", &e, metrics);
                     }
-                    Err(e) => self.fail("flush", &e.error().to_string(), metrics),
-                },
+                }
                 Err(e) => self.fail("finish", &e, metrics),
             }
         }
-        info.failed = self.failed;
-        info.bytes = std::fs::metadata(dir.join(&self.name)).map_or(0, |m| m.len());
-        info
+        RecordingFile {
+            duration_s: duration_samples as f64 / 48_000.0,
+            bytes: std::fs::metadata(dir.join(&self.name)).map_or(0, |m| m.len()),
+            failed: self.failed,
+            name: self.name,
+            track: self.track,
+        }
     }
 }
 
-/// The worker's [`RecordSink`]: the mix file and the participants' track files.
+/// A recording's writer thread: it owns the files, encodes the queued frames and writes
+/// them, and finishes files when told.
+struct RecWriter {
+    dir: PathBuf,
+    tick_samples: u64,
+    /// Open files by key, in key order (few: a linear search is cheapest).
+    open: Vec<(u32, TrackFile)>,
+    /// Files already finished (tracks of participants who left), by key.
+    done: Vec<(u32, RecordingFile)>,
+    metrics: Arc<Metrics>,
+}
+
+impl RecWriter {
+    fn run(
+        mut self,
+        mut frames: HeapCons<RecFrame>,
+        control: &Receiver<RecControl>,
+        idle: Duration,
+    ) {
+        let mut pending: std::collections::VecDeque<RecControl> = Default::default();
+        let mut orphaned = false;
+        loop {
+            // Controls first: every frame queued before a control is then visible below.
+            loop {
+                match control.try_recv() {
+                    Ok(c) => pending.push_back(c),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        orphaned = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(f) = frames.try_pop() {
+                while pending.front().is_some_and(|c| c.at_tick() <= f.tick) {
+                    if let Some(c) = pending.pop_front()
+                        && self.apply(c)
+                    {
+                        return;
+                    }
+                }
+                self.frame(&f);
+                continue;
+            }
+            // The queue is empty: every control received above is due.
+            while let Some(c) = pending.pop_front() {
+                if self.apply(c) {
+                    return;
+                }
+            }
+            if orphaned {
+                // The sink was dropped without a stop (a worker panicked): close the files.
+                self.stop(None, RecDone::Nobody);
+                return;
+            }
+            std::thread::park_timeout(idle);
+        }
+    }
+
+    fn frame(&mut self, f: &RecFrame) {
+        let (ts, metrics) = (self.tick_samples, &*self.metrics);
+        if let Some((_, t)) = self.open.iter_mut().find(|(k, _)| *k == f.file) {
+            t.catch_up(f.tick, ts, metrics);
+            if f.tick == t.next_tick {
+                t.push(&f.samples[..f.len], metrics);
+                t.next_tick += 1;
+            }
+        }
+    }
+
+    /// Applies a control; `true` once the recording is finished.
+    fn apply(&mut self, c: RecControl) -> bool {
+        let (ts, metrics) = (self.tick_samples, &*self.metrics);
+        match c {
+            RecControl::Open {
+                file,
+                at_tick,
+                mut track,
+            } => {
+                track.catch_up(at_tick, ts, metrics);
+                self.open.push((file, *track));
+                false
+            }
+            RecControl::Close { file, at_tick } => {
+                if let Some(i) = self.open.iter().position(|(k, _)| *k == file) {
+                    let (k, mut t) = self.open.remove(i);
+                    t.catch_up(at_tick, ts, metrics);
+                    self.done.push((k, t.finish(&self.dir, metrics)));
+                }
+                false
+            }
+            RecControl::Stop { at_tick, done } => {
+                self.stop(Some(at_tick), done);
+                true
+            }
+        }
+    }
+
+    fn stop(&mut self, at_tick: Option<u64>, done: RecDone) {
+        let metrics = &*self.metrics;
+        for (k, mut t) in std::mem::take(&mut self.open) {
+            if let Some(at) = at_tick {
+                t.catch_up(at, self.tick_samples, metrics);
+            }
+            self.done.push((k, t.finish(&self.dir, metrics)));
+        }
+        self.done.sort_by_key(|(k, _)| *k);
+        let files: Vec<RecordingFile> = self.done.drain(..).map(|(_, f)| f).collect();
+        tracing::info!(files = files.len(), "recording closed");
+        // A caller that went away does not need the answer.
+        match done {
+            RecDone::Files(reply) => {
+                let _ = reply.send(Ok(files));
+            }
+            RecDone::Deleted(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            RecDone::Nobody => {}
+        }
+    }
+}
+
+/// How a recording's later files are named and numbered, and its tick.
+struct RecordingPlan {
+    dir: PathBuf,
+    /// `room-{room}-{unix_ms}`.
+    prefix: String,
+    /// The last Ogg serial used; later tracks count on from it.
+    serial: u32,
+    /// Participants who join get a track.
+    tracks_on: bool,
+    /// The room's tick.
+    frame_ms: u32,
+}
+
+/// The worker's [`RecordSink`]: it queues each tick's frames to the recording's writer
+/// thread and never waits for it (a full queue drops the frame and counts it).
 struct FileSink {
     dir: PathBuf,
     prefix: String,
     serial: u32,
     tracks_on: bool,
-    mix: TrackFile,
-    tracks: HashMap<ParticipantId, TrackFile>,
+    /// Ticks handed over so far (the mix comes once per tick, first).
+    tick: u64,
+    next_file: u32,
+    /// Every file of the recording, (name, track), for the start's answer.
+    names: Vec<(String, String)>,
+    /// Open participant tracks and their file keys.
+    tracks: HashMap<ParticipantId, u32>,
+    frames: HeapProd<RecFrame>,
+    control: std::sync::mpsc::Sender<RecControl>,
+    writer: std::thread::Thread,
     metrics: Arc<Metrics>,
 }
 
 impl FileSink {
+    /// Starts the writer thread of a recording with its mix file and the tracks of the
+    /// participants present.
+    fn start(
+        plan: RecordingPlan,
+        mix: TrackFile,
+        tracks: Vec<(ParticipantId, TrackFile)>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<(FileSink, std::thread::JoinHandle<()>)> {
+        let RecordingPlan {
+            dir,
+            prefix,
+            serial,
+            tracks_on,
+            frame_ms,
+        } = plan;
+        let mut names = vec![(mix.name.clone(), mix.track.clone())];
+        let mut open = vec![(MIX_FILE, mix)];
+        let mut keys = HashMap::new();
+        for (i, (pid, t)) in tracks.into_iter().enumerate() {
+            // Keys follow the mix's; a room has far fewer than 2^32 participants.
+            let key = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            names.push((t.name.clone(), t.track.clone()));
+            keys.insert(pid, key);
+            open.push((key, t));
+        }
+        let next_file = u32::try_from(open.len()).unwrap_or(u32::MAX);
+        let (prod, cons) = HeapRb::<RecFrame>::new(RECORDING_QUEUE_FRAMES).split();
+        let (control, control_rx) = std::sync::mpsc::channel();
+        let writer = RecWriter {
+            dir: dir.clone(),
+            tick_samples: u64::from(frame_ms) * 48,
+            open,
+            done: Vec::new(),
+            metrics: metrics.clone(),
+        };
+        let idle = Duration::from_millis(u64::from(frame_ms.max(1)));
+        let handle = std::thread::Builder::new()
+            .name(format!("confer-rec-{serial:08x}"))
+            .spawn(move || writer.run(cons, &control_rx, idle))?;
+        let sink = FileSink {
+            dir,
+            prefix,
+            serial,
+            tracks_on,
+            tick: 0,
+            next_file,
+            names,
+            tracks: keys,
+            frames: prod,
+            control,
+            writer: handle.thread().clone(),
+            metrics,
+        };
+        Ok((sink, handle))
+    }
+
+    /// Sends a control and wakes the writer; the recording's writer is gone only after
+    /// a panic there, and then there is nobody to tell.
+    fn send(&self, c: RecControl) -> Result<(), RecControl> {
+        let r = self.control.send(c).map_err(|e| e.0);
+        self.writer.unpark();
+        r
+    }
+
     /// Opens a track for participant `api_id`, padded with silence to the mix's timeline.
     fn add_track(&mut self, pid: ParticipantId, api_id: u64) -> io::Result<()> {
         self.serial = self.serial.wrapping_add(1);
-        let mut t = TrackFile::create(&self.dir, &self.prefix, format!("p{api_id}"), self.serial)?;
-        t.push_silence(
-            self.mix.duration_samples() / FRAME_SAMPLES as u64,
-            &self.metrics,
-        );
-        self.tracks.insert(pid, t);
+        let t = TrackFile::create(&self.dir, &self.prefix, format!("p{api_id}"), self.serial)?;
+        let file = self.next_file;
+        self.next_file = self.next_file.wrapping_add(1);
+        self.names.push((t.name.clone(), t.track.clone()));
+        let open = RecControl::Open {
+            file,
+            at_tick: self.tick,
+            track: Box::new(t),
+        };
+        if self.send(open).is_err() {
+            return Err(io::Error::other("the recording's writer has stopped"));
+        }
+        self.tracks.insert(pid, file);
         Ok(())
     }
 
-    fn files(&self) -> Vec<RecordingFile> {
-        let mut v = vec![self.mix.info(&self.dir)];
-        v.extend(self.tracks.values().map(|t| t.info(&self.dir)));
-        v
+    /// The participant left: its track ends now and its file is finished.
+    fn close_track(&mut self, pid: ParticipantId) {
+        if let Some(file) = self.tracks.remove(&pid) {
+            let _ = self.send(RecControl::Close {
+                file,
+                at_tick: self.tick,
+            });
+        }
     }
 
-    fn finish(self) -> Vec<RecordingFile> {
-        let FileSink {
-            dir,
-            mix,
-            tracks,
-            metrics,
-            ..
-        } = self;
-        let mut v = vec![mix.finish(&dir, &metrics)];
-        v.extend(tracks.into_values().map(|t| t.finish(&dir, &metrics)));
-        v
+    fn files(&self) -> Vec<RecordingFile> {
+        self.names
+            .iter()
+            .map(|(name, track)| RecordingFile {
+                name: name.clone(),
+                track: track.clone(),
+                duration_s: 0.0,
+                bytes: 0,
+                failed: false,
+            })
+            .collect()
+    }
+
+    /// Ends the recording: the writer drains the queue, finishes every file, then tells
+    /// `done`.
+    fn stop(self, done: RecDone) {
+        if let Err(RecControl::Stop { done, .. }) = self.send(RecControl::Stop {
+            at_tick: self.tick,
+            done,
+        }) {
+            match done {
+                RecDone::Files(reply) => {
+                    let e = HostError::RecordingIo("the recording's writer has stopped".into());
+                    let _ = reply.send(Err(e));
+                }
+                RecDone::Deleted(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+                RecDone::Nobody => {}
+            }
+        }
+    }
+
+    fn queue(&mut self, file: u32, tick: u64, frame: &[f32]) {
+        if self.frames.is_full() {
+            self.metrics
+                .recording_frames_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Rooms tick 10 or 20 ms, at most FRAME_SAMPLES; anything longer is cut.
+        let len = frame.len().min(FRAME_SAMPLES);
+        let mut f = RecFrame {
+            file,
+            tick,
+            len,
+            samples: [0.0; FRAME_SAMPLES],
+        };
+        f.samples[..len].copy_from_slice(&frame[..len]);
+        // Only this thread pushes, and the queue was not full.
+        let _ = self.frames.try_push(f);
     }
 }
 
 impl RecordSink for FileSink {
     fn mix(&mut self, frame: &[f32]) {
-        self.mix.push(frame, &self.metrics);
+        self.queue(MIX_FILE, self.tick, frame);
+        self.tick += 1;
     }
 
     fn track(&mut self, id: ParticipantId, frame: &[f32]) {
-        if let Some(t) = self.tracks.get_mut(&id) {
-            t.push(frame, &self.metrics);
+        if let Some(&file) = self.tracks.get(&id) {
+            // After this tick's mix.
+            self.queue(file, self.tick.saturating_sub(1), frame);
         }
     }
 }
 
-/// Stops a room's recording, if any, and finishes its files.
-fn finish_recording(room: &mut Room) -> Option<Vec<RecordingFile>> {
-    let sink: Box<dyn std::any::Any> = room.stop_recording()?;
-    sink.downcast::<FileSink>().ok().map(|s| s.finish())
+/// Stops a room's recording, if any: its writer finishes the files and then tells `done`.
+/// `Err(done)` when the room was not recording.
+fn finish_recording(room: &mut Room, done: RecDone) -> Result<(), RecDone> {
+    let Some(sink) = room.stop_recording() else {
+        return Err(done);
+    };
+    let sink: Box<dyn std::any::Any> = sink;
+    match sink.downcast::<FileSink>() {
+        Ok(s) => s.stop(done),
+        // Only the worker starts recordings, always with a FileSink.
+        Err(_) => return Err(done),
+    }
+    Ok(())
 }
 
 struct RoomEntry {
@@ -1285,6 +1817,7 @@ struct Worker {
     events: broadcast::Sender<EventMsg>,
     metrics: Arc<Metrics>,
     tx_buf: Vec<u8>,
+    writers: Writers,
 }
 
 fn send_counted(m: &Member, metrics: &Metrics, packet: &[u8]) {
@@ -1346,7 +1879,8 @@ impl Worker {
         let now = Instant::now();
         let ids: Vec<u64> = self.rooms.keys().copied().collect();
         for id in ids {
-            self.delete_room(id, now);
+            // The host joins the recordings' writers after the workers.
+            self.delete_room(id, now, RecDone::Nobody);
         }
     }
 
@@ -1374,6 +1908,8 @@ impl Worker {
             let mixing = Instant::now();
             metrics.room_receive.record(mixing - started);
             let mut sending = Duration::ZERO;
+            // The room times its stages with the clock given here (idempotent).
+            room.set_stage_clock(Some(Instant::now as fn() -> Instant));
             room.tick(now, &mut |pid, packet| {
                 if let Some(m) = members.get(&pid) {
                     let t = Instant::now();
@@ -1386,6 +1922,17 @@ impl Worker {
             metrics
                 .room_mix
                 .record(mixing.elapsed().saturating_sub(sending));
+            let stages = room.last_tick_stages();
+            metrics.room_stages.record(&stages);
+            metrics
+                .frames_decoded
+                .fetch_add(u64::from(stages.frames_decoded), Ordering::Relaxed);
+            metrics
+                .frames_skipped
+                .fetch_add(u64::from(stages.frames_skipped), Ordering::Relaxed);
+            for (_, delay) in room.mixed_jitter_delays() {
+                metrics.jitter_buffer_delay.record(delay);
+            }
             publish(room_id, entry, &self.events);
         }
     }
@@ -1397,12 +1944,12 @@ impl Worker {
                 let _ = reply.send(self.create_room(id, spec, now));
             }
             Command::DeleteRoom { id, reply } => {
-                let r = if self.delete_room(id, now) {
-                    Ok(())
+                if self.rooms.contains_key(&id) {
+                    // Answered by the recording's writer once its files are complete.
+                    self.delete_room(id, now, RecDone::Deleted(reply));
                 } else {
-                    Err(HostError::UnknownRoom(id))
-                };
-                let _ = reply.send(r);
+                    let _ = reply.send(Err(HostError::UnknownRoom(id)));
+                }
             }
             Command::GetRoom { id, reply } => {
                 let r = self
@@ -1475,13 +2022,19 @@ impl Worker {
             } => {
                 let _ = reply.send(self.start_recording(room, tracks, unix_ms));
             }
-            Command::StopRecording { room, reply } => {
-                let r = match self.rooms.get_mut(&room) {
-                    Some(e) => finish_recording(&mut e.room).ok_or(HostError::NotRecording(room)),
-                    None => Err(HostError::UnknownRoom(room)),
-                };
-                let _ = reply.send(r);
-            }
+            Command::StopRecording { room, reply } => match self.rooms.get_mut(&room) {
+                // The writer answers once the files are complete.
+                Some(e) => {
+                    if let Err(RecDone::Files(reply)) =
+                        finish_recording(&mut e.room, RecDone::Files(reply))
+                    {
+                        let _ = reply.send(Err(HostError::NotRecording(room)));
+                    }
+                }
+                None => {
+                    let _ = reply.send(Err(HostError::UnknownRoom(room)));
+                }
+            },
         }
     }
 
@@ -1502,23 +2055,37 @@ impl Worker {
         let prefix = format!("room-{room}-{unix_ms}");
         // Distinct streams per file; the serial only has to differ between chained streams.
         let serial = (unix_ms as u32) ^ (room as u32).rotate_left(16);
-        let mix = TrackFile::create(&self.recordings_dir, &prefix, "mix".into(), serial)
-            .map_err(io_err)?;
-        let mut sink = FileSink {
-            dir: self.recordings_dir.clone(),
-            prefix,
-            serial,
-            tracks_on: tracks,
-            mix,
-            tracks: HashMap::new(),
-            metrics: self.metrics.clone(),
-        };
+        let dir = &self.recordings_dir;
+        let mix = TrackFile::create(dir, &prefix, "mix".into(), serial).map_err(io_err)?;
+        let mut files = Vec::new();
+        let mut track_serial = serial;
         if tracks {
-            for (&pid, m) in &e.members {
-                sink.add_track(pid, m.id).map_err(io_err)?;
+            let mut members: Vec<(ParticipantId, u64)> =
+                e.members.iter().map(|(&pid, m)| (pid, m.id)).collect();
+            members.sort_unstable_by_key(|&(_, id)| id);
+            for (pid, id) in members {
+                track_serial = track_serial.wrapping_add(1);
+                let t = TrackFile::create(dir, &prefix, format!("p{id}"), track_serial)
+                    .map_err(io_err)?;
+                files.push((pid, t));
             }
         }
+        let plan = RecordingPlan {
+            dir: dir.clone(),
+            prefix,
+            serial: track_serial,
+            tracks_on: tracks,
+            frame_ms: self.frame_ms,
+        };
+        let (sink, handle) =
+            FileSink::start(plan, mix, files, self.metrics.clone()).map_err(io_err)?;
+        {
+            let mut writers = lock(&self.writers);
+            writers.retain(|w| !w.is_finished());
+            writers.push(handle);
+        }
         let files = sink.files();
+        // Refused only while recording, checked above; a refused sink stops its writer.
         e.room.start_recording(Box::new(sink), tracks)?;
         Ok(files)
     }
@@ -1551,13 +2118,12 @@ impl Worker {
         Ok(info)
     }
 
-    fn delete_room(&mut self, id: u64, now: Instant) -> bool {
+    /// Ends room `id`; `done` is told once its recording's files are complete (at once
+    /// when it was not recording).
+    fn delete_room(&mut self, id: u64, now: Instant, done: RecDone) {
         let Some(mut entry) = self.rooms.remove(&id) else {
-            return false;
+            return;
         };
-        if let Some(files) = finish_recording(&mut entry.room) {
-            tracing::info!(room = id, files = files.len(), "recording closed");
-        }
         for (pid, mut leg) in entry.room.end(now) {
             if let Some(m) = entry.members.get(&pid) {
                 bye(&mut leg, m, &self.metrics, &mut self.tx_buf, now);
@@ -1568,7 +2134,14 @@ impl Worker {
             .participants
             .fetch_sub(entry.members.len() as u64, Ordering::Relaxed);
         self.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
-        true
+        // Last, so that the answer (from the recording's writer) comes after all the above.
+        match finish_recording(&mut entry.room, done) {
+            Ok(()) => tracing::info!(room = id, "recording stopped with the room"),
+            Err(RecDone::Deleted(reply)) => {
+                let _ = reply.send(Ok(()));
+            }
+            Err(_) => {}
+        }
     }
 
     fn join(
@@ -1640,6 +2213,14 @@ impl Worker {
             .remove(&participant)
             .ok_or(HostError::UnknownParticipant { room, participant })?;
         let leg = e.room.kick(pid, now);
+        // Its recorded track ends here (a rejoin is a new participant with a new track).
+        if let Some(sink) = e
+            .room
+            .record_sink_mut()
+            .and_then(|s| s.downcast_mut::<FileSink>())
+        {
+            sink.close_track(pid);
+        }
         // Published while the member is still known, so the event names it.
         publish(room, e, &self.events);
         if let Some(m) = e.members.remove(&pid) {
@@ -1918,6 +2499,342 @@ mod tests {
         );
         assert!(out.contains("x_count{stage=\"tick\"} 5\n"), "{out}");
         assert!(out.contains("x_sum{stage=\"tick\"} 2.00338\n"), "{out}");
+    }
+
+    #[test]
+    fn room_stages_and_speaker_jitter_delays_render_as_histograms() {
+        let m = Metrics::default();
+        m.room_stages.record(&StageTimes {
+            jitter: Duration::from_micros(900),
+            decode: Duration::from_micros(200),
+            send: Duration::from_micros(70),
+            frames_decoded: 5,
+            frames_skipped: 695,
+            ..StageTimes::default()
+        });
+        m.jitter_buffer_delay.record(Duration::from_millis(45));
+        let out = m.render();
+        let stage = "confer_stage_duration_seconds";
+        assert!(
+            out.contains(&format!("{stage}_sum{{stage=\"jitter\"}} 0.0009\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "{stage}_bucket{{stage=\"decode\",le=\"0.0002\"}} 1\n"
+            )),
+            "{out}"
+        );
+        for s in ["denoise", "vad", "mix", "encode", "record", "room_send"] {
+            assert!(
+                out.contains(&format!("{stage}_count{{stage=\"{s}\"}} 1\n")),
+                "{s}: {out}"
+            );
+        }
+        // The per-datagram send stage is still there, and unrecorded.
+        assert!(out.contains(&format!("{stage}_count{{stage=\"send\"}} 0\n")));
+        let jb = "confer_jitter_buffer_delay_seconds";
+        assert!(out.contains(&format!("# TYPE {jb} histogram\n")), "{out}");
+        assert!(
+            out.contains(&format!("{jb}_bucket{{le=\"0.04\"}} 0\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{jb}_bucket{{le=\"0.06\"}} 1\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{jb}_sum 0.045\n")), "{out}");
+        assert!(out.contains(&format!("{jb}_count 1\n")), "{out}");
+    }
+
+    /// A recording output whose writes wait while the test keeps its gate shut, like a
+    /// disk that stalls; it keeps what was written.
+    #[derive(Clone, Default)]
+    struct GatedOut {
+        state: Arc<(Mutex<GateState>, std::sync::Condvar)>,
+    }
+
+    #[derive(Default)]
+    struct GateState {
+        shut: bool,
+        bytes: Vec<u8>,
+    }
+
+    impl GatedOut {
+        fn set_shut(&self, shut: bool) {
+            lock(&self.state.0).shut = shut;
+            self.state.1.notify_all();
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            lock(&self.state.0).bytes.clone()
+        }
+    }
+
+    impl io::Write for GatedOut {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (m, cv) = &*self.state;
+            let mut g = lock(m);
+            while g.shut {
+                g = cv
+                    .wait(g)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            g.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The packets of an Ogg stream, whether its last page ends the stream, and that
+    /// page's granule position.
+    fn ogg_packets(mut data: &[u8]) -> (Vec<Vec<u8>>, bool, u64) {
+        let mut packets = Vec::new();
+        let mut partial = Vec::new();
+        let mut eos = false;
+        let mut granule = 0;
+        while data.len() >= 27 {
+            assert_eq!(&data[..4], b"OggS", "page capture pattern");
+            let nseg = usize::from(data[26]);
+            let lacing = &data[27..27 + nseg];
+            let mut body = &data[27 + nseg..];
+            for &l in lacing {
+                partial.extend_from_slice(&body[..usize::from(l)]);
+                body = &body[usize::from(l)..];
+                if l < 255 {
+                    packets.push(std::mem::take(&mut partial));
+                }
+            }
+            eos = data[5] & 0x04 != 0;
+            granule = u64::from_le_bytes(data[6..14].try_into().expect("8 bytes"));
+            let len = 27 + nseg + lacing.iter().map(|&l| usize::from(l)).sum::<usize>();
+            data = &data[len..];
+        }
+        assert!(data.is_empty(), "trailing bytes after the last page");
+        (packets, eos, granule)
+    }
+
+    /// Decodes an Ogg Opus stream's audio packets, pre-skip removed.
+    fn decode(packets: &[Vec<u8>]) -> Vec<f32> {
+        use confer_codecs::decoder::AudioDecoder as _;
+        let head = &packets[0];
+        assert_eq!(&head[..8], b"OpusHead");
+        let pre_skip = usize::from(u16::from_le_bytes([head[10], head[11]]));
+        let mut dec = confer_codecs::opus::OpusDecoder::new(48_000).expect("decoder");
+        let mut out = vec![0.0; FRAME_SAMPLES];
+        let mut pcm = Vec::new();
+        for p in &packets[2..] {
+            let n = dec.decode(p, &mut out).expect("a valid packet");
+            pcm.extend_from_slice(&out[..n]);
+        }
+        pcm.split_off(pre_skip.min(pcm.len()))
+    }
+
+    fn plan(dir: PathBuf, prefix: &str, tracks_on: bool) -> RecordingPlan {
+        RecordingPlan {
+            dir,
+            prefix: prefix.into(),
+            serial: 1,
+            tracks_on,
+            frame_ms: 20,
+        }
+    }
+
+    fn tone(tick: usize) -> Vec<f32> {
+        (0..FRAME_SAMPLES)
+            .map(|i| {
+                let t = (tick * FRAME_SAMPLES + i) as f32 / 48_000.0;
+                0.3 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stalled_recording_writer_drops_counted_frames_as_silence_without_blocking_the_worker() {
+        let metrics = Arc::new(Metrics::default());
+        let out = GatedOut::default();
+        let dir = std::env::temp_dir().join("confer-host-unit-no-such-dir");
+        // The headers go out while the gate is open; then the "disk" stalls.
+        let mix = TrackFile::new("t-mix.opus".into(), "mix".into(), Box::new(out.clone()), 7)
+            .expect("recorder");
+        out.set_shut(true);
+        let plan = plan(dir, "t", false);
+        let (mut sink, writer) =
+            FileSink::start(plan, mix, Vec::new(), metrics.clone()).expect("writer thread");
+        // If a push waited for the writer, the watchdog would have to open the gate.
+        let watchdog = {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(20));
+                out.set_shut(false);
+            })
+        };
+        let ticks = 700;
+        let frames: Vec<Vec<f32>> = (0..ticks).map(tone).collect();
+        let started = Instant::now();
+        let mut dropped = Vec::new();
+        for (tick, f) in frames.iter().enumerate() {
+            let before = metrics.recording_frames_dropped.load(Ordering::Relaxed);
+            sink.mix(f);
+            if metrics.recording_frames_dropped.load(Ordering::Relaxed) > before {
+                dropped.push(tick);
+            }
+        }
+        let pushing = started.elapsed();
+        assert!(pushing < Duration::from_secs(10), "pushes took {pushing:?}");
+        assert!(!watchdog.is_finished());
+        // The queue takes RECORDING_QUEUE_FRAMES; the writer takes at most a page (51
+        // frames) before its first audio page write stalls.
+        let n = dropped.len();
+        assert!(
+            (ticks - RECORDING_QUEUE_FRAMES - 52..=ticks - RECORDING_QUEUE_FRAMES).contains(&n),
+            "{n} frames dropped of {ticks}"
+        );
+        assert_eq!(
+            metrics.recording_frames_dropped.load(Ordering::Relaxed),
+            n as u64
+        );
+        assert!(
+            metrics
+                .render()
+                .contains(&format!("\nconfer_recording_frames_dropped_total {n}\n"))
+        );
+        out.set_shut(false);
+        let (tx, rx) = oneshot::channel();
+        sink.stop(RecDone::Files(tx));
+        let files = rx
+            .blocking_recv()
+            .expect("the writer answers")
+            .expect("files");
+        writer.join().expect("the writer ends");
+        assert_eq!(files.len(), 1);
+        assert!(!files[0].failed);
+        // The timeline is whole: every tick is in the file, dropped ones as silence.
+        assert!(
+            (files[0].duration_s - ticks as f64 * 0.02).abs() < 1e-9,
+            "{files:?}"
+        );
+        let (packets, eos, _) = ogg_packets(&out.bytes());
+        assert!(eos, "the stream is finished");
+        let pcm = decode(&packets);
+        assert!(pcm.len() >= ticks * FRAME_SAMPLES);
+        for tick in 0..ticks {
+            // The tick's last 15 ms (the first 5 may hold the codec's overlap).
+            let w = &pcm[tick * FRAME_SAMPLES + 240..(tick + 1) * FRAME_SAMPLES];
+            let rms = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
+            let was_dropped = dropped.binary_search(&tick).is_ok();
+            assert!(
+                if was_dropped { rms < 0.01 } else { rms > 0.1 },
+                "tick {tick} (dropped: {was_dropped}): rms {rms}"
+            );
+        }
+        assert_eq!(metrics.recording_errors.load(Ordering::Relaxed), 0);
+    }
+
+    /// A room with one participant (its leg never receives anything: its track is
+    /// concealment/silence, which is fine for timing).
+    fn room_with_one(now: Instant) -> (Room, ParticipantId) {
+        use rand::SeedableRng;
+        let mut room = Room::new(RoomConfig::default(), now).expect("room");
+        let leg = MediaLeg::new(
+            LegConfig::default(),
+            None,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+            now,
+        )
+        .expect("leg");
+        let pid = room.join(ParticipantConfig::new(leg), now).expect("join");
+        (room, pid)
+    }
+
+    fn read_stream(path: &Path) -> (Vec<Vec<u8>>, bool, u64) {
+        ogg_packets(&std::fs::read(path).expect("file"))
+    }
+
+    fn ticks(room: &mut Room, now: &mut Instant, n: usize) {
+        for _ in 0..n {
+            *now += Duration::from_millis(20);
+            room.tick(*now, &mut |_, _| {});
+        }
+    }
+
+    fn file_sink(room: &mut Room) -> &mut FileSink {
+        room.record_sink_mut()
+            .and_then(|s| s.downcast_mut::<FileSink>())
+            .expect("recording into a FileSink")
+    }
+
+    #[test]
+    fn a_track_ends_when_its_participant_leaves_while_the_mix_goes_on() {
+        let dir = std::env::temp_dir().join(format!("confer-host-unit-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let metrics = Arc::new(Metrics::default());
+        let mut now = Instant::now();
+        let (mut room, pid) = room_with_one(now);
+        let mix = TrackFile::create(&dir, "u", "mix".into(), 1).expect("mix file");
+        let (sink, writer) = FileSink::start(
+            plan(dir.clone(), "u", true),
+            mix,
+            Vec::new(),
+            metrics.clone(),
+        )
+        .expect("writer");
+        room.start_recording(Box::new(sink), true)
+            .expect("recording");
+        // The track opens 5 ticks in (as for a join then): 5 ticks of leading silence.
+        ticks(&mut room, &mut now, 5);
+        file_sink(&mut room).add_track(pid, 9).expect("track file");
+        ticks(&mut room, &mut now, 25);
+        let _leg = room.kick(pid, now).expect("kicked");
+        file_sink(&mut room).close_track(pid);
+        // The track is finished now, not at the stop: its last page ends the stream.
+        let track = dir.join("u-p9.opus");
+        let waited = Instant::now();
+        loop {
+            let done = std::fs::read(&track).is_ok_and(|b| b.len() > 27 && ogg_packets(&b).1);
+            if done {
+                break;
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the track stays open"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (packets, _, granule) = read_stream(&track);
+        let pre_skip = u64::from(u16::from_le_bytes([packets[0][10], packets[0][11]]));
+        // On disk: 5 ticks of padding and 25 in the room, 20 ms each.
+        assert_eq!(granule - pre_skip, 30 * FRAME_SAMPLES as u64);
+        // Headers, 30 ticks (5 of padding), then the encoder's look-ahead flush.
+        assert!(packets.len() >= 2 + 30, "{} packets", packets.len());
+        // The participant never sent anything, so all of it decodes to silence.
+        let pcm = decode(&packets);
+        assert!(pcm.len() >= 30 * FRAME_SAMPLES, "{} samples", pcm.len());
+        assert!(pcm.iter().all(|x| x.abs() < 1e-3));
+        ticks(&mut room, &mut now, 20);
+        let (tx, rx) = oneshot::channel();
+        assert!(finish_recording(&mut room, RecDone::Files(tx)).is_ok());
+        let files = rx.blocking_recv().expect("answer").expect("files");
+        writer.join().expect("the writer ends");
+        let by_track = |t: &str| {
+            files
+                .iter()
+                .find(|f| f.track == t)
+                .unwrap_or_else(|| panic!("no {t} in {files:?}"))
+        };
+        assert!((by_track("mix").duration_s - 1.0).abs() < 1e-9, "{files:?}");
+        assert!((by_track("p9").duration_s - 0.6).abs() < 1e-9, "{files:?}");
+        for f in &files {
+            assert!(!f.failed && f.bytes > 0, "{f:?}");
+            let (_, eos, _) = read_stream(&dir.join(&f.name));
+            assert!(eos, "{} is finished", f.name);
+        }
+        assert_eq!(metrics.recording_frames_dropped.load(Ordering::Relaxed), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

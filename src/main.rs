@@ -28,16 +28,16 @@ struct Cli {
 enum Command {
     /// Run the engine (defaults to loopback; see `confer serve --help`).
     Serve(serve::ServeArgs),
-    /// Measure the media path.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Measure the media path: conference load and latency (no subcommand; see
+    /// `confer bench --help`), or `confer bench jitter`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 //! the API stops accepting, event streams close, the workers end their rooms (each
 //! participant is sent an RTCP BYE) and stop.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,58 +41,109 @@ pub struct ServeArgs {
 /// Runs the engine until a shutdown signal.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = Config::load(args.config.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(cfg))
-}
-
-async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
-        .with_context(|| format!("binding the control API to {}", cfg.http_listen))?;
-    let http = listener
-        .local_addr()
-        .context("reading the control API's address")?;
-    let host = Host::start(&HostConfig {
-        workers: cfg.workers(),
-        frame_ms: cfg.frame_ms,
-        media_ip: cfg.media_ip,
-        rtp_port_min: cfg.rtp_port_min,
-        rtp_port_max: cfg.rtp_port_max,
-        recordings_dir: cfg.data_dir.join("recordings"),
-    })
-    .context("starting the media workers")?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let app = router(ApiState {
-        host: host.clone(),
-        shutdown: stop_rx.clone(),
-    });
+    let running = spawn(&cfg)?;
     println!(
-        "confer {}: media engine running: {} media workers on a {} ms frame clock, RTP {}:{}-{}, control API http://{http}, codecs opus pcmu pcma; Ctrl-C or SIGTERM stops it",
+        "confer {}: media engine running: {} media workers on a {} ms frame clock, RTP {}:{}-{}, control API http://{}, codecs opus pcmu pcma; Ctrl-C or SIGTERM stops it",
         env!("CARGO_PKG_VERSION"),
-        host.workers(),
+        running.workers,
         cfg.frame_ms,
         cfg.media_ip,
         cfg.rtp_port_min,
         cfg.rtp_port_max,
+        running.http,
     );
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.changed().await;
-            })
-            .into_future(),
-    );
-    shutdown_signal().await?;
-    let _ = stop_tx.send(true);
-    // Open connections get a moment to finish; the engine stops regardless.
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    let ticks = host.stop();
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    signals.block_on(shutdown_signal())?;
+    let ticks = running.stop()?;
     println!("confer: stopped after {ticks} frame ticks");
     Ok(())
+}
+
+/// An engine running on its own threads (`confer serve`, or in-process for `confer bench`).
+pub struct Running {
+    /// The control API's address.
+    pub http: SocketAddr,
+    /// Media worker threads.
+    pub workers: usize,
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl Running {
+    /// Stops the API and the media workers (rooms end, recordings close); returns the
+    /// number of frame ticks the workers ran.
+    pub fn stop(self) -> anyhow::Result<u64> {
+        let _ = self.stop.send(true);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?
+    }
+}
+
+/// Starts the engine of `cfg` on a runtime thread of its own; returns once the control API
+/// listens.
+pub fn spawn(cfg: &Config) -> anyhow::Result<Running> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(cfg.http_listen))
+        .with_context(|| format!("binding the control API to {}", cfg.http_listen))?;
+    let http = listener
+        .local_addr()
+        .context("reading the control API's address")?;
+    let host = {
+        let _guard = runtime.enter();
+        Host::start(&HostConfig {
+            workers: cfg.workers(),
+            frame_ms: cfg.frame_ms,
+            media_ip: cfg.media_ip,
+            rtp_port_min: cfg.rtp_port_min,
+            rtp_port_max: cfg.rtp_port_max,
+            recordings_dir: cfg.data_dir.join("recordings"),
+        })
+        .context("starting the media workers")?
+    };
+    let workers = host.workers();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("confer-api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let app = router(ApiState {
+                    host: host.clone(),
+                    shutdown: stop_rx.clone(),
+                });
+                let mut server_stop = stop_rx.clone();
+                let server = tokio::spawn(
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = server_stop.changed().await;
+                        })
+                        .into_future(),
+                );
+                let mut stop = stop_rx;
+                while !*stop.borrow() {
+                    if stop.changed().await.is_err() {
+                        break;
+                    }
+                }
+                // Open connections get a moment to finish; the engine stops regardless.
+                let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+                Ok(host.stop())
+            })
+        })
+        .context("starting the engine thread")?;
+    Ok(Running {
+        http,
+        workers,
+        stop: stop_tx,
+        thread,
+    })
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -1,8 +1,27 @@
 //! `confer bench`: media benchmarks that users run (a product feature, not only a test).
+//!
+//! `confer bench [options]` loads a conference engine (confer, or Janus side by side) with
+//! synthetic RTP participants; `confer bench jitter` scores the jitter buffer.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
+mod conference;
+pub mod janus;
+mod janus_engine;
 mod jitter;
+mod load;
+mod prom;
+mod signals;
+
+/// `confer bench`: the conference load benchmark, or a subcommand.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    conference: conference::ConferenceArgs,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -11,8 +30,9 @@ pub enum BenchCommand {
     Jitter(jitter::JitterArgs),
 }
 
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Jitter(args) => jitter::run(args),
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(BenchCommand::Jitter(a)) => jitter::run(a),
+        None => conference::run(args.conference),
     }
 }

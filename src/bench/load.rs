@@ -1,0 +1,799 @@
+//! The load generator of `confer bench`: synthetic participants that send real RTP in real
+//! time over UDP loopback and listen to what the engine under test sends back.
+//!
+//! It knows nothing of the engine: each participant is a server address to send to and
+//! a client socket it sends from (the engine accepts only that source) and receives on.
+//! Many participants share a client socket (a thousand sockets would cost the generator
+//! more than the engine); replies are told apart by their source, the engine's port for
+//! that participant.
+//!
+//! - One **sender thread** paces 20 ms frames on absolute deadlines and replays the
+//!   precomputed packets of [`Signals`] (header rewritten per participant: SSRC, sequence
+//!   number, timestamp, RFC 6464 level). It records when each probe marker left.
+//! - One **receiver thread** (a current-thread tokio runtime, one task per socket) stamps
+//!   each datagram on arrival and keeps, per listener, loss from sequence numbers and the
+//!   output's delay variation (arrival against its RTP timestamp, relative to the stream's
+//!   earliest packet). Probe listeners also decode and detect the marker onset.
+//! - Both threads read their own CPU time, so an in-process engine's share of the process
+//!   can be told from the generator's.
+//!
+//! Only what happens after the warm-up counts (joins settle, jitter buffers converge). The
+//! warm-up lasts at least [`Plan::warmup`] and until every participant receives from the
+//! engine (Janus starts sending to a participant only after its first packet, and brings a
+//! large room up over seconds), at most [`MAX_WARMUP`]; the measured window starts then.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use confer_codecs::decoder::AudioDecoder;
+use confer_codecs::g711::{G711Decoder, G711Law};
+use confer_codecs::opus::OpusDecoder;
+
+use super::signals::{BenchCodec, Biquad, DTX_EVERY_FRAMES, FRAME_MS, PROBE_CYCLE_FRAMES, Signals};
+
+/// The RFC 6464 extension id the generator uses (`a=extmap:1 ...ssrc-audio-level`).
+pub const LEVEL_EXT_ID: u8 = 1;
+/// The longest warm-up: listeners still silent by then are counted as such.
+pub const MAX_WARMUP: Duration = Duration::from_secs(90);
+/// Receive buffer per client socket.
+const RCVBUF_BYTES: usize = 8 << 20;
+/// Delay-variation histogram: 0.1 ms bins up to 2 s.
+const DV_BIN_MS: f64 = 0.1;
+const DV_BINS: usize = 20_000;
+
+/// What a synthetic participant does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sends speech, starting `offset` frames into the sample.
+    Talker {
+        /// Frames into the speech sample.
+        offset: usize,
+    },
+    /// Sends the probe (hum and a marker burst each second).
+    Probe,
+    /// Quiet: Opus DTX (a packet every 400 ms) or G.711 silence.
+    Silent,
+}
+
+/// One synthetic participant.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The engine's RTP address for it.
+    pub server: SocketAddr,
+    /// Index of its client socket.
+    pub socket: usize,
+    /// What it sends.
+    pub role: Role,
+    /// It decodes what it receives and times the probe's marker.
+    pub probe_listener: bool,
+}
+
+/// A planned run.
+#[derive(Debug)]
+pub struct Plan {
+    /// The participants.
+    pub members: Vec<Member>,
+    /// The client sockets (see [`client_sockets`]).
+    pub sockets: Vec<UdpSocket>,
+    /// Not measured: at least this long, and until every participant receives.
+    pub warmup: Duration,
+    /// Measured.
+    pub duration: Duration,
+    /// Send RFC 6464 levels.
+    pub levels: bool,
+}
+
+/// One timed marker.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Onset {
+    /// Seconds into the measured window.
+    pub at_s: f64,
+    /// The probe packet's send -> the first packet carrying the marker received.
+    pub added_ms: f64,
+    /// The probe packet's send -> the onset in the listener's decoded audio.
+    pub hop_ms: f64,
+}
+
+/// What the generator saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Probe markers timed.
+    pub onsets: Vec<Onset>,
+    /// Markers sent in the window.
+    pub markers_sent: u64,
+    /// Onsets the probe listeners should find (markers sent times probe listeners).
+    pub markers_expected: u64,
+    /// How long the warm-up lasted.
+    pub warmup: Duration,
+    /// Packets the listeners should have received in the window (by sequence numbers).
+    pub packets_expected: u64,
+    /// Packets received.
+    pub packets_received: u64,
+    /// Listeners that received nothing in the window.
+    pub silent_listeners: u64,
+    /// Output delay variation histogram (0.1 ms bins).
+    pub delay_variation: Vec<u64>,
+    /// Packets sent by the generator in the window.
+    pub packets_sent: u64,
+    /// Sends that failed.
+    pub send_errors: u64,
+    /// Sender ticks that started more than a frame late (the generator could not keep up).
+    pub sender_late_ticks: u64,
+    /// CPU use of the generator's threads over the measured window, in cores (1.0 = one
+    /// core busy).
+    pub cpu_cores: f64,
+}
+
+impl LoadReport {
+    /// Packets lost on the way back (expected minus received, never negative).
+    pub fn packets_lost(&self) -> u64 {
+        self.packets_expected.saturating_sub(self.packets_received)
+    }
+
+    /// A quantile (0..=1) of the output delay variation, ms.
+    pub fn delay_variation_ms(&self, q: f64) -> f64 {
+        let total: u64 = self.delay_variation.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut acc = 0;
+        for (i, &n) in self.delay_variation.iter().enumerate() {
+            acc += n;
+            if acc >= want {
+                return (i + 1) as f64 * DV_BIN_MS;
+            }
+        }
+        DV_BINS as f64 * DV_BIN_MS
+    }
+}
+
+/// `n` client sockets on `ip`, with large receive buffers.
+pub fn client_sockets(ip: std::net::IpAddr, n: usize) -> anyhow::Result<Vec<UdpSocket>> {
+    (0..n)
+        .map(|_| {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(SocketAddr::new(ip, 0)),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            // Best effort: the kernel caps it at net.core.rmem_max.
+            let _ = s.set_recv_buffer_size(RCVBUF_BYTES);
+            let _ = s.set_send_buffer_size(RCVBUF_BYTES);
+            s.bind(&SocketAddr::new(ip, 0).into())?;
+            Ok(UdpSocket::from(s))
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("binding the load generator's sockets")
+}
+
+/// CPU seconds of the calling thread.
+pub fn thread_cpu_s() -> f64 {
+    crate::host::proc_stat_cpu_s("/proc/thread-self/stat").unwrap_or(0.0)
+}
+
+/// Runs `plan` with `signals`; blocks for warm-up plus duration (and a short drain).
+pub fn run(
+    plan: Plan,
+    signals: Arc<Signals>,
+    mut tick: impl FnMut(Option<Duration>),
+) -> anyhow::Result<LoadReport> {
+    let start = Instant::now() + Duration::from_millis(50);
+    let timeline = Arc::new(Timeline {
+        start,
+        window: OnceLock::new(),
+        hearing: AtomicUsize::new(0),
+    });
+    let bursts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+
+    // Receiver: its own sockets (clones), its own members.
+    let mut per_socket: Vec<Vec<Member>> = vec![Vec::new(); plan.sockets.len()];
+    for m in &plan.members {
+        per_socket
+            .get_mut(m.socket)
+            .context("a member's socket index is out of range")?
+            .push(m.clone());
+    }
+    let listeners = plan.members.len();
+    let plan_probe_listeners = plan.members.iter().filter(|m| m.probe_listener).count();
+    let rx_sockets = plan
+        .sockets
+        .iter()
+        .map(|s| s.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let codec = signals.codec;
+    let rx_timeline = timeline.clone();
+    let receiver = thread::Builder::new()
+        .name("bench-rx".into())
+        .spawn(move || receive(rx_sockets, per_socket, codec, &rx_timeline))?;
+
+    let tx_signals = signals.clone();
+    let tx_bursts = bursts.clone();
+    let tx_timeline = timeline.clone();
+    let members = plan.members.clone();
+    let sockets = plan.sockets;
+    let levels = plan.levels;
+    let sender = thread::Builder::new()
+        .name("bench-tx".into())
+        .spawn(move || {
+            send(
+                &sockets,
+                &members,
+                &tx_signals,
+                levels,
+                &tx_timeline,
+                &tx_bursts,
+            )
+        })?;
+
+    // Warm-up: at least `plan.warmup`, until everyone hears the engine.
+    loop {
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(start);
+        let all = timeline.hearing.load(Ordering::Relaxed) >= listeners;
+        if (waited >= plan.warmup && all) || waited >= MAX_WARMUP {
+            let from = now + Duration::from_millis(20);
+            let _ = timeline.window.set((from, from + plan.duration));
+            break;
+        }
+        tick(None);
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (measure_from, end) = timeline.bounds().context("the window is set")?;
+    // The caller samples the engine while the load runs.
+    while Instant::now() < end {
+        let now = Instant::now();
+        tick(now.checked_duration_since(measure_from));
+        thread::sleep(Duration::from_millis(100).min(end.saturating_duration_since(now)));
+    }
+    let tx = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sender thread panicked"))?;
+    let rx = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiver thread panicked"))??;
+    let bursts = bursts.lock().map(|b| b.clone()).unwrap_or_default();
+    let probe_listeners = plan_probe_listeners as u64;
+    let markers_sent = bursts.iter().filter(|&&b| b >= measure_from).count() as u64;
+    let mut onsets = Vec::new();
+    for (arrival, offset_s) in rx.onsets {
+        // The marker that left last before this arrival (markers are a second apart).
+        let Some(&sent) = bursts.iter().rev().find(|&&b| b <= arrival) else {
+            continue;
+        };
+        let added = arrival.duration_since(sent).as_secs_f64() * 1000.0;
+        if sent < measure_from || added > 900.0 {
+            continue;
+        }
+        onsets.push(Onset {
+            at_s: sent.duration_since(measure_from).as_secs_f64(),
+            added_ms: added,
+            hop_ms: added + offset_s * 1000.0,
+        });
+    }
+    Ok(LoadReport {
+        onsets,
+        markers_sent,
+        markers_expected: markers_sent * probe_listeners,
+        warmup: measure_from.saturating_duration_since(start),
+        packets_expected: rx.expected,
+        packets_received: rx.received,
+        silent_listeners: rx.silent_listeners,
+        delay_variation: rx.delay_variation,
+        packets_sent: tx.sent,
+        send_errors: tx.errors,
+        sender_late_ticks: tx.late,
+        cpu_cores: tx.cpu_cores + rx.cpu_cores,
+    })
+}
+
+/// The run's clock: when sending started, and the measured window once the warm-up ends.
+struct Timeline {
+    start: Instant,
+    window: OnceLock<(Instant, Instant)>,
+    /// Participants that have received at least one packet.
+    hearing: AtomicUsize,
+}
+
+impl Timeline {
+    fn bounds(&self) -> Option<(Instant, Instant)> {
+        self.window.get().copied()
+    }
+}
+
+struct SendTotals {
+    sent: u64,
+    errors: u64,
+    late: u64,
+    cpu_cores: f64,
+}
+
+fn send(
+    sockets: &[UdpSocket],
+    members: &[Member],
+    signals: &Signals,
+    levels: bool,
+    timeline: &Timeline,
+    bursts: &Mutex<Vec<Instant>>,
+) -> SendTotals {
+    let start = timeline.start;
+    let mut cpu_from: Option<(f64, Instant)> = None;
+    let frame = Duration::from_millis(u64::from(FRAME_MS));
+    let samples = signals.codec.frame_samples() as u32;
+    let pt = signals.codec.payload_type();
+    let mut state: Vec<(u16, u32, u32)> = (0..members.len())
+        .map(|i| {
+            let i = i as u32;
+            (
+                (i.wrapping_mul(7919) & 0xffff) as u16,
+                i.wrapping_mul(104_729),
+                0x1000_0000 | i,
+            )
+        })
+        .collect();
+    let mut buf = [0u8; 1500];
+    let mut totals = SendTotals {
+        sent: 0,
+        errors: 0,
+        late: 0,
+        cpu_cores: 0.0,
+    };
+    let mut k: u64 = 0;
+    loop {
+        let deadline = start + frame * k as u32;
+        let window = timeline.bounds();
+        if window.is_some_and(|(_, end)| deadline >= end) {
+            break;
+        }
+        let now = Instant::now();
+        if deadline > now {
+            thread::sleep(deadline - now);
+        } else if now - deadline > frame {
+            totals.late += 1;
+        }
+        let measuring = window.is_some_and(|(from, _)| deadline >= from);
+        if measuring && cpu_from.is_none() {
+            cpu_from = Some((thread_cpu_s(), Instant::now()));
+        }
+        for (i, m) in members.iter().enumerate() {
+            let (seq, ts, ssrc) = &mut state[i];
+            let f = match m.role {
+                Role::Talker { offset } => {
+                    &signals.speech[(offset + k as usize) % signals.speech.len()]
+                }
+                Role::Probe => {
+                    let j = k as usize % PROBE_CYCLE_FRAMES;
+                    if j == 0
+                        && let Ok(mut b) = bursts.lock()
+                    {
+                        b.push(Instant::now());
+                    }
+                    &signals.probe[j]
+                }
+                Role::Silent => {
+                    if signals.codec == BenchCodec::Opus
+                        && !(k as usize + i).is_multiple_of(DTX_EVERY_FRAMES)
+                    {
+                        *ts = ts.wrapping_add(samples);
+                        continue;
+                    }
+                    &signals.silence
+                }
+            };
+            let n = write_rtp(&mut buf, pt, *seq, *ts, *ssrc, levels, f);
+            match sockets[m.socket].send_to(&buf[..n], m.server) {
+                Ok(_) if measuring => totals.sent += 1,
+                Ok(_) => {}
+                Err(_) => totals.errors += 1,
+            }
+            *seq = seq.wrapping_add(1);
+            *ts = ts.wrapping_add(samples);
+        }
+        k += 1;
+    }
+    if let Some((cpu, at)) = cpu_from {
+        totals.cpu_cores = (thread_cpu_s() - cpu) / at.elapsed().as_secs_f64().max(1e-3);
+    }
+    totals
+}
+
+/// Writes an RTP packet (with a one-byte-header RFC 6464 extension when `levels`).
+fn write_rtp(
+    buf: &mut [u8],
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    levels: bool,
+    f: &super::signals::Frame,
+) -> usize {
+    buf[0] = if levels { 0x90 } else { 0x80 };
+    buf[1] = pt & 0x7f;
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&ts.to_be_bytes());
+    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    let mut n = 12;
+    if levels {
+        // 0xBEDE, one 32-bit word: id/len, level byte, two bytes of padding.
+        buf[12..20].copy_from_slice(&[
+            0xbe,
+            0xde,
+            0,
+            1,
+            LEVEL_EXT_ID << 4,
+            (u8::from(f.voice) << 7) | (f.level & 0x7f),
+            0,
+            0,
+        ]);
+        n = 20;
+    }
+    let len = f.payload.len().min(buf.len() - n);
+    buf[n..n + len].copy_from_slice(&f.payload[..len]);
+    n + len
+}
+
+/// A listener's view of its stream.
+struct Stream {
+    heard: bool,
+    probe: Option<Box<Detector>>,
+    highest: Option<u64>,
+    lowest: Option<u64>,
+    received: u64,
+    min_transit_ms: f64,
+    last_ts: Option<u64>,
+}
+
+struct RxTotals {
+    onsets: Vec<(Instant, f64)>,
+    expected: u64,
+    received: u64,
+    silent_listeners: u64,
+    delay_variation: Vec<u64>,
+    cpu_cores: f64,
+}
+
+fn receive(
+    sockets: Vec<UdpSocket>,
+    per_socket: Vec<Vec<Member>>,
+    codec: BenchCodec,
+    timeline: &Arc<Timeline>,
+) -> anyhow::Result<RxTotals> {
+    // The receiver thread's CPU from the measured window's start (the tasks share the
+    // thread; they wake at the latest 100 ms after it).
+    let cpu_from: Arc<Mutex<Option<(f64, Instant)>>> = Arc::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let tasks_cpu = cpu_from.clone();
+    let totals = rt.block_on(async move {
+        let cpu_from = tasks_cpu;
+        let mut tasks = Vec::new();
+        for (sock, members) in sockets.into_iter().zip(per_socket) {
+            sock.set_nonblocking(true)?;
+            let sock = tokio::net::UdpSocket::from_std(sock)?;
+            tasks.push(tokio::spawn(receive_socket(
+                sock,
+                members,
+                codec,
+                timeline.clone(),
+                cpu_from.clone(),
+            )));
+        }
+        let mut totals = RxTotals {
+            onsets: Vec::new(),
+            expected: 0,
+            received: 0,
+            silent_listeners: 0,
+            delay_variation: vec![0; DV_BINS],
+            cpu_cores: 0.0,
+        };
+        for t in tasks {
+            let (streams, dv) = t.await?;
+            for (a, b) in totals.delay_variation.iter_mut().zip(&dv) {
+                *a += b;
+            }
+            for s in streams {
+                totals.received += s.received;
+                match (s.lowest, s.highest) {
+                    (Some(lo), Some(hi)) => totals.expected += hi - lo + 1,
+                    _ => totals.silent_listeners += 1,
+                }
+                if let Some(d) = s.probe {
+                    totals.onsets.extend(d.onsets);
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(totals)
+    })?;
+    let from = cpu_from.lock().ok().and_then(|g| *g);
+    let cpu_cores = from.map_or(0.0, |(cpu, at)| {
+        (thread_cpu_s() - cpu) / at.elapsed().as_secs_f64().max(1e-3)
+    });
+    Ok(RxTotals {
+        cpu_cores,
+        ..totals
+    })
+}
+
+async fn receive_socket(
+    sock: tokio::net::UdpSocket,
+    members: Vec<Member>,
+    codec: BenchCodec,
+    timeline: Arc<Timeline>,
+    cpu_from: Arc<Mutex<Option<(f64, Instant)>>>,
+) -> (Vec<StreamOut>, Vec<u64>) {
+    let mut by_source: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut streams: Vec<Stream> = Vec::with_capacity(members.len());
+    for m in &members {
+        by_source.insert(m.server, streams.len());
+        streams.push(Stream {
+            probe: m.probe_listener.then(|| Box::new(Detector::new(codec))),
+            heard: false,
+            highest: None,
+            lowest: None,
+            received: 0,
+            min_transit_ms: f64::MAX,
+            last_ts: None,
+        });
+    }
+    let mut dv = vec![0u64; DV_BINS];
+    let rate_khz = f64::from(codec.rate()) / 1000.0;
+    let mut buf = [0u8; 2048];
+    let mut measuring = false;
+    loop {
+        // Wake at least every 100 ms to follow the timeline.
+        let r = tokio::time::timeout(Duration::from_millis(100), sock.recv_from(&mut buf)).await;
+        let now = Instant::now();
+        let window = timeline.bounds();
+        if let Some((from, end)) = window {
+            // Replies still in flight at the end get a moment to arrive.
+            if now > end + Duration::from_millis(300) {
+                break;
+            }
+            if !measuring && now >= from {
+                measuring = true;
+                if let Ok(mut g) = cpu_from.lock() {
+                    g.get_or_insert_with(|| (thread_cpu_s(), now));
+                }
+            }
+        }
+        let Ok(Ok((n, from))) = r else {
+            continue;
+        };
+        let arrival = Instant::now();
+        let Some(&si) = by_source.get(&from) else {
+            continue;
+        };
+        let p = &buf[..n];
+        // RTP only (RTCP's packet types 200..=204 sit where marker+PT is).
+        if n < 12 || p[0] >> 6 != 2 || (200..=204).contains(&p[1]) {
+            continue;
+        }
+        let s = &mut streams[si];
+        if !s.heard {
+            s.heard = true;
+            timeline.hearing.fetch_add(1, Ordering::Relaxed);
+        }
+        let seq = u16::from_be_bytes([p[2], p[3]]);
+        let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        let ext_seq = extend(s.highest, seq);
+        let ext_ts = extend_ts(s.last_ts, ts);
+        s.last_ts = Some(ext_ts);
+        let payload = rtp_payload(p);
+        if let (Some(d), Some(payload)) = (s.probe.as_mut(), payload) {
+            d.push(payload, arrival);
+        }
+        let Some((measure_from, end)) = window else {
+            s.highest = Some(s.highest.map_or(ext_seq, |h| h.max(ext_seq)));
+            continue;
+        };
+        if arrival > end {
+            continue;
+        }
+        if arrival < measure_from {
+            s.highest = Some(s.highest.map_or(ext_seq, |h| h.max(ext_seq)));
+            continue;
+        }
+        s.received += 1;
+        s.lowest = Some(s.lowest.map_or(ext_seq, |l| l.min(ext_seq)));
+        s.highest = Some(s.highest.map_or(ext_seq, |h| h.max(ext_seq)));
+        let transit =
+            arrival.duration_since(measure_from).as_secs_f64() * 1000.0 - ext_ts as f64 / rate_khz;
+        s.min_transit_ms = s.min_transit_ms.min(transit);
+        let bin = ((transit - s.min_transit_ms) / DV_BIN_MS) as usize;
+        dv[bin.min(DV_BINS - 1)] += 1;
+    }
+    let out = streams
+        .into_iter()
+        .map(|s| StreamOut {
+            lowest: s.lowest,
+            highest: s.highest,
+            received: s.received,
+            probe: s.probe,
+        })
+        .collect();
+    (out, dv)
+}
+
+struct StreamOut {
+    lowest: Option<u64>,
+    highest: Option<u64>,
+    received: u64,
+    probe: Option<Box<Detector>>,
+}
+
+fn extend(highest: Option<u64>, seq: u16) -> u64 {
+    let Some(h) = highest else {
+        return u64::from(seq) + (1 << 16);
+    };
+    let base = h & !0xffff;
+    let cand = base | u64::from(seq);
+    // Nearest to the highest seen.
+    [cand.wrapping_sub(1 << 16), cand, cand + (1 << 16)]
+        .into_iter()
+        .min_by_key(|c| c.abs_diff(h))
+        .unwrap_or(cand)
+}
+
+fn extend_ts(last: Option<u64>, ts: u32) -> u64 {
+    let Some(l) = last else {
+        return u64::from(ts) + (1 << 32);
+    };
+    let base = l & !0xffff_ffff;
+    let cand = base | u64::from(ts);
+    [cand.wrapping_sub(1 << 32), cand, cand + (1 << 32)]
+        .into_iter()
+        .min_by_key(|c| c.abs_diff(l))
+        .unwrap_or(cand)
+}
+
+/// The payload of an RTP packet (after CSRCs and the extension, without padding).
+fn rtp_payload(p: &[u8]) -> Option<&[u8]> {
+    let cc = usize::from(p.first()? & 0x0f);
+    let mut off = 12 + 4 * cc;
+    if p[0] & 0x10 != 0 {
+        let words = usize::from(u16::from_be_bytes([*p.get(off + 2)?, *p.get(off + 3)?]));
+        off += 4 + 4 * words;
+    }
+    let mut end = p.len();
+    if p[0] & 0x20 != 0 {
+        end = end.checked_sub(usize::from(*p.last()?))?;
+    }
+    p.get(off..end)
+}
+
+/// Decodes a probe listener's stream and finds the marker onsets in it.
+struct Detector {
+    decoder: Box<dyn AudioDecoder>,
+    pcm: Vec<f32>,
+    filters: [Biquad; 2],
+    block: usize,
+    threshold: f32,
+    quiet_blocks: usize,
+    run: usize,
+    candidate: Option<(Instant, f64)>,
+    onsets: Vec<(Instant, f64)>,
+}
+
+impl Detector {
+    fn new(codec: BenchCodec) -> Detector {
+        let rate = codec.rate();
+        let marker = codec.band().marker_hz;
+        let decoder: Box<dyn AudioDecoder> = match codec {
+            // 48 kHz mono is always a valid Opus decoder configuration.
+            BenchCodec::Opus => Box::new(OpusDecoder::new(48_000).expect("48 kHz Opus decoder")),
+            BenchCodec::Pcmu => Box::new(G711Decoder::new(G711Law::Ulaw)),
+        };
+        Detector {
+            decoder,
+            pcm: vec![0.0; (rate as usize) * 120 / 1000],
+            filters: [
+                Biquad::bandpass(rate as f32, marker, 6.0),
+                Biquad::bandpass(rate as f32, marker, 6.0),
+            ],
+            block: (rate / 1000) as usize,
+            // The burst is a 0.3 sine (power 0.045); -20 dB of it, far above speech's
+            // leakage into the band (below -40 dB of the speech).
+            threshold: 0.045 * 0.01,
+            quiet_blocks: 0,
+            run: 0,
+            candidate: None,
+            onsets: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, payload: &[u8], arrival: Instant) {
+        let Ok(n) = self.decoder.decode(payload, &mut self.pcm) else {
+            return;
+        };
+        let rate = self.block as f64 * 1000.0;
+        for (b, chunk) in self.pcm[..n].chunks(self.block).enumerate() {
+            let mut e = 0.0f32;
+            for &x in chunk {
+                let y = self.filters[0].process(x);
+                let y = self.filters[1].process(y);
+                e += y * y;
+            }
+            e /= chunk.len() as f32;
+            if e > self.threshold {
+                if self.run == 0 && self.quiet_blocks >= 300 {
+                    self.candidate = Some((arrival, (b * self.block) as f64 / rate));
+                }
+                self.run += 1;
+                // Five loud blocks in a row make an onset (not a click).
+                if self.run == 5
+                    && let Some(c) = self.candidate.take()
+                {
+                    self.onsets.push(c);
+                }
+                if self.run >= 5 {
+                    self.quiet_blocks = 0;
+                }
+            } else {
+                self.run = 0;
+                self.candidate = None;
+                self.quiet_blocks += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_extend_across_wraps_and_reordering() {
+        let a = extend(None, 65_535);
+        let b = extend(Some(a), 0);
+        assert_eq!(b, a + 1);
+        let c = extend(Some(b), 65_534);
+        assert_eq!(c, a - 1);
+    }
+
+    #[test]
+    fn the_detector_finds_the_probe_marker_at_the_start_of_each_cycle() {
+        for codec in [BenchCodec::Opus, BenchCodec::Pcmu] {
+            let s = Signals::new(codec).unwrap();
+            let mut d = Detector::new(codec);
+            let t0 = Instant::now();
+            let frame = Duration::from_millis(20);
+            for k in 0..(PROBE_CYCLE_FRAMES * 4) {
+                let f = &s.probe[k % PROBE_CYCLE_FRAMES];
+                d.push(&f.payload, t0 + frame * k as u32);
+            }
+            // The first cycle's marker has no quiet second before it.
+            let at: Vec<u128> = d
+                .onsets
+                .iter()
+                .map(|(t, off)| {
+                    (t.duration_since(t0).as_secs_f64() + off).mul_add(1e3, 0.0) as u128
+                })
+                .collect();
+            assert_eq!(at.len(), 3, "{codec:?}: {at:?}");
+            for (i, ms) in at.iter().enumerate() {
+                let want = (i as u128 + 1) * 1000;
+                assert!(
+                    ms.abs_diff(want) <= 8,
+                    "{codec:?}: onset at {ms} ms, want {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn speech_alone_never_looks_like_a_marker() {
+        let s = Signals::new(BenchCodec::Opus).unwrap();
+        let mut d = Detector::new(BenchCodec::Opus);
+        let t0 = Instant::now();
+        for (k, f) in s.speech.iter().chain(&s.speech).enumerate() {
+            d.push(&f.payload, t0 + Duration::from_millis(20 * k as u64));
+        }
+        assert!(d.onsets.is_empty(), "{} false onsets", d.onsets.len());
+    }
+}
