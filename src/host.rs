@@ -16,18 +16,24 @@
 //!   task receives on it, reads `Instant::now()` right after `recv_from` (the jitter
 //!   buffer's arrival time), drops datagrams whose source is not the participant's declared
 //!   RTP address, and pushes the datagram and its arrival into the participant's `ringbuf`
-//!   SPSC queue; a full queue drops and counts. The worker drains the queues at each tick,
-//!   before the room's tick, and sends with a non-blocking clone of the socket
-//!   (`WouldBlock` and other send errors drop and count: an unreachable participant costs
-//!   a counter, not the worker).
+//!   SPSC queue; a full queue drops and counts. The sockets are registered with the
+//!   reactor for reading only (write interest would wake it on every completed send). The
+//!   worker drains the queues at each tick, before the room's tick.
+//! - Sends are network I/O too: the tick queues each packet (header and bytes in two
+//!   bounded SPSC queues, no allocation) to its worker's **sender thread**, which calls
+//!   `sendto` on the participant's non-blocking socket beside the next tick (a loopback
+//!   `sendto` costs microseconds: a thousand listeners would otherwise be milliseconds of
+//!   every tick). A full queue, `WouldBlock` and other send errors drop and count: an
+//!   unreachable participant costs a counter, not the worker.
 //! - Room events go to a `tokio::sync::broadcast` channel as [`EventMsg`] (a `Copy` value:
 //!   publishing allocates nothing); the WebSocket stream subscribes to it.
 //! - [`Metrics`] are atomic counters and fixed-bucket histograms, rendered as Prometheus
 //!   text by the API. Stages timed: a datagram's wait in its queue, a room's receive
-//!   hand-over, its tick without the sends (decode, mix, encode), each send call, and the
-//!   worker's whole tick. Inside the tick, the room times its own stages with the clock
-//!   the worker injects ([`Room::set_stage_clock`] with `Instant::now`): jitter, decode,
-//!   denoise, vad, mix, encode, record and room_send (packetizing and the send calls),
+//!   hand-over, its tick without the sends (decode, mix, encode), a packet's wait for the
+//!   sender thread and its send call, and the worker's whole tick. Inside the tick, the
+//!   room times its own stages with the clock the worker injects
+//!   ([`Room::set_stage_clock`] with `Instant::now`): jitter, decode, denoise, vad, mix,
+//!   encode, record and room_send (packetizing and queueing for the sender thread),
 //!   recorded per room and tick; and the jitter-buffer delay of every mixed speaker, per
 //!   tick (`confer_jitter_buffer_delay_seconds`).
 //!
@@ -77,6 +83,8 @@ use confer_engine::leg::{Codec, LegConfig, LegError, MAX_DATAGRAM, MediaLeg, Sta
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 use serde::Serialize;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, oneshot};
 
 /// Datagrams queued per participant between its receive task and its worker (at 20 ms
@@ -258,6 +266,8 @@ pub struct Metrics {
     pub drop_rejected: AtomicU64,
     /// Not sent: the socket's send buffer was full.
     pub drop_send_would_block: AtomicU64,
+    /// Not sent: the worker's queue to its sender thread was full.
+    pub drop_send_queue_full: AtomicU64,
     /// Not sent: another send error (unreachable, ...).
     pub drop_send_error: AtomicU64,
     /// Receive errors on participant sockets (e.g. ICMP port unreachable reported).
@@ -271,7 +281,8 @@ pub struct Metrics {
     pub ticks: AtomicU64,
     /// Ticks that took longer than a frame, or started over a frame late.
     pub tick_overruns: AtomicU64,
-    /// Duration of one worker tick (all its rooms: receive drain, mix, encode, send).
+    /// Duration of one worker tick (all its rooms: receive drain, mix, encode, queueing
+    /// the packets for the sender thread).
     pub tick_duration: Histogram,
     /// From a datagram's arrival to its hand-over to the room (queue wait).
     pub receive_wait: Histogram,
@@ -279,8 +290,10 @@ pub struct Metrics {
     pub room_receive: Histogram,
     /// One room's tick without its sends (decode, mix, encode, packetize).
     pub room_mix: Histogram,
-    /// One datagram's send call.
+    /// One datagram's send call (on the worker's sender thread).
     pub send: Histogram,
+    /// A datagram's wait between its room's tick and its send call.
+    pub send_wait: Histogram,
     /// Frames of participants decoded by room ticks.
     pub frames_decoded: AtomicU64,
     /// Frames of participants advanced without decoding (header levels said they are
@@ -367,6 +380,7 @@ impl Default for Metrics {
             drop_oversized: z(),
             drop_rejected: z(),
             drop_send_would_block: z(),
+            drop_send_queue_full: z(),
             drop_send_error: z(),
             recv_errors: z(),
             recording_errors: z(),
@@ -378,6 +392,7 @@ impl Default for Metrics {
             room_receive: Histogram::new(LATENCY_BOUNDS_US),
             room_mix: Histogram::new(LATENCY_BOUNDS_US),
             send: Histogram::new(LATENCY_BOUNDS_US),
+            send_wait: Histogram::new(LATENCY_BOUNDS_US),
             frames_decoded: z(),
             frames_skipped: z(),
             room_stages: RoomStages::default(),
@@ -473,6 +488,7 @@ impl Metrics {
             ("oversized", &self.drop_oversized),
             ("rejected", &self.drop_rejected),
             ("send_would_block", &self.drop_send_would_block),
+            ("send_queue_full", &self.drop_send_queue_full),
             ("send_error", &self.drop_send_error),
         ] {
             let _ = writeln!(
@@ -490,6 +506,7 @@ impl Metrics {
         self.receive_wait.render(&mut out, name, "receive_queue");
         self.room_receive.render(&mut out, name, "room_receive");
         self.room_mix.render(&mut out, name, "room_mix");
+        self.send_wait.render(&mut out, name, "send_queue");
         self.send.render(&mut out, name, "send");
         self.room_stages.render(&mut out, name);
         let name = "confer_jitter_buffer_delay_seconds";
@@ -715,7 +732,7 @@ struct NewMember {
     id: u64,
     leg: MediaLeg,
     spec: JoinSpec,
-    socket: StdUdpSocket,
+    socket: Arc<StdUdpSocket>,
     local: SocketAddr,
     rx: HeapCons<Datagram>,
     counters: Arc<SocketCounters>,
@@ -835,6 +852,8 @@ impl Host {
         let writers = Writers::default();
         for i in 0..cfg.workers.max(1) {
             let (tx, rx) = sync_channel(COMMAND_QUEUE_LEN);
+            let send_stop = Arc::new(AtomicBool::new(false));
+            let (out, sender) = SendQueue::start(i, metrics.clone(), send_stop.clone())?;
             let mut worker = Worker {
                 index: i,
                 frame,
@@ -845,12 +864,19 @@ impl Host {
                 metrics: metrics.clone(),
                 tx_buf: vec![0; MAX_DATAGRAM],
                 writers: writers.clone(),
+                out,
             };
             let stop = stop.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("confer-media-{i}"))
-                    .spawn(move || worker.run(&rx, &stop))?,
+                    .spawn(move || {
+                        worker.run(&rx, &stop);
+                        // The rooms' last packets (BYEs) leave before the sender stops.
+                        send_stop.store(true, Ordering::Release);
+                        worker.out.flush();
+                        let _ = sender.join();
+                    })?,
             );
             senders.push(tx);
         }
@@ -1051,7 +1077,13 @@ impl Host {
         let local = socket.local_addr()?;
         socket.set_nonblocking(true)?;
         let send_socket = socket.try_clone()?;
-        let recv_socket = tokio::net::UdpSocket::from_std(socket)?;
+        // Read interest only: with write interest too (as `tokio::net::UdpSocket` has),
+        // every send's completion (`sock_wfree`) would wake the reactor, a thousand times
+        // a tick in a big room. `with_interest` is deprecated for I/O safety (a registered
+        // fd closed elsewhere); here the AsyncFd owns the socket, so its fd is closed only
+        // after deregistration (the worker's clone is a separate fd).
+        #[allow(deprecated)]
+        let recv_socket = AsyncFd::with_interest(socket, Interest::READABLE)?;
         let now = Instant::now();
         let leg = MediaLeg::new(
             LegConfig {
@@ -1081,7 +1113,7 @@ impl Host {
             id,
             leg,
             spec,
-            socket: send_socket,
+            socket: Arc::new(send_socket),
             local,
             rx: cons,
             counters,
@@ -1181,7 +1213,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A participant's receive task: arrival times, source filter, queue to the worker.
 async fn receive(
-    socket: tokio::net::UdpSocket,
+    socket: AsyncFd<StdUdpSocket>,
     peer: SocketAddr,
     mut queue: HeapProd<Datagram>,
     counters: Arc<SocketCounters>,
@@ -1190,35 +1222,41 @@ async fn receive(
     // One byte more than we accept, so an oversized datagram is seen, not truncated.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
-        let r = socket.recv_from(&mut buf).await;
-        let arrival = Instant::now();
-        match r {
-            Ok((len, from)) => {
-                metrics.datagrams_received.fetch_add(1, Ordering::Relaxed);
-                if from != peer {
-                    counters.foreign.fetch_add(1, Ordering::Relaxed);
-                    metrics.drop_foreign_source.fetch_add(1, Ordering::Relaxed);
-                    continue;
+        let Ok(mut ready) = socket.readable().await else {
+            // The reactor is gone (runtime shutting down).
+            return;
+        };
+        // Until drained (`try_io` clears the readiness on WouldBlock).
+        while let Ok(r) = ready.try_io(|s| s.get_ref().recv_from(&mut buf)) {
+            let arrival = Instant::now();
+            match r {
+                Ok((len, from)) => {
+                    metrics.datagrams_received.fetch_add(1, Ordering::Relaxed);
+                    if from != peer {
+                        counters.foreign.fetch_add(1, Ordering::Relaxed);
+                        metrics.drop_foreign_source.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if len > MAX_DATAGRAM {
+                        metrics.drop_oversized.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    counters.received.fetch_add(1, Ordering::Relaxed);
+                    let mut d = Datagram {
+                        len,
+                        arrival,
+                        bytes: [0; MAX_DATAGRAM],
+                    };
+                    d.bytes[..len].copy_from_slice(&buf[..len]);
+                    if queue.try_push(d).is_err() {
+                        counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                        metrics.drop_queue_full.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                if len > MAX_DATAGRAM {
-                    metrics.drop_oversized.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                Err(_) => {
+                    // ICMP errors reported on the socket and the like: count, keep receiving.
+                    metrics.recv_errors.fetch_add(1, Ordering::Relaxed);
                 }
-                counters.received.fetch_add(1, Ordering::Relaxed);
-                let mut d = Datagram {
-                    len,
-                    arrival,
-                    bytes: [0; MAX_DATAGRAM],
-                };
-                d.bytes[..len].copy_from_slice(&buf[..len]);
-                if queue.try_push(d).is_err() {
-                    counters.queue_full.fetch_add(1, Ordering::Relaxed);
-                    metrics.drop_queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err(_) => {
-                // ICMP errors reported on the socket and the like: count, keep receiving.
-                metrics.recv_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -1227,7 +1265,7 @@ async fn receive(
 struct Member {
     id: u64,
     spec: JoinSpec,
-    socket: StdUdpSocket,
+    socket: Arc<StdUdpSocket>,
     local: SocketAddr,
     rx: HeapCons<Datagram>,
     counters: Arc<SocketCounters>,
@@ -1818,16 +1856,113 @@ struct Worker {
     metrics: Arc<Metrics>,
     tx_buf: Vec<u8>,
     writers: Writers,
+    out: SendQueue,
 }
 
-fn send_counted(m: &Member, metrics: &Metrics, packet: &[u8]) {
-    match m.socket.send_to(packet, m.spec.rtp_address) {
+/// Datagrams queued from a media worker to its sender thread: a tick of a 4000-person
+/// room with RTCP fits.
+pub const SEND_QUEUE_LEN: usize = 4096;
+/// Bytes of those datagrams (room packets are a few hundred bytes).
+const SEND_QUEUE_BYTES: usize = SEND_QUEUE_LEN * 512;
+
+/// A datagram on its way from a media worker to its sender thread; its `len` bytes follow
+/// in the byte queue (both queues are single-producer single-consumer and move in step).
+struct Outgoing {
+    socket: Arc<StdUdpSocket>,
+    to: SocketAddr,
+    counters: Arc<SocketCounters>,
+    queued: Instant,
+    len: usize,
+}
+
+/// The worker's end of its sender thread: sends are network I/O, so they leave the tick
+/// (a `sendto` on loopback costs microseconds, a thousand listeners milliseconds) and run
+/// beside the next tick on another core. Both queues are allocated once; a full queue
+/// drops and counts, never blocks.
+struct SendQueue {
+    meta: HeapProd<Outgoing>,
+    bytes: HeapProd<u8>,
+    sender: std::thread::Thread,
+    metrics: Arc<Metrics>,
+}
+
+impl SendQueue {
+    /// Starts the sender thread of worker `index`; it ends once `stop` is set and its queue
+    /// is empty.
+    fn start(
+        index: usize,
+        metrics: Arc<Metrics>,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<(SendQueue, std::thread::JoinHandle<()>)> {
+        let (meta, mut meta_rx) = HeapRb::<Outgoing>::new(SEND_QUEUE_LEN).split();
+        let (bytes, mut bytes_rx) = HeapRb::<u8>::new(SEND_QUEUE_BYTES).split();
+        let m = metrics.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("confer-send-{index}"))
+            .spawn(move || {
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                loop {
+                    while let Some(o) = meta_rx.try_pop() {
+                        // The producer pushed the bytes before their header.
+                        let n = bytes_rx.pop_slice(&mut buf[..o.len.min(MAX_DATAGRAM)]);
+                        let t = Instant::now();
+                        m.send_wait.record(t.saturating_duration_since(o.queued));
+                        send_counted(&o, &buf[..n], &m);
+                        m.send.record(t.elapsed());
+                    }
+                    if stop.load(Ordering::Acquire) && meta_rx.is_empty() {
+                        break;
+                    }
+                    // The worker unparks after each tick; the timeout is a safety net.
+                    std::thread::park_timeout(Duration::from_millis(5));
+                }
+            })?;
+        let sender = handle.thread().clone();
+        Ok((
+            SendQueue {
+                meta,
+                bytes,
+                sender,
+                metrics,
+            },
+            handle,
+        ))
+    }
+
+    fn push(&mut self, m: &Member, packet: &[u8]) {
+        let len = packet.len().min(MAX_DATAGRAM);
+        if self.meta.is_full() || self.bytes.vacant_len() < len {
+            m.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .drop_send_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.bytes.push_slice(&packet[..len]);
+        // Cannot fail: checked above, and only this thread pushes.
+        let _ = self.meta.try_push(Outgoing {
+            socket: m.socket.clone(),
+            to: m.spec.rtp_address,
+            counters: m.counters.clone(),
+            queued: Instant::now(),
+            len,
+        });
+    }
+
+    /// Wakes the sender for what was queued.
+    fn flush(&self) {
+        self.sender.unpark();
+    }
+}
+
+fn send_counted(o: &Outgoing, packet: &[u8], metrics: &Metrics) {
+    match o.socket.send_to(packet, o.to) {
         Ok(_) => {
-            m.counters.sent.fetch_add(1, Ordering::Relaxed);
+            o.counters.sent.fetch_add(1, Ordering::Relaxed);
             metrics.datagrams_sent.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
-            m.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
+            o.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
             if e.kind() == io::ErrorKind::WouldBlock {
                 metrics
                     .drop_send_would_block
@@ -1886,6 +2021,7 @@ impl Worker {
 
     fn tick(&mut self, now: Instant) {
         let metrics = &*self.metrics;
+        let out = &mut self.out;
         for (&room_id, entry) in &mut self.rooms {
             let RoomEntry { room, members, .. } = entry;
             if members.is_empty() && !room.is_recording() {
@@ -1913,10 +2049,8 @@ impl Worker {
             room.tick(now, &mut |pid, packet| {
                 if let Some(m) = members.get(&pid) {
                     let t = Instant::now();
-                    send_counted(m, metrics, packet);
-                    let took = t.elapsed();
-                    metrics.send.record(took);
-                    sending += took;
+                    out.push(m, packet);
+                    sending += t.elapsed();
                 }
             });
             metrics
@@ -1935,6 +2069,7 @@ impl Worker {
             }
             publish(room_id, entry, &self.events);
         }
+        out.flush();
     }
 
     fn command(&mut self, cmd: Command) {
@@ -2126,7 +2261,7 @@ impl Worker {
         };
         for (pid, mut leg) in entry.room.end(now) {
             if let Some(m) = entry.members.get(&pid) {
-                bye(&mut leg, m, &self.metrics, &mut self.tx_buf, now);
+                bye(&mut leg, m, &mut self.out, &mut self.tx_buf, now);
             }
         }
         publish(id, &mut entry, &self.events);
@@ -2225,7 +2360,7 @@ impl Worker {
         publish(room, e, &self.events);
         if let Some(m) = e.members.remove(&pid) {
             if let Ok(mut leg) = leg {
-                bye(&mut leg, &m, &self.metrics, &mut self.tx_buf, now);
+                bye(&mut leg, &m, &mut self.out, &mut self.tx_buf, now);
             }
             self.metrics.participants.fetch_sub(1, Ordering::Relaxed);
         }
@@ -2292,9 +2427,10 @@ fn room_info(worker: usize, id: u64, e: &RoomEntry) -> RoomInfo {
     }
 }
 
-fn bye(leg: &mut MediaLeg, m: &Member, metrics: &Metrics, buf: &mut [u8], now: Instant) {
+fn bye(leg: &mut MediaLeg, m: &Member, out: &mut SendQueue, buf: &mut [u8], now: Instant) {
     if let Ok(n) = leg.write_bye(now, buf) {
-        send_counted(m, metrics, &buf[..n]);
+        out.push(m, &buf[..n]);
+        out.flush();
     }
 }
 

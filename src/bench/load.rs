@@ -10,10 +10,12 @@
 //! - One **sender thread** paces 20 ms frames on absolute deadlines and replays the
 //!   precomputed packets of [`Signals`] (header rewritten per participant: SSRC, sequence
 //!   number, timestamp, RFC 6464 level). It records when each probe marker left.
-//! - One **receiver thread** (a current-thread tokio runtime, one task per socket) stamps
-//!   each datagram on arrival and keeps, per listener, loss from sequence numbers and the
-//!   output's delay variation (arrival against its RTP timestamp, relative to the stream's
-//!   earliest packet). Probe listeners also decode and detect the marker onset.
+//! - One **receiver thread** drains every socket each millisecond (a reader asleep in
+//!   `epoll` would cost the engine's sender a wake-up per packet on loopback), with the
+//!   kernel's arrival timestamps (`SO_TIMESTAMPNS`), and keeps, per listener, loss from
+//!   sequence numbers and the output's delay variation (arrival against its RTP
+//!   timestamp, relative to the stream's earliest packet). Probe listeners also decode and
+//!   detect the marker onset.
 //! - Both threads read their own CPU time, so an in-process engine's share of the process
 //!   can be told from the generator's.
 //!
@@ -23,16 +25,21 @@
 //! large room up over seconds), at most [`MAX_WARMUP`]; the measured window starts then.
 
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use confer_codecs::decoder::AudioDecoder;
 use confer_codecs::g711::{G711Decoder, G711Law};
 use confer_codecs::opus::OpusDecoder;
+use nix::sys::socket::sockopt::ReceiveTimestampns;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt};
+use nix::sys::time::TimeSpec;
 
 use super::signals::{BenchCodec, Biquad, DTX_EVERY_FRAMES, FRAME_MS, PROBE_CYCLE_FRAMES, Signals};
 
@@ -208,6 +215,7 @@ pub fn run(
         .collect::<std::io::Result<Vec<_>>>()?;
     let codec = signals.codec;
     let rx_timeline = timeline.clone();
+    // Kernel timestamps need SO_TIMESTAMPNS before the first packet arrives.
     let receiver = thread::Builder::new()
         .name("bench-rx".into())
         .spawn(move || receive(rx_sockets, per_socket, codec, &rx_timeline))?;
@@ -461,93 +469,29 @@ fn receive(
     sockets: Vec<UdpSocket>,
     per_socket: Vec<Vec<Member>>,
     codec: BenchCodec,
-    timeline: &Arc<Timeline>,
+    timeline: &Timeline,
 ) -> anyhow::Result<RxTotals> {
-    // The receiver thread's CPU from the measured window's start (the tasks share the
-    // thread; they wake at the latest 100 ms after it).
-    let cpu_from: Arc<Mutex<Option<(f64, Instant)>>> = Arc::default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let tasks_cpu = cpu_from.clone();
-    let totals = rt.block_on(async move {
-        let cpu_from = tasks_cpu;
-        let mut tasks = Vec::new();
-        for (sock, members) in sockets.into_iter().zip(per_socket) {
-            sock.set_nonblocking(true)?;
-            let sock = tokio::net::UdpSocket::from_std(sock)?;
-            tasks.push(tokio::spawn(receive_socket(
-                sock,
-                members,
-                codec,
-                timeline.clone(),
-                cpu_from.clone(),
-            )));
-        }
-        let mut totals = RxTotals {
-            onsets: Vec::new(),
-            expected: 0,
-            received: 0,
-            silent_listeners: 0,
-            delay_variation: vec![0; DV_BINS],
-            cpu_cores: 0.0,
-        };
-        for t in tasks {
-            let (streams, dv) = t.await?;
-            for (a, b) in totals.delay_variation.iter_mut().zip(&dv) {
-                *a += b;
-            }
-            for s in streams {
-                totals.received += s.received;
-                match (s.lowest, s.highest) {
-                    (Some(lo), Some(hi)) => totals.expected += hi - lo + 1,
-                    _ => totals.silent_listeners += 1,
-                }
-                if let Some(d) = s.probe {
-                    totals.onsets.extend(d.onsets);
-                }
-            }
-        }
-        Ok::<_, anyhow::Error>(totals)
-    })?;
-    let from = cpu_from.lock().ok().and_then(|g| *g);
-    let cpu_cores = from.map_or(0.0, |(cpu, at)| {
-        (thread_cpu_s() - cpu) / at.elapsed().as_secs_f64().max(1e-3)
-    });
-    Ok(RxTotals {
-        cpu_cores,
-        ..totals
-    })
-}
-
-async fn receive_socket(
-    sock: tokio::net::UdpSocket,
-    members: Vec<Member>,
-    codec: BenchCodec,
-    timeline: Arc<Timeline>,
-    cpu_from: Arc<Mutex<Option<(f64, Instant)>>>,
-) -> (Vec<StreamOut>, Vec<u64>) {
-    let mut by_source: HashMap<SocketAddr, usize> = HashMap::new();
-    let mut streams: Vec<Stream> = Vec::with_capacity(members.len());
-    for m in &members {
-        by_source.insert(m.server, streams.len());
-        streams.push(Stream {
-            probe: m.probe_listener.then(|| Box::new(Detector::new(codec))),
-            heard: false,
-            highest: None,
-            lowest: None,
-            received: 0,
-            min_transit_ms: f64::MAX,
-            last_ts: None,
-        });
+    // Kernel receive timestamps are on the realtime clock; map them onto `Instant`.
+    let (wall0, mono0) = (SystemTime::now(), Instant::now());
+    let mut rxs = Vec::with_capacity(sockets.len());
+    for (sock, members) in sockets.into_iter().zip(per_socket) {
+        sock.set_nonblocking(true)?;
+        setsockopt(&sock, ReceiveTimestampns, &true).context("SO_TIMESTAMPNS")?;
+        rxs.push(SocketRx::new(sock, &members, codec));
     }
-    let mut dv = vec![0u64; DV_BINS];
+    let mut totals = RxTotals {
+        onsets: Vec::new(),
+        expected: 0,
+        received: 0,
+        silent_listeners: 0,
+        delay_variation: vec![0; DV_BINS],
+        cpu_cores: 0.0,
+    };
+    let mut cpu_from: Option<(f64, Instant)> = None;
     let rate_khz = f64::from(codec.rate()) / 1000.0;
     let mut buf = [0u8; 2048];
-    let mut measuring = false;
+    let mut cmsg = nix::cmsg_space!(TimeSpec);
     loop {
-        // Wake at least every 100 ms to follow the timeline.
-        let r = tokio::time::timeout(Duration::from_millis(100), sock.recv_from(&mut buf)).await;
         let now = Instant::now();
         let window = timeline.bounds();
         if let Some((from, end)) = window {
@@ -555,26 +499,127 @@ async fn receive_socket(
             if now > end + Duration::from_millis(300) {
                 break;
             }
-            if !measuring && now >= from {
-                measuring = true;
-                if let Ok(mut g) = cpu_from.lock() {
-                    g.get_or_insert_with(|| (thread_cpu_s(), now));
+            if cpu_from.is_none() && now >= from {
+                cpu_from = Some((thread_cpu_s(), now));
+            }
+        }
+        for rx in &mut rxs {
+            let fd = rx.sock.as_raw_fd();
+            loop {
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let (n, from, stamp) = match recvmsg::<SockaddrStorage>(
+                    fd,
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_DONTWAIT,
+                ) {
+                    Ok(msg) => {
+                        let stamp = msg.cmsgs().ok().and_then(|mut c| {
+                            c.find_map(|m| match m {
+                                ControlMessageOwned::ScmTimestampns(t) => Some(t),
+                                _ => None,
+                            })
+                        });
+                        (msg.bytes, msg.address.and_then(sockaddr), stamp)
+                    }
+                    // EAGAIN: drained. Any other error (e.g. ICMP unreachable reported
+                    // on the socket) ends this pass for the socket.
+                    Err(_) => break,
+                };
+                let Some(from) = from else { continue };
+                // The kernel's arrival time; our clock if it gave none.
+                let arrival = stamp
+                    .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+                    .and_then(|t| (UNIX_EPOCH + t).duration_since(wall0).ok())
+                    .map_or_else(Instant::now, |d| mono0 + d);
+                if let Some(p) = buf.get(..n) {
+                    rx.packet(p, from, arrival, window, timeline, rate_khz);
                 }
             }
         }
-        let Ok(Ok((n, from))) = r else {
-            continue;
-        };
-        let arrival = Instant::now();
-        let Some(&si) = by_source.get(&from) else {
-            continue;
-        };
-        let p = &buf[..n];
-        // RTP only (RTCP's packet types 200..=204 sit where marker+PT is).
-        if n < 12 || p[0] >> 6 != 2 || (200..=204).contains(&p[1]) {
-            continue;
+        // Drain every millisecond rather than wait on each socket: a sleeping reader
+        // costs the engine's sender no wake-up per packet, and the kernel's timestamps
+        // keep the arrival times exact.
+        thread::sleep(Duration::from_millis(1));
+    }
+    for rx in rxs {
+        for (a, b) in totals.delay_variation.iter_mut().zip(&rx.dv) {
+            *a += b;
         }
-        let s = &mut streams[si];
+        for s in rx.streams {
+            totals.received += s.received;
+            match (s.lowest, s.highest) {
+                (Some(lo), Some(hi)) => totals.expected += hi - lo + 1,
+                _ => totals.silent_listeners += 1,
+            }
+            if let Some(d) = s.probe {
+                totals.onsets.extend(d.onsets);
+            }
+        }
+    }
+    if let Some((cpu, at)) = cpu_from {
+        totals.cpu_cores = (thread_cpu_s() - cpu) / at.elapsed().as_secs_f64().max(1e-3);
+    }
+    Ok(totals)
+}
+
+fn sockaddr(a: SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::from(*v4));
+    }
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(std::net::SocketAddrV6::from(*v6)))
+}
+
+/// One client socket and the listeners behind it.
+struct SocketRx {
+    sock: UdpSocket,
+    by_source: HashMap<SocketAddr, usize>,
+    streams: Vec<Stream>,
+    dv: Vec<u64>,
+}
+
+impl SocketRx {
+    fn new(sock: UdpSocket, members: &[Member], codec: BenchCodec) -> SocketRx {
+        let mut by_source = HashMap::new();
+        let mut streams = Vec::with_capacity(members.len());
+        for m in members {
+            by_source.insert(m.server, streams.len());
+            streams.push(Stream {
+                probe: m.probe_listener.then(|| Box::new(Detector::new(codec))),
+                heard: false,
+                highest: None,
+                lowest: None,
+                received: 0,
+                min_transit_ms: f64::MAX,
+                last_ts: None,
+            });
+        }
+        SocketRx {
+            sock,
+            by_source,
+            streams,
+            dv: vec![0; DV_BINS],
+        }
+    }
+
+    fn packet(
+        &mut self,
+        p: &[u8],
+        from: SocketAddr,
+        arrival: Instant,
+        window: Option<(Instant, Instant)>,
+        timeline: &Timeline,
+        rate_khz: f64,
+    ) {
+        let Some(&si) = self.by_source.get(&from) else {
+            return;
+        };
+        // RTP only (RTCP's packet types 200..=204 sit where marker+PT is).
+        if p.len() < 12 || p[0] >> 6 != 2 || (200..=204).contains(&p[1]) {
+            return;
+        }
+        let s = &mut self.streams[si];
         if !s.heard {
             s.heard = true;
             timeline.hearing.fetch_add(1, Ordering::Relaxed);
@@ -584,47 +629,32 @@ async fn receive_socket(
         let ext_seq = extend(s.highest, seq);
         let ext_ts = extend_ts(s.last_ts, ts);
         s.last_ts = Some(ext_ts);
-        let payload = rtp_payload(p);
-        if let (Some(d), Some(payload)) = (s.probe.as_mut(), payload) {
+        if let (Some(d), Some(payload)) = (s.probe.as_mut(), rtp_payload(p)) {
             d.push(payload, arrival);
         }
         let Some((measure_from, end)) = window else {
             s.highest = Some(s.highest.map_or(ext_seq, |h| h.max(ext_seq)));
-            continue;
+            return;
         };
         if arrival > end {
-            continue;
+            return;
         }
         if arrival < measure_from {
             s.highest = Some(s.highest.map_or(ext_seq, |h| h.max(ext_seq)));
-            continue;
+            return;
         }
         s.received += 1;
         s.lowest = Some(s.lowest.map_or(ext_seq, |l| l.min(ext_seq)));
         s.highest = Some(s.highest.map_or(ext_seq, |h| h.max(ext_seq)));
-        let transit =
-            arrival.duration_since(measure_from).as_secs_f64() * 1000.0 - ext_ts as f64 / rate_khz;
+        let transit = arrival
+            .saturating_duration_since(measure_from)
+            .as_secs_f64()
+            * 1000.0
+            - ext_ts as f64 / rate_khz;
         s.min_transit_ms = s.min_transit_ms.min(transit);
         let bin = ((transit - s.min_transit_ms) / DV_BIN_MS) as usize;
-        dv[bin.min(DV_BINS - 1)] += 1;
+        self.dv[bin.min(DV_BINS - 1)] += 1;
     }
-    let out = streams
-        .into_iter()
-        .map(|s| StreamOut {
-            lowest: s.lowest,
-            highest: s.highest,
-            received: s.received,
-            probe: s.probe,
-        })
-        .collect();
-    (out, dv)
-}
-
-struct StreamOut {
-    lowest: Option<u64>,
-    highest: Option<u64>,
-    received: u64,
-    probe: Option<Box<Detector>>,
 }
 
 fn extend(highest: Option<u64>, seq: u16) -> u64 {
