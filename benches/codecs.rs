@@ -110,7 +110,7 @@ fn bench_opus(c: &mut Criterion) {
     });
 
     // What the engine's encoders cost per complexity (rooms default to 5, Janus uses 4).
-    for complexity in [4u8, 5, 9, 10] {
+    for complexity in [3u8, 4, 5, 9, 10] {
         let mut enc = OpusEncoder::new(OpusEncoderConfig {
             complexity,
             ..common::opus_config()

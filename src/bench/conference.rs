@@ -12,8 +12,10 @@
 //! - **added latency**: the probe packet's send -> the first packet carrying the marker
 //!   received (what the engine adds: receive queue, jitter buffer, the wait for the next
 //!   mix tick, mix, encode, send; loopback transit is microseconds);
-//! - **added latency excluding the jitter buffer**: the same minus what the engine's
-//!   jitter buffer held for the probe at that moment (read from the engine's API);
+//! - **added latency excluding the jitter buffer**: what the engine adds after its jitter
+//!   buffers release a frame: from the start of that tick to each mixed packet's send
+//!   (confer measures it for every packet: `tick_to_sent` in `/metrics`); and, from the
+//!   probe, its added latency minus its jitter buffer's delay read from the API;
 //! - **hop**: to the marker's onset in the listener's decoded audio (adds the onset's
 //!   position inside that packet: a frame-clock phase, up to a frame).
 //!
@@ -160,6 +162,8 @@ pub(super) struct ServerView {
     pub(super) cpu_series: Vec<(f64, f64)>,
     /// (seconds into the window, probe's jitter-buffer delay ms).
     pub(super) jb_series: Vec<(f64, f64)>,
+    /// From the tick that played a frame out of the jitter buffers to its packet sent.
+    pub(super) tick_to_sent_ms: Option<Pcts>,
 }
 
 /// An engine the bench can load.
@@ -377,6 +381,7 @@ impl Engine for ConferHttp {
                 v.stages_ms.insert(stage, p);
             }
         }
+        v.tick_to_sent_ms = v.stages_ms.get("tick_to_sent").copied();
         if let (Some(c1), Some(c0)) = (self.cpu_s(&s), cpu0) {
             let cores = (c1 - c0) / t0.elapsed().as_secs_f64().max(1e-3);
             v.cpu_cores = Some(if self.in_process {
@@ -424,8 +429,13 @@ pub struct RunResult {
     pub warmup_s: f64,
     /// Probe packet in -> first packet carrying it out, ms.
     pub added_latency_ms: Option<Pcts>,
-    /// The same minus the jitter buffer's delay at that moment, ms (confer only).
+    /// What the engine adds beyond its jitter buffers: from the tick that plays a frame
+    /// out of them to its mixed packet sent, every packet (confer's `/metrics`,
+    /// `tick_to_sent`), ms.
     pub added_latency_excl_jb_ms: Option<Pcts>,
+    /// The probe's added latency minus its jitter-buffer delay at that moment (read from
+    /// the API; includes the wait for the next tick), ms (confer only).
+    pub added_latency_minus_jb_delay_ms: Option<Pcts>,
     /// Probe send -> onset in the listener's decoded audio, ms.
     pub hop_latency_ms: Option<Pcts>,
     /// Marker onsets timed (each probe listener times each marker).
@@ -648,7 +658,8 @@ fn result(
         duration_s: args.duration as f64,
         warmup_s: report.warmup.as_secs_f64(),
         added_latency_ms: Pcts::of(&added),
-        added_latency_excl_jb_ms: Pcts::of(&excl),
+        added_latency_excl_jb_ms: view.tick_to_sent_ms,
+        added_latency_minus_jb_delay_ms: Pcts::of(&excl),
         hop_latency_ms: Pcts::of(&hop),
         latency_samples: report.onsets.len(),
         markers_sent: report.markers_sent,
@@ -928,7 +939,10 @@ fn print_table(args: &ConferenceArgs, outputs: &[Measured]) {
     row(&mut out, "added latency ms p50/p95/p99/max", &|r| {
         fmt_pcts(&r.added_latency_ms)
     });
-    row(&mut out, "  excluding jitter buffer", &|r| {
+    row(&mut out, "  minus the probe's JB delay", &|r| {
+        fmt_pcts(&r.added_latency_minus_jb_delay_ms)
+    });
+    row(&mut out, "excl. JB: tick -> sent (all pkts)", &|r| {
         fmt_pcts(&r.added_latency_excl_jb_ms)
     });
     row(&mut out, "hop (decoded onset) ms", &|r| {
