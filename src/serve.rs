@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::api::{ApiState, router};
@@ -42,6 +43,19 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = Config::load(args.config.as_deref())?;
     let running = spawn(&cfg)?;
+    // The handlers are installed before the ready line: a supervisor may signal as soon as
+    // it reads it.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    let (mut interrupt, mut terminate) = {
+        let _guard = signals.enter();
+        (
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        )
+    };
     println!(
         "confer {}: media engine running: {} media workers on a {} ms frame clock, RTP {}:{}-{}, control API http://{}, codecs opus pcmu pcma; Ctrl-C or SIGTERM stops it",
         env!("CARGO_PKG_VERSION"),
@@ -52,11 +66,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         cfg.rtp_port_max,
         running.http,
     );
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal handler")?;
-    signals.block_on(shutdown_signal())?;
+    signals.block_on(async {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    });
     let ticks = running.stop()?;
     println!("confer: stopped after {ticks} frame ticks");
     Ok(())
@@ -144,14 +159,4 @@ pub fn spawn(cfg: &Config) -> anyhow::Result<Running> {
         stop: stop_tx,
         thread,
     })
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

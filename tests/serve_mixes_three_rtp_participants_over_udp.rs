@@ -1,7 +1,9 @@
 //! End to end over real UDP: `confer serve` on free ports, a room created over HTTP, three
 //! RTP participants (Opus) on loopback sockets each sending 3 s of different speech in real
 //! time. Each one must hear the other two and not itself, judged on its decoded audio: the
-//! aligned correlation of what it played with every source.
+//! aligned correlation of what it played with every source. Also on the 10 ms frame clock,
+//! and with RFC 6464 levels in the packets (the room then decides who talks from the
+//! headers and decodes only whom it mixes).
 
 #[path = "../engine/tests/leg_harness/mod.rs"]
 mod leg_harness;
@@ -20,8 +22,36 @@ const RATE: usize = 48_000;
 
 #[test]
 fn each_participant_hears_the_other_two_and_not_itself() {
-    let server = Server::start(0, 20, &[]);
+    // Without levels in the packets every frame is decoded.
+    assert_eq!(three_participants(0, 20, None), 0.0);
+}
+
+#[test]
+fn on_the_10_ms_frame_clock_each_participant_hears_the_other_two_and_not_itself() {
+    assert_eq!(three_participants(1, 10, None), 0.0);
+}
+
+#[test]
+fn with_rfc6464_levels_each_participant_hears_the_other_two_and_not_itself() {
+    let skipped = three_participants(2, 20, Some(1));
+    // The room read who talks from the headers: the quiet second at the end (the sources
+    // are 3 s, the run 4 s) was advanced without decoding.
+    assert!(skipped > 0.0, "no frame was skipped");
+}
+
+/// Runs the scenario on server `slot` with `frame_ms` frames (engine and clients) and the
+/// clients' RFC 6464 extension id; returns the engine's skipped-frame count.
+fn three_participants(slot: u16, frame_ms: u32, levels: Option<u8>) -> f64 {
+    let frame = frame_ms.to_string();
+    let server = Server::start(slot, 20, &[("CONFER_FRAME_MS", frame.as_str())]);
     let room = server.create_room(r#"{"name":"e2e","max_participants":8}"#);
+    let config = LegConfig {
+        frame_ms,
+        audio_level_extension: levels,
+        ..LegConfig::default()
+    };
+    // Packets in the 4 s run at this frame size (the thresholds below are for 20 ms).
+    let per_20ms = (20 / frame_ms) as u64;
     let sources = [speech(0.5, 3.0), speech(6.0, 3.0), speech(12.0, 3.0)];
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -33,11 +63,19 @@ fn each_participant_hears_the_other_two_and_not_itself() {
         let mut legs = Vec::new();
         let mut remotes = Vec::new();
         for (i, src) in sources.iter().enumerate() {
-            let mut udp = UdpLeg::bind(loopback, client_leg(LegConfig::default(), 10 + i as u64))
+            let mut udp = UdpLeg::bind(loopback, client_leg(config.clone(), 10 + i as u64))
                 .await
                 .expect("bind client");
             let mine = udp.local_addr().expect("bound");
-            let (_, theirs) = server.join(room, mine, "opus");
+            let theirs = match levels {
+                None => server.join(room, mine, "opus").1,
+                Some(id) => server.join_with(
+                    room,
+                    &format!(
+                        r#"{{"rtp_address":"{mine}","codec":"opus","audio_level_extension":{id}}}"#
+                    ),
+                ),
+            };
             udp.set_peer(theirs);
             let (io, mut remote) = LegIo::new(6 * RATE, src.len());
             assert_eq!(remote.capture.push_slice(src), src.len());
@@ -61,12 +99,12 @@ fn each_participant_hears_the_other_two_and_not_itself() {
                 s.rtp_packets_sent, s.rtp_packets_received, s.packets_lost, s.jitter_ms
             );
             assert!(
-                s.rtp_packets_sent >= 140,
+                s.rtp_packets_sent >= 140 * per_20ms,
                 "client {i} sent {}",
                 s.rtp_packets_sent
             );
             assert!(
-                s.rtp_packets_received >= 150,
+                s.rtp_packets_received >= 150 * per_20ms,
                 "client {i} received {}",
                 s.rtp_packets_received
             );
@@ -113,11 +151,24 @@ fn each_participant_hears_the_other_two_and_not_itself() {
         server.metric("confer_datagrams_received_total"),
         server.metric("confer_datagrams_sent_total")
     );
-    for stage in ["receive_queue", "room_receive", "room_mix", "send", "tick"] {
+    for stage in [
+        "receive_queue",
+        "room_receive",
+        "room_mix",
+        "jitter",
+        "decode",
+        "encode",
+        "send_queue",
+        "send",
+        "tick_to_sent",
+        "tick",
+    ] {
         let (mean, n) = server.stage_mean_us(stage);
         println!("stage {stage}: mean {mean:.1} us over {n}");
         assert!(n > 0.0, "stage {stage} was never timed");
     }
+    let skipped = server.metric("confer_frames_skipped_total");
     let status = server.stop();
     assert!(status.success(), "{status:?}");
+    skipped
 }

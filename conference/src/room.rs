@@ -1194,10 +1194,18 @@ impl Room {
             let Some(p) = self.slots[slot].participant.as_mut().filter(|p| p.header) else {
                 continue;
             };
-            if self.speakers.is_speaker(slot) || self.challengers.contains(&slot) {
+            let speaker = self.speakers.is_speaker(slot);
+            if speaker || self.challengers.contains(&slot) {
                 decoded += 1;
                 p.decoded = true;
-                match p.leg.poll_frame_timed(now, &mut p.frame, timer.as_mut()) {
+                // A challenger is decoded only to be warm when it is mixed: no noise
+                // suppression or VAD until then (its level comes from the headers).
+                let r = if speaker {
+                    p.leg.poll_frame_timed(now, &mut p.frame, timer.as_mut())
+                } else {
+                    p.leg.poll_frame_warm(now, &mut p.frame, timer.as_mut())
+                };
+                match r {
                     Ok(info) => decoder_calls += info.decoder_calls,
                     Err(_) => p.frame.fill(0.0),
                 }

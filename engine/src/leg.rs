@@ -1261,7 +1261,30 @@ impl MediaLeg {
         &mut self,
         now: Instant,
         out: &mut [f32],
+        timer: Option<&mut StageTimer>,
+    ) -> Result<FrameInfo, LegError> {
+        self.poll_frame_with(now, out, timer, true)
+    }
+
+    /// Decodes the frame for the tick at `now` into `out` without noise suppression or
+    /// VAD: for a frame decoded only to keep the decoder warm (a room's challenger, not
+    /// mixed yet). The denoiser and VAD keep their state and adapt within a few frames
+    /// once full polls resume. The returned level is silence, the voice flag false.
+    pub fn poll_frame_warm(
+        &mut self,
+        now: Instant,
+        out: &mut [f32],
+        timer: Option<&mut StageTimer>,
+    ) -> Result<FrameInfo, LegError> {
+        self.poll_frame_with(now, out, timer, false)
+    }
+
+    fn poll_frame_with(
+        &mut self,
+        now: Instant,
+        out: &mut [f32],
         mut timer: Option<&mut StageTimer>,
+        full: bool,
     ) -> Result<FrameInfo, LegError> {
         if out.len() != self.engine_frame {
             return Err(LegError::BadFrame {
@@ -1282,6 +1305,19 @@ impl MediaLeg {
         lap(&mut timer, Stage::Jitter);
         self.rx_resampler.process(&self.rx_codec, out)?;
         lap(&mut timer, Stage::Decode);
+        if !full {
+            self.poll_dtmf_timeout(now);
+            self.counters.frames_decoded += 1;
+            return Ok(FrameInfo {
+                decoded: pop.decoded,
+                concealed: pop.concealed,
+                idle: pop.idle,
+                level: AudioLevel::SILENCE,
+                voice: false,
+                vad_probability: None,
+                decoder_calls: pop.decoder_calls,
+            });
+        }
         let mut vad_probability = None;
         if let Some(dn) = self.denoiser.as_mut() {
             let mut p = 0.0f32;

@@ -128,6 +128,20 @@ impl Server {
         (v["id"].as_u64().expect("participant id"), local)
     }
 
+    /// Adds a participant with the JSON `body`; returns our local RTP address for it.
+    pub fn join_with(&self, room: u64, body: &str) -> SocketAddr {
+        let (status, v) = self.request(
+            "POST",
+            &format!("/v1/rooms/{room}/participants"),
+            Some(body),
+        );
+        assert_eq!(status, 201, "{v}");
+        v["local_rtp_address"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("local_rtp_address")
+    }
+
     /// The value of a Prometheus sample line that starts with `name` (labels included).
     pub fn metric(&self, name: &str) -> f64 {
         let (status, text) = self.request_text("GET", "/metrics", None);
