@@ -13,12 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use confer_engine::leg::LegConfig;
-use confer_engine::udp::{LegIo, UdpLeg};
 use leg_harness::aligned_correlation;
-use ringbuf::traits::Producer;
 use serde_json::Value;
-use serve_harness::{Server, client_leg, speech};
+use serve_harness::{Server, speech};
 
 const RATE: usize = 48_000;
 /// A tick of the server (20 ms by default) and the 1 ms `opusinfo` rounds to: a track's
@@ -114,21 +111,8 @@ fn a_recording_with_tracks_gives_valid_files_of_the_recorded_length() {
         .build()
         .expect("runtime");
     let (started, stopped, stop_body, pids) = runtime.block_on(async {
-        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal");
-        let mut legs = Vec::new();
-        let mut pids = Vec::new();
-        for (i, src) in sources.iter().enumerate() {
-            let mut udp = UdpLeg::bind(loopback, client_leg(LegConfig::default(), 40 + i as u64))
-                .await
-                .expect("bind client");
-            let mine = udp.local_addr().expect("bound");
-            let (pid, theirs) = server.join(room, mine, "opus");
-            pids.push(pid);
-            udp.set_peer(theirs);
-            let (io, mut remote) = LegIo::new(4 * RATE, src.len());
-            assert_eq!(remote.capture.push_slice(src), src.len());
-            legs.push((udp, io, remote));
-        }
+        let legs = serve_harness::join_speakers(&server, room, &sources, 40, 4 * RATE).await;
+        let pids: Vec<u64> = legs.iter().map(|l| l.3).collect();
         let path = format!("/v1/rooms/{room}/recording");
         let (status, v) = server.request("POST", &path, Some(r#"{"tracks":true}"#));
         assert_eq!(status, 201, "{v}");
@@ -138,7 +122,7 @@ fn a_recording_with_tracks_gives_valid_files_of_the_recorded_length() {
         assert_eq!(status, 409, "a second recording: {again}");
         let mut remotes = Vec::new();
         let mut runs = Vec::new();
-        for (udp, io, remote) in legs {
+        for (udp, io, remote, _) in legs {
             remotes.push(remote);
             runs.push(udp.run_until(io, tokio::time::sleep(Duration::from_millis(2200))));
         }
@@ -268,22 +252,14 @@ fn a_participant_who_leaves_has_its_track_finished_then_while_the_mix_goes_on() 
         .build()
         .expect("runtime");
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal");
-    let mut legs = Vec::new();
-    let mut pids = Vec::new();
-    runtime.block_on(async {
-        for (i, src) in sources.iter().enumerate() {
-            let mut udp = UdpLeg::bind(loopback, client_leg(LegConfig::default(), 60 + i as u64))
-                .await
-                .expect("bind client");
-            let mine = udp.local_addr().expect("bound");
-            let (pid, theirs) = server.join(room, mine, "opus");
-            pids.push(pid);
-            udp.set_peer(theirs);
-            let (io, mut remote) = LegIo::new(4 * RATE, src.len());
-            assert_eq!(remote.capture.push_slice(src), src.len());
-            legs.push((udp, io, remote));
-        }
-    });
+    let mut legs = runtime.block_on(serve_harness::join_speakers(
+        &server,
+        room,
+        &sources,
+        60,
+        4 * RATE,
+    ));
+    let pids: Vec<u64> = legs.iter().map(|l| l.3).collect();
     let path = format!("/v1/rooms/{room}/recording");
     let post_sent = Instant::now();
     let (status, v) = server.request("POST", &path, Some(r#"{"tracks":true}"#));
@@ -324,7 +300,7 @@ fn a_participant_who_leaves_has_its_track_finished_then_while_the_mix_goes_on() 
         });
         runtime.block_on(async {
             let mut runs = Vec::new();
-            for (udp, io, _remote) in legs.drain(..) {
+            for (udp, io, _remote, _) in legs.drain(..) {
                 runs.push(udp.run_until(io, tokio::time::sleep(Duration::from_millis(2500))));
             }
             tokio::time::timeout(Duration::from_secs(20), serve_harness::join_all(runs))

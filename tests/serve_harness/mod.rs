@@ -15,8 +15,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use confer_engine::leg::{LegConfig, MediaLeg};
+use confer_engine::udp::{LegIo, LegIoRemote, UdpLeg};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use ringbuf::traits::Producer;
 use serde_json::Value;
 
 /// `confer serve` running on a private RTP range and an ephemeral HTTP port.
@@ -215,6 +217,36 @@ pub fn client_leg(config: LegConfig, seed: u64) -> MediaLeg {
     #[allow(clippy::disallowed_methods)]
     let now = Instant::now();
     MediaLeg::new(config, None, &mut rng, now).expect("valid leg config")
+}
+
+/// A client talking in a room: its UDP leg, the leg's audio I/O and its remote half (the
+/// capture preloaded with its source), and its participant id.
+pub type Speaker = (UdpLeg, LegIo, LegIoRemote, u64);
+
+/// Binds an Opus client leg on loopback per source (seeds `seed`, `seed + 1`, ...), joins
+/// each to `room` and preloads its capture with its source; `playout` samples of room
+/// audio can be played out to each.
+pub async fn join_speakers(
+    server: &Server,
+    room: u64,
+    sources: &[Vec<f32>],
+    seed: u64,
+    playout: usize,
+) -> Vec<Speaker> {
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+    let mut out = Vec::new();
+    for (i, src) in sources.iter().enumerate() {
+        let mut udp = UdpLeg::bind(loopback, client_leg(LegConfig::default(), seed + i as u64))
+            .await
+            .expect("bind client");
+        let mine = udp.local_addr().expect("bound");
+        let (pid, theirs) = server.join(room, mine, "opus");
+        udp.set_peer(theirs);
+        let (io, mut remote) = LegIo::new(playout, src.len());
+        assert_eq!(remote.capture.push_slice(src), src.len());
+        out.push((udp, io, remote, pid));
+    }
+    out
 }
 
 /// Runs futures concurrently on the current task (no extra crate for `join_all`).
