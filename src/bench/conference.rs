@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use confer_engine::jitter_eval::quantile;
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use serde::Serialize;
@@ -129,7 +130,7 @@ impl Pcts {
         }
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
-        let q = |p: f64| v[(((v.len() as f64) * p).ceil() as usize).clamp(1, v.len()) - 1];
+        let q = |p: f64| quantile(&v, p);
         Some(Pcts {
             p50: q(0.50),
             p95: q(0.95),

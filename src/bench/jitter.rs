@@ -2,7 +2,6 @@
 //! over traces a user recorded, scored against the hindsight oracle
 //! (definitions in `confer_engine::jitter_eval`).
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,9 +13,6 @@ use confer_engine::jitter_eval::{EvalConfig, EvalReport, evaluate};
 use confer_engine::netsim::{LinkConfig, NetSim, Trace, TraceLink, presets};
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
-
-/// The speech that the benchmark sends, shipped in the repository.
-const SPEECH_WAV: &[u8] = include_bytes!("../../testdata/audio/speech-16k.wav");
 
 #[derive(Args, Debug)]
 pub struct JitterArgs {
@@ -197,15 +193,9 @@ fn round2(x: f64) -> f64 {
 /// The shipped speech sample as 20 ms Opus packets (with in-band FEC, as voice clients
 /// send), decodable at 48 kHz.
 fn speech_frames() -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut reader = hound::WavReader::new(Cursor::new(SPEECH_WAV)).context("speech sample")?;
-    let spec = reader.spec();
-    let pcm: Vec<f32> = reader
-        .samples::<i16>()
-        .map(|s| s.map(|v| v as f32 / 32768.0))
-        .collect::<Result<_, _>>()
-        .context("speech sample")?;
+    let (sample_rate, pcm) = super::signals::speech_sample()?;
     let mut enc = OpusEncoder::new(OpusEncoderConfig {
-        sample_rate: spec.sample_rate,
+        sample_rate,
         complexity: 5,
         ..OpusEncoderConfig::default()
     })?;

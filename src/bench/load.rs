@@ -37,6 +37,8 @@ use anyhow::Context;
 use confer_codecs::decoder::AudioDecoder;
 use confer_codecs::g711::{G711Decoder, G711Law};
 use confer_codecs::opus::OpusDecoder;
+use confer_engine::rtp::{RtpExtension, RtpPacket, RtpPacketBuilder};
+use confer_engine::types::{PayloadType, SeqExtender, Ssrc, TimestampExtender};
 use nix::sys::socket::sockopt::ReceiveTimestampns;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt};
 use nix::sys::time::TimeSpec;
@@ -333,7 +335,15 @@ fn send(
     let mut cpu_from: Option<(f64, Instant)> = None;
     let frame = Duration::from_millis(u64::from(FRAME_MS));
     let samples = signals.codec.frame_samples() as u32;
-    let pt = signals.codec.payload_type();
+    let Ok(pt) = PayloadType::new(signals.codec.payload_type()) else {
+        // The bench's payload types (111, 0) are 7-bit values.
+        return SendTotals {
+            sent: 0,
+            errors: 0,
+            late: 0,
+            cpu_cores: 0.0,
+        };
+    };
     let mut state: Vec<(u16, u32, u32)> = (0..members.len())
         .map(|i| {
             let i = i as u32;
@@ -393,11 +403,21 @@ fn send(
                     &signals.silence
                 }
             };
-            let n = write_rtp(&mut buf, pt, *seq, *ts, *ssrc, levels, f);
-            match sockets[m.socket].send_to(&buf[..n], m.server) {
-                Ok(_) if measuring => totals.sent += 1,
-                Ok(_) => {}
-                Err(_) => totals.errors += 1,
+            let level = [(u8::from(f.voice) << 7) | (f.level & 0x7f)];
+            let ext = [RtpExtension {
+                id: LEVEL_EXT_ID,
+                data: &level,
+            }];
+            let packet = RtpPacketBuilder::new(pt, *seq, *ts, Ssrc(*ssrc))
+                .extensions(if levels { &ext } else { &[] })
+                .payload(&f.payload);
+            match packet
+                .write(&mut buf)
+                .map(|n| sockets[m.socket].send_to(&buf[..n], m.server))
+            {
+                Ok(Ok(_)) if measuring => totals.sent += 1,
+                Ok(Ok(_)) => {}
+                _ => totals.errors += 1,
             }
             *seq = seq.wrapping_add(1);
             *ts = ts.wrapping_add(samples);
@@ -410,50 +430,17 @@ fn send(
     totals
 }
 
-/// Writes an RTP packet (with a one-byte-header RFC 6464 extension when `levels`).
-fn write_rtp(
-    buf: &mut [u8],
-    pt: u8,
-    seq: u16,
-    ts: u32,
-    ssrc: u32,
-    levels: bool,
-    f: &super::signals::Frame,
-) -> usize {
-    buf[0] = if levels { 0x90 } else { 0x80 };
-    buf[1] = pt & 0x7f;
-    buf[2..4].copy_from_slice(&seq.to_be_bytes());
-    buf[4..8].copy_from_slice(&ts.to_be_bytes());
-    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    let mut n = 12;
-    if levels {
-        // 0xBEDE, one 32-bit word: id/len, level byte, two bytes of padding.
-        buf[12..20].copy_from_slice(&[
-            0xbe,
-            0xde,
-            0,
-            1,
-            LEVEL_EXT_ID << 4,
-            (u8::from(f.voice) << 7) | (f.level & 0x7f),
-            0,
-            0,
-        ]);
-        n = 20;
-    }
-    let len = f.payload.len().min(buf.len() - n);
-    buf[n..n + len].copy_from_slice(&f.payload[..len]);
-    n + len
-}
-
 /// A listener's view of its stream.
 struct Stream {
     heard: bool,
     probe: Option<Box<Detector>>,
-    highest: Option<u64>,
+    seq: SeqExtender,
+    ts: TimestampExtender,
+    /// Extended sequence numbers received in the measured window: lowest, highest.
     lowest: Option<u64>,
+    highest: Option<u64>,
     received: u64,
     min_transit_ms: f64,
-    last_ts: Option<u64>,
 }
 
 struct RxTotals {
@@ -588,11 +575,12 @@ impl SocketRx {
             streams.push(Stream {
                 probe: m.probe_listener.then(|| Box::new(Detector::new(codec))),
                 heard: false,
-                highest: None,
+                seq: SeqExtender::new(),
+                ts: TimestampExtender::new(),
                 lowest: None,
+                highest: None,
                 received: 0,
                 min_transit_ms: f64::MAX,
-                last_ts: None,
             });
         }
         SocketRx {
@@ -616,34 +604,33 @@ impl SocketRx {
             return;
         };
         // RTP only (RTCP's packet types 200..=204 sit where marker+PT is).
-        if p.len() < 12 || p[0] >> 6 != 2 || (200..=204).contains(&p[1]) {
+        if p.get(1).is_some_and(|b| (200..=204).contains(b)) {
             return;
         }
+        let Ok(rtp) = RtpPacket::parse(p) else {
+            return;
+        };
         let s = &mut self.streams[si];
         if !s.heard {
             s.heard = true;
             timeline.hearing.fetch_add(1, Ordering::Relaxed);
         }
-        let seq = u16::from_be_bytes([p[2], p[3]]);
-        let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
-        let ext_seq = extend(s.highest, seq);
-        let ext_ts = extend_ts(s.last_ts, ts);
-        s.last_ts = Some(ext_ts);
-        if let (Some(d), Some(payload)) = (s.probe.as_mut(), rtp_payload(p)) {
-            d.push(payload, arrival);
+        let ext_seq = s.seq.extend(rtp.sequence_number()).seq().map(|n| n.0);
+        let ext_ts = s.ts.extend(rtp.timestamp()).0;
+        if let Some(d) = s.probe.as_mut() {
+            d.push(rtp.payload(), arrival);
         }
         let Some((measure_from, end)) = window else {
-            s.highest = Some(s.highest.map_or(ext_seq, |h| h.max(ext_seq)));
             return;
         };
-        if arrival > end {
-            return;
-        }
-        if arrival < measure_from {
-            s.highest = Some(s.highest.map_or(ext_seq, |h| h.max(ext_seq)));
+        if arrival < measure_from || arrival > end {
             return;
         }
         s.received += 1;
+        // A sequence jump the extender has not confirmed yet counts as received only.
+        let Some(ext_seq) = ext_seq else {
+            return;
+        };
         s.lowest = Some(s.lowest.map_or(ext_seq, |l| l.min(ext_seq)));
         s.highest = Some(s.highest.map_or(ext_seq, |h| h.max(ext_seq)));
         let transit = arrival
@@ -655,46 +642,6 @@ impl SocketRx {
         let bin = ((transit - s.min_transit_ms) / DV_BIN_MS) as usize;
         self.dv[bin.min(DV_BINS - 1)] += 1;
     }
-}
-
-fn extend(highest: Option<u64>, seq: u16) -> u64 {
-    let Some(h) = highest else {
-        return u64::from(seq) + (1 << 16);
-    };
-    let base = h & !0xffff;
-    let cand = base | u64::from(seq);
-    // Nearest to the highest seen.
-    [cand.wrapping_sub(1 << 16), cand, cand + (1 << 16)]
-        .into_iter()
-        .min_by_key(|c| c.abs_diff(h))
-        .unwrap_or(cand)
-}
-
-fn extend_ts(last: Option<u64>, ts: u32) -> u64 {
-    let Some(l) = last else {
-        return u64::from(ts) + (1 << 32);
-    };
-    let base = l & !0xffff_ffff;
-    let cand = base | u64::from(ts);
-    [cand.wrapping_sub(1 << 32), cand, cand + (1 << 32)]
-        .into_iter()
-        .min_by_key(|c| c.abs_diff(l))
-        .unwrap_or(cand)
-}
-
-/// The payload of an RTP packet (after CSRCs and the extension, without padding).
-fn rtp_payload(p: &[u8]) -> Option<&[u8]> {
-    let cc = usize::from(p.first()? & 0x0f);
-    let mut off = 12 + 4 * cc;
-    if p[0] & 0x10 != 0 {
-        let words = usize::from(u16::from_be_bytes([*p.get(off + 2)?, *p.get(off + 3)?]));
-        off += 4 + 4 * words;
-    }
-    let mut end = p.len();
-    if p[0] & 0x20 != 0 {
-        end = end.checked_sub(usize::from(*p.last()?))?;
-    }
-    p.get(off..end)
 }
 
 /// Decodes a probe listener's stream and finds the marker onsets in it.
@@ -776,15 +723,6 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sequence_numbers_extend_across_wraps_and_reordering() {
-        let a = extend(None, 65_535);
-        let b = extend(Some(a), 0);
-        assert_eq!(b, a + 1);
-        let c = extend(Some(b), 65_534);
-        assert_eq!(c, a - 1);
-    }
 
     #[test]
     fn the_detector_finds_the_probe_marker_at_the_start_of_each_cycle() {

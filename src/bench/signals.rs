@@ -176,8 +176,8 @@ impl Biquad {
     }
 }
 
-/// The shipped speech at `rate`, low-passed at `cutoff` (8th order Butterworth).
-fn speech_pcm(rate: u32, cutoff: f32) -> anyhow::Result<Vec<f32>> {
+/// The shipped speech sample: its sample rate and mono samples.
+pub fn speech_sample() -> anyhow::Result<(u32, Vec<f32>)> {
     let mut reader = hound::WavReader::new(Cursor::new(SPEECH_WAV)).context("speech sample")?;
     let spec = reader.spec();
     if spec.channels != 1 {
@@ -188,11 +188,17 @@ fn speech_pcm(rate: u32, cutoff: f32) -> anyhow::Result<Vec<f32>> {
         .map(|s| s.map(|v| f32::from(v) / 32768.0))
         .collect::<Result<_, _>>()
         .context("speech sample")?;
-    let mut out = if spec.sample_rate == rate {
+    Ok((spec.sample_rate, pcm))
+}
+
+/// The shipped speech at `rate`, low-passed at `cutoff` (8th order Butterworth).
+fn speech_pcm(rate: u32, cutoff: f32) -> anyhow::Result<Vec<f32>> {
+    let (sample_rate, pcm) = speech_sample()?;
+    let mut out = if sample_rate == rate {
         pcm
     } else {
-        let mut rs = Resampler::new(spec.sample_rate, rate, FRAME_MS)?;
-        let mut out = Vec::with_capacity(pcm.len() * rate as usize / spec.sample_rate as usize);
+        let mut rs = Resampler::new(sample_rate, rate, FRAME_MS)?;
+        let mut out = Vec::with_capacity(pcm.len() * rate as usize / sample_rate as usize);
         let mut buf = vec![0.0f32; rs.output_len()];
         for chunk in pcm.chunks_exact(rs.input_len()) {
             let n = rs.process(chunk, &mut buf)?;
