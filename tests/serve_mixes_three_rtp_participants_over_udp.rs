@@ -9,14 +9,12 @@
 mod leg_harness;
 mod serve_harness;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use confer_engine::leg::LegConfig;
-use confer_engine::udp::{LegIo, UdpLeg};
 use leg_harness::aligned_correlation;
-use ringbuf::traits::{Consumer, Observer, Producer};
-use serve_harness::{Server, client_leg, speech};
+use ringbuf::traits::{Consumer, Observer};
+use serve_harness::{Server, speech};
 
 const RATE: usize = 48_000;
 
@@ -59,26 +57,11 @@ fn three_participants(slot: u16, frame_ms: u32, levels: Option<u8>) -> f64 {
         .build()
         .expect("runtime");
     let played: Vec<Vec<f32>> = runtime.block_on(async {
-        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+        let speakers =
+            serve_harness::join_speakers(&server, room, &sources, &config, 10, 6 * RATE).await;
         let mut legs = Vec::new();
         let mut remotes = Vec::new();
-        for (i, src) in sources.iter().enumerate() {
-            let mut udp = UdpLeg::bind(loopback, client_leg(config.clone(), 10 + i as u64))
-                .await
-                .expect("bind client");
-            let mine = udp.local_addr().expect("bound");
-            let theirs = match levels {
-                None => server.join(room, mine, "opus").1,
-                Some(id) => server.join_with(
-                    room,
-                    &format!(
-                        r#"{{"rtp_address":"{mine}","codec":"opus","audio_level_extension":{id}}}"#
-                    ),
-                ),
-            };
-            udp.set_peer(theirs);
-            let (io, mut remote) = LegIo::new(6 * RATE, src.len());
-            assert_eq!(remote.capture.push_slice(src), src.len());
+        for (udp, io, remote, _) in speakers {
             legs.push((udp, io));
             remotes.push(remote);
         }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use confer_engine::leg::LegConfig;
 use leg_harness::aligned_correlation;
 use serde_json::Value;
 use serve_harness::{Server, speech};
@@ -111,7 +112,15 @@ fn a_recording_with_tracks_gives_valid_files_of_the_recorded_length() {
         .build()
         .expect("runtime");
     let (started, stopped, stop_body, pids) = runtime.block_on(async {
-        let legs = serve_harness::join_speakers(&server, room, &sources, 40, 4 * RATE).await;
+        let legs = serve_harness::join_speakers(
+            &server,
+            room,
+            &sources,
+            &LegConfig::default(),
+            40,
+            4 * RATE,
+        )
+        .await;
         let pids: Vec<u64> = legs.iter().map(|l| l.3).collect();
         let path = format!("/v1/rooms/{room}/recording");
         let (status, v) = server.request("POST", &path, Some(r#"{"tracks":true}"#));
@@ -256,6 +265,7 @@ fn a_participant_who_leaves_has_its_track_finished_then_while_the_mix_goes_on() 
         &server,
         room,
         &sources,
+        &LegConfig::default(),
         60,
         4 * RATE,
     ));

@@ -116,11 +116,18 @@ impl Server {
 
     /// Adds a participant receiving at `rtp`; returns its id and our local RTP address.
     pub fn join(&self, room: u64, rtp: SocketAddr, codec: &str) -> (u64, SocketAddr) {
-        let body = format!(r#"{{"rtp_address":"{rtp}","codec":"{codec}"}}"#);
+        self.join_body(
+            room,
+            &format!(r#"{{"rtp_address":"{rtp}","codec":"{codec}"}}"#),
+        )
+    }
+
+    /// Adds a participant with the JSON `body`; returns its id and our local RTP address.
+    pub fn join_body(&self, room: u64, body: &str) -> (u64, SocketAddr) {
         let (status, v) = self.request(
             "POST",
             &format!("/v1/rooms/{room}/participants"),
-            Some(&body),
+            Some(body),
         );
         assert_eq!(status, 201, "{v}");
         let local = v["local_rtp_address"]
@@ -128,20 +135,6 @@ impl Server {
             .and_then(|s| s.parse().ok())
             .expect("local_rtp_address");
         (v["id"].as_u64().expect("participant id"), local)
-    }
-
-    /// Adds a participant with the JSON `body`; returns our local RTP address for it.
-    pub fn join_with(&self, room: u64, body: &str) -> SocketAddr {
-        let (status, v) = self.request(
-            "POST",
-            &format!("/v1/rooms/{room}/participants"),
-            Some(body),
-        );
-        assert_eq!(status, 201, "{v}");
-        v["local_rtp_address"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("local_rtp_address")
     }
 
     /// The value of a Prometheus sample line that starts with `name` (labels included).
@@ -223,24 +216,32 @@ pub fn client_leg(config: LegConfig, seed: u64) -> MediaLeg {
 /// capture preloaded with its source), and its participant id.
 pub type Speaker = (UdpLeg, LegIo, LegIoRemote, u64);
 
-/// Binds an Opus client leg on loopback per source (seeds `seed`, `seed + 1`, ...), joins
-/// each to `room` and preloads its capture with its source; `playout` samples of room
-/// audio can be played out to each.
+/// Binds a client leg of `config` (Opus) on loopback per source (seeds `seed`,
+/// `seed + 1`, ...), joins each to `room` (declaring the config's RFC 6464 extension id,
+/// if any) and preloads its capture with its source; `playout` samples of room audio can
+/// be played out to each.
 pub async fn join_speakers(
     server: &Server,
     room: u64,
     sources: &[Vec<f32>],
+    config: &LegConfig,
     seed: u64,
     playout: usize,
 ) -> Vec<Speaker> {
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal");
     let mut out = Vec::new();
     for (i, src) in sources.iter().enumerate() {
-        let mut udp = UdpLeg::bind(loopback, client_leg(LegConfig::default(), seed + i as u64))
+        let mut udp = UdpLeg::bind(loopback, client_leg(config.clone(), seed + i as u64))
             .await
             .expect("bind client");
         let mine = udp.local_addr().expect("bound");
-        let (pid, theirs) = server.join(room, mine, "opus");
+        let levels = config.audio_level_extension.map_or(String::new(), |id| {
+            format!(r#","audio_level_extension":{id}"#)
+        });
+        let (pid, theirs) = server.join_body(
+            room,
+            &format!(r#"{{"rtp_address":"{mine}","codec":"opus"{levels}}}"#),
+        );
         udp.set_peer(theirs);
         let (io, mut remote) = LegIo::new(playout, src.len());
         assert_eq!(remote.capture.push_slice(src), src.len());
