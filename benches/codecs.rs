@@ -125,6 +125,81 @@ fn bench_opus(c: &mut Criterion) {
         });
     }
 
+    // What a room encodes: three talkers at once (the speech at three offsets, summed at
+    // the mixer's -6 dB per talker), under the settings that decide an encoder's cost.
+    let mix: Vec<f32> = (0..speech.len())
+        .map(|n| {
+            let at = |k: usize| speech[(n + k * speech.len() / 3) % speech.len()];
+            0.5 * (at(0) + at(1) + at(2))
+        })
+        .collect();
+    let mix_frames: Vec<&[f32]> = mix.chunks_exact(FRAME_48K).collect();
+    let settings: [(&str, OpusEncoderConfig); 6] = [
+        (
+            "c5_fec",
+            OpusEncoderConfig {
+                complexity: 5,
+                ..common::opus_config()
+            },
+        ),
+        (
+            "c5_fec_loss0",
+            OpusEncoderConfig {
+                complexity: 5,
+                expected_loss_percent: 0,
+                ..common::opus_config()
+            },
+        ),
+        (
+            "c5_nofec",
+            OpusEncoderConfig {
+                complexity: 5,
+                inband_fec: false,
+                expected_loss_percent: 0,
+                ..common::opus_config()
+            },
+        ),
+        (
+            "c4_nofec",
+            OpusEncoderConfig {
+                complexity: 4,
+                inband_fec: false,
+                expected_loss_percent: 0,
+                ..common::opus_config()
+            },
+        ),
+        (
+            "c5_audio",
+            OpusEncoderConfig {
+                complexity: 5,
+                inband_fec: false,
+                expected_loss_percent: 0,
+                application: OpusApplication::Audio,
+                ..common::opus_config()
+            },
+        ),
+        (
+            "c5_nofec_24k",
+            OpusEncoderConfig {
+                complexity: 5,
+                inband_fec: false,
+                expected_loss_percent: 0,
+                bitrate_bps: 24_000,
+                ..common::opus_config()
+            },
+        ),
+    ];
+    for (name, config) in settings {
+        let mut enc = OpusEncoder::new(config).expect("encoder");
+        let mut i = 0;
+        g.bench_function(format!("encode_mix_{name}"), |b| {
+            b.iter(|| {
+                let frame = mix_frames[next(&mut i, mix_frames.len())];
+                black_box(enc.encode(black_box(frame), &mut buf).expect("encode"))
+            })
+        });
+    }
+
     let mut dec = OpusDecoder::new(48000).expect("decoder");
     let mut out = [0f32; FRAME_48K];
     let mut i = 0;

@@ -236,6 +236,7 @@ struct Join {
     payload_type: Option<u8>,
     bitrate_bps: Option<u32>,
     fec: Option<bool>,
+    expected_loss: Option<u8>,
     dtx: Option<bool>,
     complexity: Option<u8>,
     audio_level_extension: Option<u8>,
@@ -281,10 +282,17 @@ fn join_spec(req: Join) -> Result<JoinSpec, ApiError> {
                     "complexity {complexity} is outside 0..=10"
                 )));
             }
+            let expected_loss_percent = req.expected_loss.unwrap_or(0);
+            if expected_loss_percent > 100 {
+                return Err(ApiError::unprocessable(format!(
+                    "expected_loss {expected_loss_percent} is outside 0..=100 (percent)"
+                )));
+            }
             Codec::Opus(OpusParams {
                 payload_type: PayloadType::new(pt)
                     .map_err(|e| ApiError::unprocessable(format!("payload_type: {e}")))?,
                 fec: req.fec.unwrap_or(defaults.fec),
+                expected_loss_percent,
                 dtx: req.dtx.unwrap_or(defaults.dtx),
                 bitrate_bps,
                 complexity,
@@ -305,11 +313,13 @@ fn join_spec(req: Join) -> Result<JoinSpec, ApiError> {
             }
             if req.bitrate_bps.is_some()
                 || req.fec.is_some()
+                || req.expected_loss.is_some()
                 || req.dtx.is_some()
                 || req.complexity.is_some()
             {
                 return Err(ApiError::unprocessable(format!(
-                    "bitrate_bps, fec, dtx and complexity are Opus settings, not {codec_name}'s"
+                    "bitrate_bps, fec, expected_loss, dtx and complexity are Opus settings, \
+                     not {codec_name}'s"
                 )));
             }
             codec

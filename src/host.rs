@@ -696,6 +696,12 @@ pub struct StatsJson {
     pub rejected: u64,
     /// Frames mixed into the room.
     pub frames_mixed: u64,
+    /// Loss reported by the participant for what it receives (RTCP), percent; null until
+    /// it reports.
+    pub reported_loss_pct: Option<u8>,
+    /// The loss the Opus FEC it receives is sized for, percent; null for G.711 or
+    /// without FEC.
+    pub fec_loss_pct: Option<u8>,
 }
 
 impl From<&ParticipantStats> for StatsJson {
@@ -718,6 +724,8 @@ impl From<&ParticipantStats> for StatsJson {
             jitter_ms: s.leg.jitter_ms,
             rejected: s.leg.errors.total(),
             frames_mixed: s.frames_mixed,
+            reported_loss_pct: s.reported_loss_percent,
+            fec_loss_pct: s.fec_loss_percent,
         }
     }
 }

@@ -116,6 +116,16 @@ fn bad_requests_get_a_clear_error_and_change_nothing() {
             422,
             "bitrate_bps 1",
         ),
+        (
+            r#"{"rtp_address":"127.0.0.1:4000","expected_loss":101}"#,
+            422,
+            "expected_loss 101 is outside 0..=100",
+        ),
+        (
+            r#"{"rtp_address":"127.0.0.1:4000","codec":"pcmu","expected_loss":5}"#,
+            422,
+            "Opus settings",
+        ),
     ];
     for &(body, status, text) in bad_joins {
         let (got, v) = server.request("POST", &participants, Some(body));

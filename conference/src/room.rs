@@ -360,6 +360,12 @@ pub struct ParticipantStats {
     pub header_levels: bool,
     /// Its frame was decoded at the last tick (not only advanced).
     pub decoded: bool,
+    /// The loss the Opus FEC of what it hears is sized for, in percent (its own encoder's
+    /// while it is a speaker, else its encoder group's, which follows the member reporting
+    /// the most loss); `None` for G.711 or without negotiated FEC.
+    pub fec_loss_percent: Option<u8>,
+    /// The loss it last reported (RTCP) for what it receives from the room, in percent.
+    pub reported_loss_percent: Option<u8>,
     /// The leg's own counters.
     pub leg: LegStats,
 }
@@ -413,6 +419,8 @@ enum CodecKey {
     Opus {
         bitrate_bps: u32,
         fec: bool,
+        /// The members' floor for the FEC's expected loss.
+        expected_loss_percent: u8,
         dtx: bool,
         complexity: u8,
     },
@@ -437,6 +445,9 @@ struct EncoderGroup {
     /// This tick's payload length; `None` when not encoded (or failed).
     payload_len: Option<usize>,
     wanted: bool,
+    /// The highest loss a member reported for its stream (RTCP) this tick, at least the
+    /// group's floor.
+    reported_loss: u8,
 }
 
 impl EncoderGroup {
@@ -450,6 +461,7 @@ impl EncoderGroup {
             CodecKey::Opus {
                 bitrate_bps,
                 fec,
+                expected_loss_percent,
                 dtx,
                 complexity,
             } => (
@@ -459,7 +471,8 @@ impl EncoderGroup {
                     bitrate_bps,
                     inband_fec: fec,
                     dtx,
-                    expected_loss_percent: if fec { 10 } else { 0 },
+                    // Raised each tick by the members' reports (`tick`).
+                    expected_loss_percent,
                     frame_ms: key.frame_ms,
                     complexity,
                     ..OpusEncoderConfig::default()
@@ -486,13 +499,30 @@ impl EncoderGroup {
             payload: vec![0; MAX_ENCODED_PAYLOAD],
             payload_len: None,
             wanted: false,
+            reported_loss: 0,
         })
+    }
+
+    fn fec_loss_percent(&self) -> Option<u8> {
+        match &self.encoder {
+            GroupEncoder::Opus(e) if e.config().inband_fec => {
+                Some(e.config().expected_loss_percent)
+            }
+            _ => None,
+        }
     }
 
     fn encode(&mut self) -> Result<usize, CodecError> {
         self.resampler.process(&self.pcm, &mut self.codec_pcm)?;
         match &mut self.encoder {
-            GroupEncoder::Opus(e) => e.encode(&self.codec_pcm, &mut self.payload),
+            GroupEncoder::Opus(e) => {
+                // FEC sized for the member that loses most (a leg does the same for its
+                // own peer): none until someone reports loss.
+                if e.config().inband_fec && e.config().expected_loss_percent != self.reported_loss {
+                    e.set_expected_loss_percent(self.reported_loss)?;
+                }
+                e.encode(&self.codec_pcm, &mut self.payload)
+            }
             GroupEncoder::G711(e) => e.encode(&self.codec_pcm, &mut self.payload),
         }
     }
@@ -773,6 +803,7 @@ impl Room {
             Codec::Opus(o) => CodecKey::Opus {
                 bitrate_bps: o.bitrate_bps,
                 fec: o.fec,
+                expected_loss_percent: if o.fec { o.expected_loss_percent } else { 0 },
                 dtx: o.dtx,
                 complexity: o.complexity,
             },
@@ -1075,6 +1106,14 @@ impl Room {
             frames_mixed: p.frames_mixed,
             header_levels: p.header,
             decoded: p.decoded,
+            fec_loss_percent: if p.mix_index.is_some() {
+                p.leg.fec_loss_percent()
+            } else {
+                self.groups
+                    .get(p.group)
+                    .and_then(EncoderGroup::fec_loss_percent)
+            },
+            reported_loss_percent: p.leg.reported_loss_percent(),
             leg,
         })
     }
@@ -1262,6 +1301,13 @@ impl Room {
         for g in &mut self.groups {
             g.wanted = false;
             g.payload_len = None;
+            g.reported_loss = match g.key.codec {
+                CodecKey::Opus {
+                    expected_loss_percent,
+                    ..
+                } => expected_loss_percent,
+                CodecKey::G711(_) => 0,
+            };
         }
         if !waiting {
             for p in self.slots.iter().filter_map(|s| s.participant.as_ref()) {
@@ -1270,6 +1316,9 @@ impl Room {
                     && let Some(g) = self.groups.get_mut(p.group)
                 {
                     g.wanted = true;
+                    g.reported_loss = g
+                        .reported_loss
+                        .max(p.leg.reported_loss_percent().unwrap_or(0));
                 }
             }
         }

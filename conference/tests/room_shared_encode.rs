@@ -91,3 +91,65 @@ fn an_empty_room_does_no_work_on_a_tick() {
     assert_eq!(h.room.stats().ticks, 0);
     assert_eq!(h.room.stats().encoder_calls_total, 0);
 }
+
+/// A listener's RTCP report on the room's stream to it, saying `fraction_lost`/256 lost.
+fn loss_report(h: &Harness, listener: usize, fraction_lost: u8) -> Vec<u8> {
+    use confer_engine::rtcp::{
+        CompoundRules, ReceiverReport, ReportBlock, RtcpPacket, Sdes, build_compound,
+    };
+    let c = &h.clients[listener];
+    let rr = RtcpPacket::ReceiverReport(ReceiverReport {
+        ssrc: c.leg.local_ssrc(),
+        reports: vec![ReportBlock {
+            ssrc: c.leg.remote_ssrc().expect("the listener hears the room"),
+            fraction_lost,
+            ..ReportBlock::default()
+        }],
+    });
+    let sdes = RtcpPacket::SourceDescription(Sdes::cname(c.leg.local_ssrc(), b"listener"));
+    let mut out = [0u8; 256];
+    let n = build_compound(&[rr, sdes], CompoundRules::Rfc3550, &mut out).unwrap();
+    out[..n].to_vec()
+}
+
+#[test]
+fn a_groups_fec_follows_the_listener_that_reports_the_most_loss() {
+    let mut h = Harness::new(RoomConfig::default());
+    let opus = Codec::Opus(OpusParams::default());
+    let talker = h.join(opus, gapped_tone(440.0, 0.3, 20, 3, 0));
+    let listeners: Vec<usize> = (0..3).map(|_| h.join(opus, zeros())).collect();
+    h.run(10);
+    let fec = |h: &Harness, c: usize| {
+        let s = h.room.participant_stats(h.clients[c].id).unwrap();
+        (s.fec_loss_percent, s.reported_loss_percent)
+    };
+    // Nobody reported loss: FEC negotiated but not spent.
+    for &l in &listeners {
+        assert_eq!(fec(&h, l), (Some(0), None));
+    }
+    let now = h.now;
+    let (lossy, other) = (listeners[1], listeners[2]);
+    let report = loss_report(&h, lossy, 52);
+    h.room
+        .handle_datagram(h.clients[lossy].id, &report, now)
+        .unwrap();
+    let report = loss_report(&h, other, 13);
+    h.room
+        .handle_datagram(h.clients[other].id, &report, now)
+        .unwrap();
+    h.step();
+    // 52/256 = 20.3 % and 13/256 = 5.1 %, rounded up; the shared stream serves the worst.
+    assert_eq!(fec(&h, lossy), (Some(21), Some(21)));
+    assert_eq!(fec(&h, other), (Some(21), Some(6)));
+    assert_eq!(fec(&h, listeners[0]), (Some(21), None));
+    // The talker hears its own N-1 mix from its own encoder: its peer reported nothing.
+    assert_eq!(fec(&h, talker), (Some(0), None));
+
+    let now = h.now;
+    let report = loss_report(&h, lossy, 0);
+    h.room
+        .handle_datagram(h.clients[lossy].id, &report, now)
+        .unwrap();
+    h.step();
+    assert_eq!(fec(&h, listeners[0]), (Some(6), None));
+}

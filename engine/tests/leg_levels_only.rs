@@ -32,6 +32,8 @@ fn opus_config_fec(dtx: bool, fec: bool) -> LegConfig {
     LegConfig {
         codec: Codec::Opus(OpusParams {
             fec,
+            // The trace's receiver sends no RTCP: size the FEC for the link's loss.
+            expected_loss_percent: if fec { 10 } else { 0 },
             dtx,
             ..OpusParams::default()
         }),
