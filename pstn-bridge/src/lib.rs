@@ -8,6 +8,7 @@
 //! implements.
 
 pub mod digest;
+pub mod ivr;
 pub mod numbers;
 pub mod sdp;
 pub mod sip;
