@@ -21,6 +21,10 @@ pub struct Config {
     pub frame_ms: u32,
     /// Media worker threads (0 = one per core).
     pub media_workers: usize,
+    /// Real-time (`SCHED_FIFO`) priority of the media workers and their sender threads,
+    /// 1..=99; 0 keeps the normal scheduler. Where the system does not permit it (no
+    /// `CAP_SYS_NICE` or `RLIMIT_RTPRIO`), they run at normal priority and say so once.
+    pub realtime_priority: u8,
     /// Data directory (database, recordings).
     pub data_dir: PathBuf,
     /// Address of the HTTP control API (`CONFER_HTTP_LISTEN`, default `127.0.0.1:8080`).
@@ -36,6 +40,7 @@ impl Default for Config {
             rtp_port_max: 20_999,
             frame_ms: 20,
             media_workers: 0,
+            realtime_priority: 10,
             data_dir: PathBuf::from("confer-data"),
             http_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
         }
@@ -88,6 +93,9 @@ impl Config {
         if let Some(v) = get("CONFER_MEDIA_WORKERS") {
             self.media_workers = parse("CONFER_MEDIA_WORKERS", v)?;
         }
+        if let Some(v) = get("CONFER_REALTIME_PRIORITY") {
+            self.realtime_priority = parse("CONFER_REALTIME_PRIORITY", v)?;
+        }
         if let Some(v) = get("CONFER_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
         }
@@ -107,6 +115,12 @@ impl Config {
                 "rtp_port_min ({}) is above rtp_port_max ({})",
                 self.rtp_port_min,
                 self.rtp_port_max
+            );
+        }
+        if self.realtime_priority > 99 {
+            bail!(
+                "realtime_priority must be 0 (normal scheduling) or 1..=99, not {}",
+                self.realtime_priority
             );
         }
         if self.rtp_port_min < 1024 {
@@ -170,6 +184,20 @@ mod tests {
 
     #[test]
     fn impossible_settings_are_refused_with_the_reason() {
+        let c = Config {
+            realtime_priority: 100,
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("realtime_priority must be 0 (normal scheduling) or 1..=99")
+        );
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "CONFER_REALTIME_PRIORITY").then(|| "0".to_string()))
+            .unwrap();
+        assert_eq!(c.realtime_priority, 0);
         let c = Config {
             frame_ms: 15,
             ..Config::default()

@@ -20,11 +20,14 @@
 //!   reactor for reading only (write interest would wake it on every completed send). The
 //!   worker drains the queues at each tick, before the room's tick.
 //! - Sends are network I/O too: the tick queues each packet (header and bytes in two
-//!   bounded SPSC queues, no allocation) to its worker's **sender thread**, which calls
-//!   `sendto` on the participant's non-blocking socket beside the next tick (a loopback
-//!   `sendto` costs microseconds: a thousand listeners would otherwise be milliseconds of
-//!   every tick). A full queue, `WouldBlock` and other send errors drop and count: an
+//!   bounded SPSC queues, no allocation) to one of its worker's **sender threads** (one
+//!   per core, chosen by participant so its packets stay in order), which call `sendto`
+//!   on the participant's non-blocking socket while the tick goes on (a loopback `sendto`
+//!   costs microseconds: a thousand listeners would otherwise be milliseconds of every
+//!   tick). A full queue, `WouldBlock` and other send errors drop and count: an
 //!   unreachable participant costs a counter, not the worker.
+//! - Workers and sender threads ask for `SCHED_FIFO` (`realtime_priority`): on a busy
+//!   machine the normal scheduler delayed ticks by several ms.
 //! - Room events go to a `tokio::sync::broadcast` channel as [`EventMsg`] (a `Copy` value:
 //!   publishing allocates nothing); the WebSocket stream subscribes to it.
 //! - [`Metrics`] are atomic counters and fixed-bucket histograms, rendered as Prometheus
@@ -841,6 +844,10 @@ type Writers = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;
 pub struct HostConfig {
     /// Media worker threads.
     pub workers: usize,
+    /// `SCHED_FIFO` priority of the workers and their senders (0: normal scheduling).
+    pub realtime_priority: u8,
+    /// Sender threads per worker (0: one per core).
+    pub send_lanes: usize,
     /// Frame clock, ms.
     pub frame_ms: u32,
     /// Address of the RTP sockets.
@@ -866,7 +873,18 @@ impl Host {
         for i in 0..cfg.workers.max(1) {
             let (tx, rx) = sync_channel(COMMAND_QUEUE_LEN);
             let send_stop = Arc::new(AtomicBool::new(false));
-            let (out, sender) = SendQueue::start(i, metrics.clone(), send_stop.clone())?;
+            let priority = cfg.realtime_priority;
+            let (out, sender_threads) = SendQueue::start(
+                i,
+                if cfg.send_lanes > 0 {
+                    cfg.send_lanes
+                } else {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                },
+                metrics.clone(),
+                send_stop.clone(),
+                priority,
+            )?;
             let mut worker = Worker {
                 index: i,
                 frame,
@@ -884,11 +902,14 @@ impl Host {
                 std::thread::Builder::new()
                     .name(format!("confer-media-{i}"))
                     .spawn(move || {
+                        realtime(priority);
                         worker.run(&rx, &stop);
                         // The rooms' last packets (BYEs) leave before the sender stops.
                         send_stop.store(true, Ordering::Release);
-                        worker.out.flush();
-                        let _ = sender.join();
+                        worker.out.wake_all();
+                        for t in sender_threads {
+                            let _ = t.join();
+                        }
                     })?,
             );
             senders.push(tx);
@@ -1890,75 +1911,102 @@ struct Outgoing {
     len: usize,
 }
 
-/// The worker's end of its sender thread: sends are network I/O, so they leave the tick
+/// The worker's end of its sender threads: sends are network I/O, so they leave the tick
 /// (a `sendto` on loopback costs microseconds, a thousand listeners milliseconds) and run
-/// beside the next tick on another core. Both queues are allocated once; a full queue
-/// drops and counts, never blocks.
+/// beside the tick on the other cores. A worker has one sender thread (a **lane**) per
+/// core: one thread's sends alone would take a large room's tick longer than the room's
+/// mixing does. A participant always goes through the same lane (by its id), so its
+/// packets leave in order. A lane is woken when [`FLUSH_EVERY`] packets wait for it and
+/// at the end of each room, so a large room's first packets leave while the rest are
+/// built. The queues are allocated once; a full queue drops and counts, never blocks.
 struct SendQueue {
-    meta: HeapProd<Outgoing>,
-    bytes: HeapProd<u8>,
-    sender: std::thread::Thread,
+    lanes: Vec<Lane>,
     metrics: Arc<Metrics>,
 }
 
+/// One sender thread and the two queues that feed it (moving in step).
+struct Lane {
+    meta: HeapProd<Outgoing>,
+    bytes: HeapProd<u8>,
+    thread: std::thread::Thread,
+    /// Packets queued since the thread was last woken.
+    unflushed: usize,
+}
+
+/// Packets per batch: an unpark is a futex call when the sender sleeps, so not one per
+/// packet.
+const FLUSH_EVERY: usize = 32;
+
 impl SendQueue {
-    /// Starts the sender thread of worker `index`; it ends once `stop` is set and its queue
-    /// is empty.
+    /// Starts `lanes` sender threads for worker `index`; each ends once `stop` is set and
+    /// its queue is empty.
     fn start(
         index: usize,
+        lanes: usize,
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
-    ) -> io::Result<(SendQueue, std::thread::JoinHandle<()>)> {
-        let (meta, mut meta_rx) = HeapRb::<Outgoing>::new(SEND_QUEUE_LEN).split();
-        let (bytes, mut bytes_rx) = HeapRb::<u8>::new(SEND_QUEUE_BYTES).split();
-        let m = metrics.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("confer-send-{index}"))
-            .spawn(move || {
-                let mut buf = vec![0u8; MAX_DATAGRAM];
-                loop {
-                    while let Some(o) = meta_rx.try_pop() {
-                        // The producer pushed the bytes before their header.
-                        let n = bytes_rx.pop_slice(&mut buf[..o.len.min(MAX_DATAGRAM)]);
-                        let t = Instant::now();
-                        m.send_wait.record(t.saturating_duration_since(o.queued));
-                        send_counted(&o, &buf[..n], &m);
-                        let sent = Instant::now();
-                        m.send.record(sent.saturating_duration_since(t));
-                        m.tick_to_sent
-                            .record(sent.saturating_duration_since(o.tick));
+        priority: u8,
+    ) -> io::Result<(SendQueue, Vec<std::thread::JoinHandle<()>>)> {
+        let mut out = SendQueue {
+            lanes: Vec::new(),
+            metrics: metrics.clone(),
+        };
+        let mut handles = Vec::new();
+        for lane in 0..lanes.max(1) {
+            let (meta, mut meta_rx) = HeapRb::<Outgoing>::new(SEND_QUEUE_LEN).split();
+            let (bytes, mut bytes_rx) = HeapRb::<u8>::new(SEND_QUEUE_BYTES).split();
+            let m = metrics.clone();
+            let stop = stop.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("confer-send-{index}.{lane}"))
+                .spawn(move || {
+                    realtime(priority);
+                    let mut buf = vec![0u8; MAX_DATAGRAM];
+                    loop {
+                        while let Some(o) = meta_rx.try_pop() {
+                            // The producer pushed the bytes before their header.
+                            let n = bytes_rx.pop_slice(&mut buf[..o.len.min(MAX_DATAGRAM)]);
+                            let t = Instant::now();
+                            m.send_wait.record(t.saturating_duration_since(o.queued));
+                            send_counted(&o, &buf[..n], &m);
+                            let sent = Instant::now();
+                            m.send.record(sent.saturating_duration_since(t));
+                            m.tick_to_sent
+                                .record(sent.saturating_duration_since(o.tick));
+                        }
+                        if stop.load(Ordering::Acquire) && meta_rx.is_empty() {
+                            break;
+                        }
+                        // The worker unparks after each batch; the timeout is a safety net.
+                        std::thread::park_timeout(Duration::from_millis(5));
                     }
-                    if stop.load(Ordering::Acquire) && meta_rx.is_empty() {
-                        break;
-                    }
-                    // The worker unparks after each tick; the timeout is a safety net.
-                    std::thread::park_timeout(Duration::from_millis(5));
-                }
-            })?;
-        let sender = handle.thread().clone();
-        Ok((
-            SendQueue {
+                })?;
+            out.lanes.push(Lane {
                 meta,
                 bytes,
-                sender,
-                metrics,
-            },
-            handle,
-        ))
+                thread: handle.thread().clone(),
+                unflushed: 0,
+            });
+            handles.push(handle);
+        }
+        Ok((out, handles))
     }
 
     fn push(&mut self, m: &Member, packet: &[u8], tick: Instant) {
         let len = packet.len().min(MAX_DATAGRAM);
-        if self.meta.is_full() || self.bytes.vacant_len() < len {
+        // `start` made at least one lane; the remainder fits a usize.
+        let n = self.lanes.len() as u64;
+        let lane = &mut self.lanes[(m.id % n) as usize];
+        if lane.meta.is_full() || lane.bytes.vacant_len() < len {
             m.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .drop_send_queue_full
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.bytes.push_slice(&packet[..len]);
+        lane.bytes.push_slice(&packet[..len]);
         // Cannot fail: checked above, and only this thread pushes.
-        let _ = self.meta.try_push(Outgoing {
+        let _ = lane.meta.try_push(Outgoing {
             socket: m.socket.clone(),
             to: m.spec.rtp_address,
             counters: m.counters.clone(),
@@ -1966,11 +2014,61 @@ impl SendQueue {
             queued: Instant::now(),
             len,
         });
+        lane.unflushed += 1;
+        if lane.unflushed >= FLUSH_EVERY {
+            lane.unflushed = 0;
+            lane.thread.unpark();
+        }
     }
 
-    /// Wakes the sender for what was queued.
-    fn flush(&self) {
-        self.sender.unpark();
+    /// Wakes the lanes that have packets queued since they were last woken.
+    fn flush_pending(&mut self) {
+        for lane in self.lanes.iter_mut().filter(|l| l.unflushed > 0) {
+            lane.unflushed = 0;
+            lane.thread.unpark();
+        }
+    }
+
+    /// Wakes every lane (at shutdown, so that each sees `stop`).
+    fn wake_all(&mut self) {
+        for lane in &mut self.lanes {
+            lane.unflushed = 0;
+            lane.thread.unpark();
+        }
+    }
+}
+
+/// Puts the calling thread on `SCHED_FIFO` at `priority` (0: leaves it alone), as audio
+/// servers do: a worker sleeps between ticks and runs a few ms per frame, and on a busy
+/// machine the normal scheduler lets other threads delay its tick by several ms (the
+/// tail of the tick time). The kernel's real-time throttling still keeps 5% of each
+/// second for everything else. Without the permission the thread stays as it is.
+fn realtime(priority: u8) {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    if priority == 0 {
+        return;
+    }
+    static REFUSED: std::sync::Once = std::sync::Once::new();
+    let result = ThreadPriorityValue::try_from(priority)
+        .map_err(|e| format!("priority {priority}: {e}"))
+        .and_then(|value| {
+            set_thread_priority_and_policy(
+                thread_native_id(),
+                ThreadPriority::Crossplatform(value),
+                ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+            )
+            .map_err(|e| format!("{e:?}"))
+        });
+    if let Err(e) = result {
+        REFUSED.call_once(|| {
+            tracing::warn!(
+                "media threads run at normal priority: real-time priority {priority} was \
+                 refused ({e}); grant CAP_SYS_NICE or set realtime_priority = 0"
+            );
+        });
     }
 }
 
@@ -2078,6 +2176,8 @@ impl Worker {
                     sending += t.elapsed();
                 }
             });
+            // This room's packets start leaving while the worker ticks the next room.
+            out.flush_pending();
             metrics
                 .room_mix
                 .record(mixing.elapsed().saturating_sub(sending));
@@ -2094,7 +2194,6 @@ impl Worker {
             }
             publish(room_id, entry, &self.events);
         }
-        out.flush();
         worked
     }
 
@@ -2456,7 +2555,7 @@ fn room_info(worker: usize, id: u64, e: &RoomEntry) -> RoomInfo {
 fn bye(leg: &mut MediaLeg, m: &Member, out: &mut SendQueue, buf: &mut [u8], now: Instant) {
     if let Ok(n) = leg.write_bye(now, buf) {
         out.push(m, &buf[..n], now);
-        out.flush();
+        out.flush_pending();
     }
 }
 
@@ -2563,6 +2662,8 @@ mod tests {
     fn host(min: u16, max: u16) -> Host {
         Host::start(&HostConfig {
             workers: 1,
+            realtime_priority: 0,
+            send_lanes: 1,
             frame_ms: 20,
             media_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             rtp_port_min: min,

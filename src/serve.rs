@@ -21,8 +21,9 @@ use crate::host::{Host, HostConfig};
 
 /// `confer serve` options. Every setting can also come from the config file or from a
 /// `CONFER_*` environment variable: `CONFER_MEDIA_IP`, `CONFER_RTP_PORT_MIN`,
-/// `CONFER_RTP_PORT_MAX`, `CONFER_FRAME_MS`, `CONFER_MEDIA_WORKERS`, `CONFER_DATA_DIR`,
-/// `CONFER_HTTP_LISTEN` (default 127.0.0.1:8080; see README).
+/// `CONFER_RTP_PORT_MAX`, `CONFER_FRAME_MS`, `CONFER_MEDIA_WORKERS`,
+/// `CONFER_REALTIME_PRIORITY`, `CONFER_DATA_DIR`, `CONFER_HTTP_LISTEN` (default
+/// 127.0.0.1:8080; see README).
 #[derive(Args, Debug)]
 #[command(after_help = "Settings (TOML key / environment variable, default):
   media_ip       CONFER_MEDIA_IP       127.0.0.1        address of the RTP sockets
@@ -30,6 +31,8 @@ use crate::host::{Host, HostConfig};
   rtp_port_max   CONFER_RTP_PORT_MAX   20999            last RTP port
   frame_ms       CONFER_FRAME_MS       20               frame clock, 10 or 20 ms
   media_workers  CONFER_MEDIA_WORKERS  0 (one per core) media worker threads
+  realtime_priority CONFER_REALTIME_PRIORITY 10         SCHED_FIFO priority of media threads
+                                                        (0: normal scheduler)
   data_dir       CONFER_DATA_DIR       confer-data      database and recordings
   http_listen    CONFER_HTTP_LISTEN    127.0.0.1:8080   control API (port 0: any free port)
 Environment variables override the file, which overrides the defaults.")]
@@ -115,6 +118,8 @@ pub fn spawn(cfg: &Config) -> anyhow::Result<Running> {
         let _guard = runtime.enter();
         Host::start(&HostConfig {
             workers: cfg.workers(),
+            realtime_priority: cfg.realtime_priority,
+            send_lanes: 0,
             frame_ms: cfg.frame_ms,
             media_ip: cfg.media_ip,
             rtp_port_min: cfg.rtp_port_min,

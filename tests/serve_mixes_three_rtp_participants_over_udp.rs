@@ -111,11 +111,14 @@ fn three_participants(slot: u16, frame_ms: u32, levels: Option<u8>) -> f64 {
                 a.mean, a.min, a.windows, a.delay_ms
             );
             assert!(a.windows >= 5, "{} speech windows", a.windows);
+            // Heard sources correlate at 0.49-0.66 here (two talkers mixed, Opus, a busy
+            // machine), a participant's own voice at 0.14-0.26 (speech against itself at
+            // another offset): the limits sit between, with room for a loaded CI machine.
             if i == j {
                 assert!(a.mean < 0.35, "participant {i} hears itself: {:.3}", a.mean);
             } else {
                 assert!(
-                    a.mean > 0.45,
+                    a.mean > 0.40,
                     "participant {i} does not hear {j}: {:.3}",
                     a.mean
                 );

@@ -1339,57 +1339,70 @@ impl Room {
             lap(&mut timer, Stage::Encode);
         }
 
-        // 4, 6, 7. Per participant: own N-1 encode, shared payload, or nothing; RTCP.
+        // 4, 6, 7. Per participant: shared payload, own N-1 encode, or nothing; RTCP.
+        // Listeners of the shared mixes first: their packets are ready now and can be on
+        // their way while the speakers' own mixes are encoded.
         let mut own = 0u32;
         let mut sent = 0u64;
-        for slot in self.slots.iter_mut() {
-            let Some(p) = slot.participant.as_mut() else {
-                continue;
-            };
-            let r = if waiting || p.deaf {
-                p.leg.skip_frame();
-                Ok(0)
-            } else if let Some(k) = p.mix_index {
-                match self.mixer.mix_without(k, p.output_gain, &mut self.scratch) {
-                    Ok(()) => {
-                        p.limiter.process(&mut self.scratch);
-                        lap(&mut timer, Stage::Mix);
-                        own += 1;
-                        p.leg
-                            .send_frame_timed(&self.scratch, now, &mut self.packet, timer.as_mut())
+        let order = [false, true];
+        for speakers_pass in order {
+            for slot in self.slots.iter_mut() {
+                let Some(p) = slot
+                    .participant
+                    .as_mut()
+                    .filter(|p| (p.mix_index.is_some() && !waiting && !p.deaf) == speakers_pass)
+                else {
+                    continue;
+                };
+                let r = if waiting || p.deaf {
+                    p.leg.skip_frame();
+                    Ok(0)
+                } else if let Some(k) = p.mix_index {
+                    match self.mixer.mix_without(k, p.output_gain, &mut self.scratch) {
+                        Ok(()) => {
+                            p.limiter.process(&mut self.scratch);
+                            lap(&mut timer, Stage::Mix);
+                            own += 1;
+                            p.leg.send_frame_timed(
+                                &self.scratch,
+                                now,
+                                &mut self.packet,
+                                timer.as_mut(),
+                            )
+                        }
+                        Err(_) => Ok(0),
                     }
-                    Err(_) => Ok(0),
-                }
-            } else {
-                match self
-                    .groups
-                    .get(p.group)
-                    .and_then(|g| Some(&g.payload[..g.payload_len?]))
-                {
-                    Some(payload) => p.leg.send_payload(payload, now, &mut self.packet),
-                    None => {
-                        p.leg.skip_frame();
-                        Ok(0)
+                } else {
+                    match self
+                        .groups
+                        .get(p.group)
+                        .and_then(|g| Some(&g.payload[..g.payload_len?]))
+                    {
+                        Some(payload) => p.leg.send_payload(payload, now, &mut self.packet),
+                        None => {
+                            p.leg.skip_frame();
+                            Ok(0)
+                        }
                     }
+                };
+                match r {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        send(p.id, &self.packet[..n]);
+                        sent += 1;
+                    }
+                    Err(_) => self.stats.send_errors += 1,
                 }
-            };
-            match r {
-                Ok(0) => {}
-                Ok(n) => {
-                    send(p.id, &self.packet[..n]);
-                    sent += 1;
+                match p.leg.poll_rtcp(now, &mut self.packet) {
+                    Ok(Some(n)) => {
+                        send(p.id, &self.packet[..n]);
+                        sent += 1;
+                    }
+                    Ok(None) => {}
+                    Err(_) => self.stats.send_errors += 1,
                 }
-                Err(_) => self.stats.send_errors += 1,
+                lap(&mut timer, Stage::Send);
             }
-            match p.leg.poll_rtcp(now, &mut self.packet) {
-                Ok(Some(n)) => {
-                    send(p.id, &self.packet[..n]);
-                    sent += 1;
-                }
-                Ok(None) => {}
-                Err(_) => self.stats.send_errors += 1,
-            }
-            lap(&mut timer, Stage::Send);
         }
         self.stats.shared_encodes_last_tick = shared;
         self.stats.speaker_encodes_last_tick = own;
