@@ -134,16 +134,22 @@ fn bench_opus(c: &mut Criterion) {
         })
         .collect();
     let mix_frames: Vec<&[f32]> = mix.chunks_exact(FRAME_48K).collect();
-    let settings: [(&str, OpusEncoderConfig); 6] = [
+    let nofec = |complexity: u8| OpusEncoderConfig {
+        complexity,
+        inband_fec: false,
+        expected_loss_percent: 0,
+        ..common::opus_config()
+    };
+    let settings: Vec<(String, OpusEncoderConfig)> = [
         (
-            "c5_fec",
+            "c5_fec".to_owned(),
             OpusEncoderConfig {
                 complexity: 5,
                 ..common::opus_config()
             },
         ),
         (
-            "c5_fec_loss0",
+            "c5_fec_loss0".to_owned(),
             OpusEncoderConfig {
                 complexity: 5,
                 expected_loss_percent: 0,
@@ -151,44 +157,23 @@ fn bench_opus(c: &mut Criterion) {
             },
         ),
         (
-            "c5_nofec",
+            "c5_audio".to_owned(),
             OpusEncoderConfig {
-                complexity: 5,
-                inband_fec: false,
-                expected_loss_percent: 0,
-                ..common::opus_config()
-            },
-        ),
-        (
-            "c4_nofec",
-            OpusEncoderConfig {
-                complexity: 4,
-                inband_fec: false,
-                expected_loss_percent: 0,
-                ..common::opus_config()
-            },
-        ),
-        (
-            "c5_audio",
-            OpusEncoderConfig {
-                complexity: 5,
-                inband_fec: false,
-                expected_loss_percent: 0,
                 application: OpusApplication::Audio,
-                ..common::opus_config()
+                ..nofec(5)
             },
         ),
         (
-            "c5_nofec_24k",
+            "c5_nofec_24k".to_owned(),
             OpusEncoderConfig {
-                complexity: 5,
-                inband_fec: false,
-                expected_loss_percent: 0,
                 bitrate_bps: 24_000,
-                ..common::opus_config()
+                ..nofec(5)
             },
         ),
-    ];
+    ]
+    .into_iter()
+    .chain((3u8..=9).map(|c| (format!("c{c}_nofec"), nofec(c))))
+    .collect();
     for (name, config) in settings {
         let mut enc = OpusEncoder::new(config).expect("encoder");
         let mut i = 0;
