@@ -12,6 +12,7 @@ mod bench;
 mod config;
 mod host;
 mod serve;
+mod sip;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,0 +1,1 @@
+//! The SIP side of `confer serve` (being written).
