@@ -91,11 +91,13 @@
 //! - A Request-URI with headers (`escruri`) is a 400.
 
 mod check;
+pub mod dialog;
 mod framer;
 mod head;
 mod header;
 mod message;
 mod scan;
+pub mod transaction;
 mod uri;
 mod value;
 
