@@ -42,6 +42,8 @@ pub struct ApiState {
     pub host: Host,
     /// Becomes `true` at shutdown; event streams close.
     pub shutdown: watch::Receiver<bool>,
+    /// SIP's counters, appended to `/metrics` when SIP runs.
+    pub sip_metrics: Option<std::sync::Arc<crate::sip::SipMetrics>>,
 }
 
 /// The routes.
@@ -164,7 +166,7 @@ async fn healthz() -> Response {
 async fn metrics(State(s): State<ApiState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.host.metrics().render(),
+        s.host.metrics().render() + &s.sip_metrics.map_or(String::new(), |m| m.render()),
     )
         .into_response()
 }

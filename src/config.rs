@@ -30,6 +30,64 @@ pub struct Config {
     /// Address of the HTTP control API (`CONFER_HTTP_LISTEN`, default `127.0.0.1:8080`).
     /// Port 0 takes a free port; the ready line says which.
     pub http_listen: SocketAddr,
+    /// Address of SIP over UDP and TCP (`CONFER_SIP_LISTEN`, default `127.0.0.1:5060`).
+    /// Port 0 takes free ports (the same for both when it can); the ready line says which.
+    pub sip_listen: SocketAddr,
+    /// Address of SIP over TLS (`CONFER_SIP_TLS_LISTEN`); off when not set. Needs
+    /// `sip_tls_cert` and `sip_tls_key`.
+    pub sip_tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener (`CONFER_SIP_TLS_CERT`).
+    pub sip_tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listener (`CONFER_SIP_TLS_KEY`).
+    pub sip_tls_key: Option<PathBuf>,
+    /// Largest SIP message accepted, in bytes (head and body; default 16384). A bigger one
+    /// is answered 513 when its headers can be read, else dropped; on TCP and TLS the
+    /// connection is then closed.
+    pub sip_max_message_bytes: usize,
+    /// Messages per second a source IP may send on average (token bucket; default 50;
+    /// 0 turns the limit off).
+    pub sip_rate_per_second: u32,
+    /// Messages a source IP may send at once above the average (bucket size; default 100).
+    pub sip_rate_burst: u32,
+    /// First ban of a source that exceeds its rate, in seconds (default 10); each repeat
+    /// within an hour doubles it, up to 64 times.
+    pub sip_ban_seconds: u32,
+    /// Open TCP and TLS connections at most (default 1024).
+    pub sip_max_connections: usize,
+    /// Open TCP and TLS connections per source IP at most (default 32).
+    pub sip_max_connections_per_ip: usize,
+    /// A connection that stops in the middle of a message for this long is closed, ms
+    /// (slow loris; default 5000).
+    pub sip_message_timeout_ms: u64,
+    /// A connection that sends nothing (not even a keep-alive) for this long is closed, ms
+    /// (default 300000).
+    pub sip_idle_timeout_ms: u64,
+    /// Concurrent SIP calls at most (default 500); more are answered 503.
+    pub sip_max_calls: usize,
+    /// SIP timer T1 (RTT estimate), ms (default 500; all transaction timers follow it).
+    pub sip_t1_ms: u64,
+    /// Send responses to the source port of UDP requests even when their Via asks for
+    /// none (as if it carried `rport`; default true: most peers sit behind NAT).
+    pub sip_force_rport: bool,
+    /// Session interval (RFC 4028) granted to callers, seconds (default 1800; >= 90).
+    pub sip_session_expires: u32,
+    /// Country calling code for dialled national numbers (default `1`: the North American
+    /// plan; any other is read with national prefix 0 and international prefix 00).
+    pub sip_country_code: String,
+    /// Dialled numbers that lead straight into a room (`[[dial_in]]` tables with `number`
+    /// and `room`; `CONFER_DIAL_IN="+15550100=standup,+15550101=retro"`).
+    pub dial_in: Vec<DialIn>,
+}
+
+/// One dial-in number and the room it leads to (created on the first call).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialIn {
+    /// The number as dialled or in E.164 (normalised with `sip_country_code`), or an
+    /// extension of up to six digits.
+    pub number: String,
+    /// The room's name.
+    pub room: String,
 }
 
 impl Default for Config {
@@ -43,6 +101,24 @@ impl Default for Config {
             realtime_priority: 10,
             data_dir: PathBuf::from("confer-data"),
             http_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+            sip_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5060),
+            sip_tls_listen: None,
+            sip_tls_cert: None,
+            sip_tls_key: None,
+            sip_max_message_bytes: 16 * 1024,
+            sip_rate_per_second: 50,
+            sip_rate_burst: 100,
+            sip_ban_seconds: 10,
+            sip_max_connections: 1024,
+            sip_max_connections_per_ip: 32,
+            sip_message_timeout_ms: 5000,
+            sip_idle_timeout_ms: 300_000,
+            sip_max_calls: 500,
+            sip_t1_ms: 500,
+            sip_force_rport: true,
+            sip_session_expires: 1800,
+            sip_country_code: "1".to_owned(),
+            dial_in: Vec::new(),
         }
     }
 }
@@ -102,6 +178,46 @@ impl Config {
         if let Some(v) = get("CONFER_HTTP_LISTEN") {
             self.http_listen = parse("CONFER_HTTP_LISTEN", v)?;
         }
+        if let Some(v) = get("CONFER_SIP_LISTEN") {
+            self.sip_listen = parse("CONFER_SIP_LISTEN", v)?;
+        }
+        if let Some(v) = get("CONFER_SIP_TLS_LISTEN") {
+            self.sip_tls_listen = Some(parse("CONFER_SIP_TLS_LISTEN", v)?);
+        }
+        if let Some(v) = get("CONFER_SIP_TLS_CERT") {
+            self.sip_tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("CONFER_SIP_TLS_KEY") {
+            self.sip_tls_key = Some(PathBuf::from(v));
+        }
+        macro_rules! number {
+            ($($field:ident $key:literal),*) => {$(
+                if let Some(v) = get($key) {
+                    self.$field = parse($key, v)?;
+                }
+            )*};
+        }
+        number!(
+            sip_max_message_bytes "CONFER_SIP_MAX_MESSAGE_BYTES",
+            sip_rate_per_second "CONFER_SIP_RATE_PER_SECOND",
+            sip_rate_burst "CONFER_SIP_RATE_BURST",
+            sip_ban_seconds "CONFER_SIP_BAN_SECONDS",
+            sip_max_connections "CONFER_SIP_MAX_CONNECTIONS",
+            sip_max_connections_per_ip "CONFER_SIP_MAX_CONNECTIONS_PER_IP",
+            sip_message_timeout_ms "CONFER_SIP_MESSAGE_TIMEOUT_MS",
+            sip_idle_timeout_ms "CONFER_SIP_IDLE_TIMEOUT_MS",
+            sip_max_calls "CONFER_SIP_MAX_CALLS",
+            sip_t1_ms "CONFER_SIP_T1_MS",
+            sip_force_rport "CONFER_SIP_FORCE_RPORT",
+            sip_session_expires "CONFER_SIP_SESSION_EXPIRES"
+        );
+        if let Some(v) = get("CONFER_SIP_COUNTRY_CODE") {
+            self.sip_country_code = v;
+        }
+        if let Some(v) = get("CONFER_DIAL_IN") {
+            self.dial_in = parse_dial_in(&v)
+                .map_err(|e| anyhow::anyhow!("environment variable CONFER_DIAL_IN={v:?}: {e}"))?;
+        }
         Ok(())
     }
 
@@ -126,6 +242,62 @@ impl Config {
         if self.rtp_port_min < 1024 {
             bail!("rtp_port_min must be >= 1024, not {}", self.rtp_port_min);
         }
+        self.validate_sip()
+    }
+
+    fn validate_sip(&self) -> anyhow::Result<()> {
+        if !(1024..=1 << 20).contains(&self.sip_max_message_bytes) {
+            bail!(
+                "sip_max_message_bytes must be 1024..=1048576, not {}",
+                self.sip_max_message_bytes
+            );
+        }
+        if self.sip_rate_per_second > 0 && self.sip_rate_burst == 0 {
+            bail!("sip_rate_burst must be at least 1 when sip_rate_per_second is set");
+        }
+        if self.sip_ban_seconds == 0 || self.sip_ban_seconds > 86_400 {
+            bail!(
+                "sip_ban_seconds must be 1..=86400, not {}",
+                self.sip_ban_seconds
+            );
+        }
+        if self.sip_max_connections == 0
+            || self.sip_max_connections_per_ip == 0
+            || self.sip_max_connections_per_ip > self.sip_max_connections
+        {
+            bail!(
+                "sip_max_connections ({}) and sip_max_connections_per_ip ({}) must be at \
+                 least 1, the second no more than the first",
+                self.sip_max_connections,
+                self.sip_max_connections_per_ip
+            );
+        }
+        if self.sip_message_timeout_ms == 0 || self.sip_idle_timeout_ms == 0 {
+            bail!("sip_message_timeout_ms and sip_idle_timeout_ms must be above 0");
+        }
+        if self.sip_max_calls == 0 {
+            bail!("sip_max_calls must be at least 1");
+        }
+        if !(10..=10_000).contains(&self.sip_t1_ms) {
+            bail!("sip_t1_ms must be 10..=10000, not {}", self.sip_t1_ms);
+        }
+        if self.sip_session_expires < 90 {
+            bail!(
+                "sip_session_expires must be at least 90 s (RFC 4028), not {}",
+                self.sip_session_expires
+            );
+        }
+        match (&self.sip_tls_listen, &self.sip_tls_cert, &self.sip_tls_key) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+            _ => bail!("SIP over TLS needs all of sip_tls_listen, sip_tls_cert and sip_tls_key"),
+        }
+        if !self.dial_in.is_empty() && self.media_ip.is_unspecified() {
+            bail!(
+                "media_ip {} cannot be written in SDP: dial-in needs a concrete address",
+                self.media_ip
+            );
+        }
+        crate::sip::DialPlan::new(&self.dial_in, &self.sip_country_code)?;
         Ok(())
     }
 
@@ -137,6 +309,22 @@ impl Config {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
     }
+}
+
+/// `number=room[,number=room...]` (the `CONFER_DIAL_IN` form).
+fn parse_dial_in(v: &str) -> Result<Vec<DialIn>, String> {
+    v.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (number, room) = p
+                .split_once('=')
+                .ok_or_else(|| format!("{p:?} is not number=room"))?;
+            Ok(DialIn {
+                number: number.trim().to_owned(),
+                room: room.trim().to_owned(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -213,6 +401,120 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("rtp_port_min")
+        );
+    }
+
+    #[test]
+    fn sip_defaults_to_udp_and_tcp_on_loopback_5060_without_tls_or_numbers() {
+        let c = Config::default();
+        assert_eq!(c.sip_listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(c.sip_tls_listen, None);
+        assert!(c.dial_in.is_empty());
+        assert!(c.sip_force_rport);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn dial_in_numbers_come_from_toml_tables_or_one_environment_variable() {
+        let c = Config::from_toml(
+            "sip_listen = \"127.0.0.1:0\"\n\
+             [[dial_in]]\nnumber = \"+15550100123\"\nroom = \"standup\"\n\
+             [[dial_in]]\nnumber = \"4242\"\nroom = \"retro\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.dial_in.len(), 2);
+        assert_eq!(c.dial_in[1].room, "retro");
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "CONFER_DIAL_IN" => Some("+15550100123=standup, 4242 = retro".into()),
+            "CONFER_SIP_FORCE_RPORT" => Some("false".into()),
+            "CONFER_SIP_MAX_MESSAGE_BYTES" => Some("4096".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            c.dial_in[1],
+            DialIn {
+                number: "4242".into(),
+                room: "retro".into()
+            }
+        );
+        assert!(!c.sip_force_rport);
+        assert_eq!(c.sip_max_message_bytes, 4096);
+        let err = c
+            .apply_env(|k| (k == "CONFER_DIAL_IN").then(|| "standup".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CONFER_DIAL_IN"), "{err}");
+        let err = c
+            .apply_env(|k| (k == "CONFER_SIP_RATE_BURST").then(|| "lots".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CONFER_SIP_RATE_BURST"), "{err}");
+    }
+
+    #[test]
+    fn impossible_sip_settings_are_refused_with_the_reason() {
+        let refused = |c: Config, what: &str| {
+            let e = format!("{:#}", c.validate().unwrap_err());
+            assert!(e.contains(what), "{e}");
+        };
+        refused(
+            Config {
+                sip_tls_listen: Some("127.0.0.1:5061".parse().unwrap()),
+                ..Config::default()
+            },
+            "sip_tls_cert",
+        );
+        let numbers = vec![DialIn {
+            number: "+15550100123".into(),
+            room: "standup".into(),
+        }];
+        refused(
+            Config {
+                dial_in: numbers.clone(),
+                media_ip: "0.0.0.0".parse().unwrap(),
+                ..Config::default()
+            },
+            "media_ip",
+        );
+        refused(
+            Config {
+                dial_in: vec![DialIn {
+                    number: "not a number".into(),
+                    room: "x".into(),
+                }],
+                ..Config::default()
+            },
+            "dial_in number",
+        );
+        refused(
+            Config {
+                sip_session_expires: 60,
+                ..Config::default()
+            },
+            "sip_session_expires",
+        );
+        refused(
+            Config {
+                sip_max_connections: 4,
+                sip_max_connections_per_ip: 8,
+                ..Config::default()
+            },
+            "sip_max_connections",
+        );
+        refused(
+            Config {
+                sip_max_message_bytes: 100,
+                ..Config::default()
+            },
+            "sip_max_message_bytes",
+        );
+        refused(
+            Config {
+                sip_country_code: "0".into(),
+                ..Config::default()
+            },
+            "sip_country_code",
         );
     }
 }

@@ -83,6 +83,7 @@ use confer_conference::room::{
     RoomError, RoomEventKind,
 };
 use confer_engine::leg::{Codec, LegConfig, LegError, MAX_DATAGRAM, MediaLeg, StageTimes};
+use confer_engine::types::PayloadType;
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 use serde::Serialize;
@@ -604,6 +605,32 @@ pub struct JoinSpec {
     pub moderator: bool,
 }
 
+/// An RTP socket bound ahead of a join ([`Host::reserve_rtp`]): a SIP leg must put our
+/// port in its SDP before the peer's address and codec are known. Dropping it releases the
+/// port.
+#[derive(Debug)]
+pub struct RtpSocket {
+    socket: StdUdpSocket,
+    local: SocketAddr,
+}
+
+impl RtpSocket {
+    /// The address the participant's RTP will arrive at.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// What a join may add to its [`JoinSpec`] (everything optional; the control API uses
+/// none of it).
+#[derive(Debug, Default)]
+pub struct JoinOptions {
+    /// A socket reserved with [`Host::reserve_rtp`]; `None` binds the next free port.
+    pub socket: Option<RtpSocket>,
+    /// The RFC 4733 telephone-event payload type negotiated for the leg.
+    pub telephone_event: Option<PayloadType>,
+}
+
 /// Participant controls (each optional).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ParticipantUpdate {
@@ -1100,6 +1127,23 @@ impl Host {
     /// Adds a participant: binds its socket, builds its leg, starts its receive task, and
     /// has the room's worker join it.
     pub async fn join(&self, room: u64, spec: JoinSpec) -> Result<ParticipantInfo, HostError> {
+        self.join_with(room, spec, JoinOptions::default()).await
+    }
+
+    /// Binds an RTP socket on the next free port for a later [`Host::join_with`].
+    pub fn reserve_rtp(&self) -> Result<RtpSocket, HostError> {
+        let socket = self.bind_rtp_socket()?;
+        let local = socket.local_addr()?;
+        Ok(RtpSocket { socket, local })
+    }
+
+    /// [`Host::join`] with a reserved socket and/or a telephone-event payload type.
+    pub async fn join_with(
+        &self,
+        room: u64,
+        spec: JoinSpec,
+        options: JoinOptions,
+    ) -> Result<ParticipantInfo, HostError> {
         let worker = self.worker_of(room)?;
         if spec.rtp_address.is_ipv4() != self.inner.media_ip.is_ipv4() {
             return Err(HostError::AddressFamily {
@@ -1107,8 +1151,14 @@ impl Host {
                 media: self.inner.media_ip,
             });
         }
-        let socket = self.bind_rtp_socket()?;
-        let local = socket.local_addr()?;
+        let (socket, local) = match options.socket {
+            Some(reserved) => (reserved.socket, reserved.local),
+            None => {
+                let socket = self.bind_rtp_socket()?;
+                let local = socket.local_addr()?;
+                (socket, local)
+            }
+        };
         socket.set_nonblocking(true)?;
         let send_socket = socket.try_clone()?;
         // Read interest only: with write interest too (as `tokio::net::UdpSocket` has),
@@ -1125,6 +1175,7 @@ impl Host {
                 frame_ms: self.inner.frame_ms,
                 denoise: spec.denoise,
                 audio_level_extension: spec.audio_level_extension,
+                telephone_event: options.telephone_event,
                 ..LegConfig::default()
             },
             None,

@@ -1,10 +1,13 @@
-//! `confer serve`: the media engine with its HTTP control API, until Ctrl-C or SIGTERM.
+//! `confer serve`: the media engine with its HTTP control API and SIP, until Ctrl-C or
+//! SIGTERM.
 //!
 //! Wiring only: [`crate::host`] runs the media workers and the participants' sockets,
-//! [`crate::api`] the HTTP routes. The ready line names the control API's actual address
-//! (so `http_listen` may use port 0 and a script can read the port from it). On a signal
-//! the API stops accepting, event streams close, the workers end their rooms (each
-//! participant is sent an RTCP BYE) and stop.
+//! [`crate::api`] the HTTP routes, [`crate::sip`] SIP over UDP, TCP and TLS. The ready
+//! line names the control API's and SIP's actual addresses (so `http_listen` and
+//! `sip_listen` may use port 0 and a script can read the ports from it). On a signal SIP
+//! ends its calls (BYE) and their participants leave, the API stops accepting, event
+//! streams close, the workers end their rooms (each participant is sent an RTCP BYE) and
+//! stop. An engine started in-process by `confer bench` ([`spawn`]) runs no SIP.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +21,7 @@ use tokio::sync::watch;
 use crate::api::{ApiState, router};
 use crate::config::Config;
 use crate::host::{Host, HostConfig};
+use crate::sip::SipServer;
 
 /// `confer serve` options. Every setting can also come from the config file or from a
 /// `CONFER_*` environment variable: `CONFER_MEDIA_IP`, `CONFER_RTP_PORT_MIN`,
@@ -35,6 +39,12 @@ use crate::host::{Host, HostConfig};
                                                         (0: normal scheduler)
   data_dir       CONFER_DATA_DIR       confer-data      database and recordings
   http_listen    CONFER_HTTP_LISTEN    127.0.0.1:8080   control API (port 0: any free port)
+  sip_listen     CONFER_SIP_LISTEN     127.0.0.1:5060   SIP over UDP and TCP (port 0: free)
+  sip_tls_listen CONFER_SIP_TLS_LISTEN (off)            SIP over TLS, with sip_tls_cert and
+                                                        sip_tls_key (PEM files)
+  dial_in        CONFER_DIAL_IN        (none)           dialled numbers to rooms:
+                                                        \"+15550100=standup,4242=retro\"
+  (SIP limits, timers and the rest: README, \"SIP\".)
 Environment variables override the file, which overrides the defaults.")]
 pub struct ServeArgs {
     /// TOML configuration file.
@@ -45,7 +55,7 @@ pub struct ServeArgs {
 /// Runs the engine until a shutdown signal.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = Config::load(args.config.as_deref())?;
-    let running = spawn(&cfg)?;
+    let running = spawn_with(&cfg, true)?;
     // The handlers are installed before the ready line: a supervisor may signal as soon as
     // it reads it.
     let signals = tokio::runtime::Builder::new_current_thread()
@@ -59,8 +69,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
         )
     };
+    let sip = match &running.sip {
+        Some(s) => {
+            let tls = s.tls.map_or(String::new(), |a| format!(" tls:{a}"));
+            format!(", SIP udp:{} tcp:{}{tls}", s.udp, s.tcp)
+        }
+        None => String::new(),
+    };
     println!(
-        "confer {}: media engine running: {} media workers on a {} ms frame clock, RTP {}:{}-{}, control API http://{}, codecs opus pcmu pcma; Ctrl-C or SIGTERM stops it",
+        "confer {}: media engine running: {} media workers on a {} ms frame clock, RTP {}:{}-{}, control API http://{}{sip}, codecs opus pcmu pcma; Ctrl-C or SIGTERM stops it",
         env!("CARGO_PKG_VERSION"),
         running.workers,
         cfg.frame_ms,
@@ -86,6 +103,8 @@ pub struct Running {
     pub http: SocketAddr,
     /// Media worker threads.
     pub workers: usize,
+    /// SIP's addresses, when it runs.
+    pub sip: Option<SipAddrs>,
     stop: watch::Sender<bool>,
     thread: std::thread::JoinHandle<anyhow::Result<u64>>,
 }
@@ -101,9 +120,33 @@ impl Running {
     }
 }
 
-/// Starts the engine of `cfg` on a runtime thread of its own; returns once the control API
-/// listens.
+/// Where SIP listens.
+#[derive(Debug, Clone)]
+pub struct SipAddrs {
+    /// UDP.
+    pub udp: SocketAddr,
+    /// TCP.
+    pub tcp: SocketAddr,
+    /// TLS, when on.
+    pub tls: Option<SocketAddr>,
+}
+
+/// True when `e` comes from binding an address already in use.
+fn in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
+}
+
+/// Starts the engine of `cfg` (without SIP) on a runtime thread of its own; returns once
+/// the control API listens.
 pub fn spawn(cfg: &Config) -> anyhow::Result<Running> {
+    spawn_with(cfg, false)
+}
+
+/// [`spawn`], with SIP when `sip` (returns once SIP listens too).
+pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,6 +172,29 @@ pub fn spawn(cfg: &Config) -> anyhow::Result<Running> {
         .context("starting the media workers")?
     };
     let workers = host.workers();
+    let sip_server = if sip {
+        match runtime.block_on(SipServer::start(cfg, host.clone())) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                host.stop();
+                let hint = if in_use(&e) {
+                    " (another SIP server on this machine? set sip_listen, e.g. \
+                     CONFER_SIP_LISTEN=127.0.0.1:5070, or port 0 for any free port)"
+                } else {
+                    ""
+                };
+                return Err(e.context(format!("starting SIP{hint}")));
+            }
+        }
+    } else {
+        None
+    };
+    let sip_addrs = sip_server.as_ref().map(|s| SipAddrs {
+        udp: s.udp,
+        tcp: s.tcp,
+        tls: s.tls,
+    });
+    let sip_metrics = sip_server.as_ref().map(|s| s.metrics.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("confer-api".into())
@@ -137,6 +203,7 @@ pub fn spawn(cfg: &Config) -> anyhow::Result<Running> {
                 let app = router(ApiState {
                     host: host.clone(),
                     shutdown: stop_rx.clone(),
+                    sip_metrics,
                 });
                 let mut server_stop = stop_rx.clone();
                 let server = tokio::spawn(
@@ -152,6 +219,10 @@ pub fn spawn(cfg: &Config) -> anyhow::Result<Running> {
                         break;
                     }
                 }
+                // Calls end first (BYE, participants leave) while the workers still run.
+                if let Some(s) = sip_server {
+                    s.stop().await;
+                }
                 // Open connections get a moment to finish; the engine stops regardless.
                 let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
                 Ok(host.stop())
@@ -161,6 +232,7 @@ pub fn spawn(cfg: &Config) -> anyhow::Result<Running> {
     Ok(Running {
         http,
         workers,
+        sip: sip_addrs,
         stop: stop_tx,
         thread,
     })

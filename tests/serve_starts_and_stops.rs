@@ -11,6 +11,7 @@ fn serve_runs_with_no_configuration_and_stops_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_confer"))
         .arg("serve")
         .env("CONFER_HTTP_LISTEN", "127.0.0.1:0")
+        .env("CONFER_SIP_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -39,6 +40,7 @@ fn a_bad_setting_is_refused_with_the_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_confer"))
         .arg("serve")
         .env("CONFER_HTTP_LISTEN", "127.0.0.1:0")
+        .env("CONFER_SIP_LISTEN", "127.0.0.1:0")
         .env("CONFER_FRAME_MS", "15")
         .output()
         .unwrap();

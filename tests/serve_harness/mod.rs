@@ -38,6 +38,7 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_confer"));
         cmd.arg("serve")
             .env("CONFER_HTTP_LISTEN", "127.0.0.1:0")
+            .env("CONFER_SIP_LISTEN", "127.0.0.1:0")
             .env("CONFER_RTP_PORT_MIN", base.to_string())
             .env("CONFER_RTP_PORT_MAX", (base + rtp_ports - 1).to_string())
             .env("CONFER_MEDIA_WORKERS", "2")

@@ -1,0 +1,273 @@
+//! The media side of SIP calls: runs the core's [`MediaCommand`]s against the [`Host`].
+//!
+//! Why a task per call: a call's commands must run in order (prepare, join, hold,
+//! release) while the core task never waits on the host. Each call gets a small task fed
+//! by a bounded queue; its results go back to the core over one bounded channel. The
+//! task owns the call's reserved socket and participant, and leaves the room when it
+//! ends, whichever way it ends: after [`MediaCommand::Release`], or when its queue
+//! closes (the core dropped the call, or the server stops), so no participant outlives
+//! its call.
+//!
+//! Rooms are found by name (one made through the API counts) or created on the first
+//! call; the name-to-id cache is bounded by the dial plan and checked before use, so a
+//! room deleted through the API is created again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use confer_conference::room::RoomError;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinSet;
+
+use super::core::{CallId, MediaCommand, MediaEvent, MediaFailure, MediaSpec};
+use super::metrics::SipMetrics;
+use crate::host::{Host, HostError, JoinOptions, JoinSpec, ParticipantUpdate, RoomSpec, RtpSocket};
+
+/// Commands queued per call (a call issues a handful in its life).
+const CALL_QUEUE: usize = 16;
+
+type RoomCache = Arc<Mutex<HashMap<String, u64>>>;
+
+/// Runs media commands (see the module docs).
+pub struct MediaDriver {
+    host: Host,
+    rooms: RoomCache,
+    calls: HashMap<CallId, mpsc::Sender<MediaCommand>>,
+    events: mpsc::Sender<MediaEvent>,
+    tasks: JoinSet<()>,
+    metrics: Arc<SipMetrics>,
+}
+
+fn failure(e: &HostError) -> MediaFailure {
+    match e {
+        HostError::PortsExhausted { .. } | HostError::Busy(_) | HostError::Stopped => {
+            MediaFailure::Unavailable
+        }
+        HostError::Room(RoomError::Locked | RoomError::Full(_) | RoomError::Ended) => {
+            MediaFailure::Refused
+        }
+        _ => MediaFailure::Internal,
+    }
+}
+
+impl MediaDriver {
+    /// A driver whose results go to `events`.
+    pub fn new(host: Host, events: mpsc::Sender<MediaEvent>, metrics: Arc<SipMetrics>) -> Self {
+        MediaDriver {
+            host,
+            rooms: RoomCache::default(),
+            calls: HashMap::new(),
+            events,
+            tasks: JoinSet::new(),
+            metrics,
+        }
+    }
+
+    /// Queues `command` for `call` (starting its task on the first one).
+    pub fn run(&mut self, call: CallId, command: MediaCommand) {
+        // Reap finished tasks so the set stays as large as the live calls.
+        while let Some(r) = self.tasks.try_join_next() {
+            self.count_panic(r);
+        }
+        let release = command == MediaCommand::Release;
+        let sender = match self.calls.get(&call) {
+            Some(s) => s.clone(),
+            None if release => return,
+            None => {
+                let (tx, rx) = mpsc::channel(CALL_QUEUE);
+                self.tasks.spawn(call_media(
+                    self.host.clone(),
+                    self.rooms.clone(),
+                    call,
+                    rx,
+                    self.events.clone(),
+                    self.metrics.clone(),
+                ));
+                self.calls.insert(call, tx.clone());
+                tx
+            }
+        };
+        if sender.try_send(command).is_err() {
+            // A call's queue is never this long; if it is, the call cannot be served.
+            tracing::error!(call, "media command queue full: releasing the call's media");
+            self.metrics.task_errors.fetch_add(1, Ordering::Relaxed);
+            self.calls.remove(&call);
+            return;
+        }
+        if release {
+            // Dropping the sender ends the task after the release.
+            self.calls.remove(&call);
+        }
+    }
+
+    fn count_panic(&self, r: Result<(), tokio::task::JoinError>) {
+        if let Err(e) = r {
+            tracing::error!("a call's media task failed: {e}");
+            self.metrics.task_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends every call's media (each leaves its room) and waits for them, at most
+    /// `timeout`.
+    pub async fn finish(mut self, timeout: Duration) {
+        self.calls.clear();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(r)) => self.count_panic(r),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        left = self.tasks.len(),
+                        "media tasks still running at shutdown"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The room named `name`: cached (if it still exists), found, or created.
+async fn resolve_room(host: &Host, rooms: &RoomCache, name: &str) -> Result<u64, HostError> {
+    let mut cache = rooms.lock().await;
+    if let Some(&id) = cache.get(name) {
+        match host.room(id).await {
+            Ok(_) => return Ok(id),
+            Err(HostError::UnknownRoom(_)) => {
+                cache.remove(name);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(r) = host.rooms().await?.into_iter().find(|r| r.name == name) {
+        cache.insert(name.to_owned(), r.id);
+        return Ok(r.id);
+    }
+    let info = host
+        .create_room(RoomSpec {
+            name: name.to_owned(),
+            ..RoomSpec::default()
+        })
+        .await?;
+    tracing::info!(room = info.id, name, "created the room of a dial-in number");
+    cache.insert(name.to_owned(), info.id);
+    Ok(info.id)
+}
+
+/// One call's media, in command order (see the module docs).
+async fn call_media(
+    host: Host,
+    rooms: RoomCache,
+    call: CallId,
+    mut commands: mpsc::Receiver<MediaCommand>,
+    events: mpsc::Sender<MediaEvent>,
+    metrics: Arc<SipMetrics>,
+) {
+    let mut room = None;
+    let mut socket: Option<RtpSocket> = None;
+    let mut participant = None;
+    let error = |what: &str, e: &HostError| {
+        tracing::warn!(call, "{what}: {e}");
+        metrics.task_errors.fetch_add(1, Ordering::Relaxed);
+    };
+    while let Some(command) = commands.recv().await {
+        let reply = match command {
+            MediaCommand::Prepare { room: name } => {
+                let prepared = match resolve_room(&host, &rooms, &name).await {
+                    Ok(id) => {
+                        room = Some(id);
+                        host.reserve_rtp()
+                    }
+                    Err(e) => Err(e),
+                };
+                match prepared {
+                    Ok(s) => {
+                        let local = s.local_addr();
+                        socket = Some(s);
+                        Some(MediaEvent::Prepared { call, local })
+                    }
+                    Err(e) => {
+                        error("preparing the media", &e);
+                        Some(MediaEvent::Failed {
+                            call,
+                            reason: failure(&e),
+                        })
+                    }
+                }
+            }
+            MediaCommand::Join(spec) => Some(match join(&host, room, &mut socket, spec).await {
+                Ok(p) => {
+                    participant = Some(p);
+                    MediaEvent::Joined { call }
+                }
+                Err(e) => {
+                    error("joining the room", &e);
+                    MediaEvent::Failed {
+                        call,
+                        reason: failure(&e),
+                    }
+                }
+            }),
+            MediaCommand::Hold { held } => {
+                if let (Some(r), Some(p)) = (room, participant) {
+                    let update = ParticipantUpdate {
+                        muted: Some(held),
+                        deaf: Some(held),
+                        ..ParticipantUpdate::default()
+                    };
+                    if let Err(e) = host.update(r, p, update).await {
+                        error("holding the participant", &e);
+                    }
+                }
+                None
+            }
+            MediaCommand::Release => break,
+        };
+        if let Some(ev) = reply
+            && events.send(ev).await.is_err()
+        {
+            // The core has stopped: release below.
+            break;
+        }
+    }
+    if let (Some(r), Some(p)) = (room, participant) {
+        match host.leave(r, p).await {
+            Ok(()) => tracing::debug!(call, room = r, participant = p, "caller left the room"),
+            // The room was deleted (or the engine stopped) with the participant in it.
+            Err(HostError::UnknownRoom(_) | HostError::UnknownParticipant { .. }) => {}
+            Err(HostError::Room(RoomError::UnknownParticipant(_))) => {}
+            Err(e) => error("leaving the room", &e),
+        }
+    }
+}
+
+async fn join(
+    host: &Host,
+    room: Option<u64>,
+    socket: &mut Option<RtpSocket>,
+    spec: MediaSpec,
+) -> Result<u64, HostError> {
+    let room = room.ok_or(HostError::Stopped)?;
+    let info = host
+        .join_with(
+            room,
+            JoinSpec {
+                rtp_address: spec.remote,
+                codec: spec.codec,
+                audio_level_extension: None,
+                denoise: false,
+                muted: spec.held,
+                deaf: spec.held,
+                moderator: false,
+            },
+            JoinOptions {
+                socket: socket.take(),
+                telephone_event: spec.telephone_event,
+            },
+        )
+        .await?;
+    Ok(info.id)
+}

@@ -1,0 +1,353 @@
+//! SIP counters and gauges, rendered as Prometheus text after the media host's on
+//! `/metrics`.
+//!
+//! Why a module: the transports, the core task and the media driver run on different
+//! tasks and share only these atomics (relaxed: each value is a count, never used to
+//! synchronise anything). Names start with `confer_sip_`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a received message was not processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Not SIP, and no way to answer it (no Via to route an answer along).
+    Unparsable,
+    /// A response the UAC rules refuse (RFC 4475 `scalarlg`, `bigcode`, `bcast`).
+    MalformedResponse,
+    /// A request that fails the checks but must not be answered (an ACK).
+    Unanswerable,
+    /// From a banned source.
+    Banned,
+    /// The core task's queue was full.
+    CoreBusy,
+    /// Larger than `sip_max_message_bytes` and no headers to answer 513 with.
+    TooLarge,
+    /// A response the transaction layer matched to nothing, or a stray 2xx.
+    Stray,
+}
+
+impl Dropped {
+    const ALL: [Dropped; 7] = [
+        Dropped::Unparsable,
+        Dropped::MalformedResponse,
+        Dropped::Unanswerable,
+        Dropped::Banned,
+        Dropped::CoreBusy,
+        Dropped::TooLarge,
+        Dropped::Stray,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Dropped::Unparsable => "unparsable",
+            Dropped::MalformedResponse => "malformed_response",
+            Dropped::Unanswerable => "unanswerable",
+            Dropped::Banned => "banned",
+            Dropped::CoreBusy => "core_busy",
+            Dropped::TooLarge => "too_large",
+            Dropped::Stray => "stray",
+        }
+    }
+}
+
+/// How a call ended (or why it never started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallEnd {
+    /// The caller hung up (BYE).
+    Bye,
+    /// The caller cancelled before the answer.
+    Cancelled,
+    /// Refused before the answer (unknown number, 488, busy, no media).
+    Rejected,
+    /// Our 2xx was never acknowledged.
+    AckTimeout,
+    /// The session timer expired, or a refresh failed.
+    SessionExpired,
+    /// The media leg failed or the answer in the ACK was unusable.
+    MediaFailed,
+    /// confer stopped.
+    Shutdown,
+}
+
+impl CallEnd {
+    const ALL: [CallEnd; 7] = [
+        CallEnd::Bye,
+        CallEnd::Cancelled,
+        CallEnd::Rejected,
+        CallEnd::AckTimeout,
+        CallEnd::SessionExpired,
+        CallEnd::MediaFailed,
+        CallEnd::Shutdown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CallEnd::Bye => "bye",
+            CallEnd::Cancelled => "cancelled",
+            CallEnd::Rejected => "rejected",
+            CallEnd::AckTimeout => "ack_timeout",
+            CallEnd::SessionExpired => "session_expired",
+            CallEnd::MediaFailed => "media_failed",
+            CallEnd::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Transports, for per-transport counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+    /// TLS.
+    Tls,
+}
+
+impl Wire {
+    const ALL: [Wire; 3] = [Wire::Udp, Wire::Tcp, Wire::Tls];
+
+    fn label(self) -> &'static str {
+        match self {
+            Wire::Udp => "udp",
+            Wire::Tcp => "tcp",
+            Wire::Tls => "tls",
+        }
+    }
+}
+
+/// The SIP side's counters (see the module docs).
+#[derive(Debug, Default)]
+pub struct SipMetrics {
+    received: [AtomicU64; 3],
+    sent: [AtomicU64; 3],
+    /// Messages that could not be sent (no connection, socket error, full queue).
+    pub send_errors: AtomicU64,
+    dropped: [AtomicU64; 7],
+    /// Requests answered with an error by the listener before any transaction (400, 501,
+    /// 505, 513, ... as `inspect` decides), and 503s for an overloaded core.
+    pub rejected: AtomicU64,
+    /// 513 answers.
+    pub too_large: AtomicU64,
+    /// Bans started.
+    pub bans: AtomicU64,
+    /// Sources banned now.
+    pub banned_sources: AtomicU64,
+    /// Open TCP and TLS connections.
+    pub connections: AtomicU64,
+    /// Connections accepted.
+    pub connections_accepted: AtomicU64,
+    /// Connections refused (limits, bans, TLS handshake failures).
+    pub connections_refused: AtomicU64,
+    /// Connections closed for a framing error.
+    pub closed_framing: AtomicU64,
+    /// Connections closed mid-message (slow loris) or idle.
+    pub closed_timeout: AtomicU64,
+    /// RFC 5626 keep-alive pings answered.
+    pub keepalives: AtomicU64,
+    /// Calls now (from INVITE to the end).
+    pub calls: AtomicU64,
+    /// Calls answered 200.
+    pub calls_answered: AtomicU64,
+    call_ends: [AtomicU64; 7],
+    /// Live transactions.
+    pub transactions: AtomicU64,
+    /// Live dialogs.
+    pub dialogs: AtomicU64,
+    /// Errors of SIP tasks (logged as well): a failed socket, a media command that failed.
+    pub task_errors: AtomicU64,
+}
+
+fn index<T: PartialEq>(all: &[T], v: &T) -> usize {
+    // Every variant is in its `ALL` list.
+    all.iter().position(|x| x == v).unwrap_or(0)
+}
+
+impl SipMetrics {
+    /// Counts a received message.
+    pub fn received(&self, wire: Wire) {
+        self.received[index(&Wire::ALL, &wire)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a sent message.
+    pub fn sent(&self, wire: Wire) {
+        self.sent[index(&Wire::ALL, &wire)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a dropped message.
+    pub fn dropped(&self, why: Dropped) {
+        self.dropped[index(&Dropped::ALL, &why)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a call's end.
+    pub fn call_ended(&self, how: CallEnd) {
+        self.call_ends[index(&CallEnd::ALL, &how)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut family = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        let by_wire = |a: &[AtomicU64; 3]| -> Vec<(String, u64)> {
+            Wire::ALL
+                .iter()
+                .zip(a)
+                .map(|(w, v)| (format!("{{transport=\"{}\"}}", w.label()), get(v)))
+                .collect()
+        };
+        let plain = |v: &AtomicU64| vec![(String::new(), get(v))];
+        family(
+            "confer_sip_messages_received_total",
+            "counter",
+            "SIP messages received (before any check).",
+            &by_wire(&self.received),
+        );
+        family(
+            "confer_sip_messages_sent_total",
+            "counter",
+            "SIP messages sent.",
+            &by_wire(&self.sent),
+        );
+        family(
+            "confer_sip_send_errors_total",
+            "counter",
+            "SIP messages that could not be sent.",
+            &plain(&self.send_errors),
+        );
+        let dropped: Vec<_> = Dropped::ALL
+            .iter()
+            .zip(&self.dropped)
+            .map(|(d, v)| (format!("{{reason=\"{}\"}}", d.label()), get(v)))
+            .collect();
+        family(
+            "confer_sip_dropped_total",
+            "counter",
+            "SIP messages dropped without an answer.",
+            &dropped,
+        );
+        family(
+            "confer_sip_rejected_total",
+            "counter",
+            "SIP requests answered with an error by the listener before any transaction.",
+            &plain(&self.rejected),
+        );
+        family(
+            "confer_sip_too_large_total",
+            "counter",
+            "SIP messages above sip_max_message_bytes answered 513.",
+            &plain(&self.too_large),
+        );
+        family(
+            "confer_sip_bans_total",
+            "counter",
+            "Source bans started by the rate limit.",
+            &plain(&self.bans),
+        );
+        family(
+            "confer_sip_banned_sources",
+            "gauge",
+            "Sources banned now.",
+            &plain(&self.banned_sources),
+        );
+        family(
+            "confer_sip_connections",
+            "gauge",
+            "Open SIP TCP and TLS connections.",
+            &plain(&self.connections),
+        );
+        family(
+            "confer_sip_connections_accepted_total",
+            "counter",
+            "SIP connections accepted.",
+            &plain(&self.connections_accepted),
+        );
+        family(
+            "confer_sip_connections_refused_total",
+            "counter",
+            "SIP connections refused (limits, bans, TLS handshakes).",
+            &plain(&self.connections_refused),
+        );
+        family(
+            "confer_sip_connections_closed_total",
+            "counter",
+            "SIP connections we closed, by reason.",
+            &[
+                ("{reason=\"framing\"}".into(), get(&self.closed_framing)),
+                ("{reason=\"timeout\"}".into(), get(&self.closed_timeout)),
+            ],
+        );
+        family(
+            "confer_sip_keepalives_total",
+            "counter",
+            "RFC 5626 CRLFCRLF keep-alives answered.",
+            &plain(&self.keepalives),
+        );
+        family(
+            "confer_sip_calls",
+            "gauge",
+            "SIP calls now.",
+            &plain(&self.calls),
+        );
+        family(
+            "confer_sip_calls_answered_total",
+            "counter",
+            "SIP calls answered 200.",
+            &plain(&self.calls_answered),
+        );
+        let ends: Vec<_> = CallEnd::ALL
+            .iter()
+            .zip(&self.call_ends)
+            .map(|(c, v)| (format!("{{reason=\"{}\"}}", c.label()), get(v)))
+            .collect();
+        family(
+            "confer_sip_calls_ended_total",
+            "counter",
+            "SIP calls ended, by reason.",
+            &ends,
+        );
+        family(
+            "confer_sip_transactions",
+            "gauge",
+            "Live SIP transactions.",
+            &plain(&self.transactions),
+        );
+        family(
+            "confer_sip_dialogs",
+            "gauge",
+            "Live SIP dialogs.",
+            &plain(&self.dialogs),
+        );
+        family(
+            "confer_sip_task_errors_total",
+            "counter",
+            "Errors of SIP tasks (see the log).",
+            &plain(&self.task_errors),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_renders_with_labels() {
+        let m = SipMetrics::default();
+        m.received(Wire::Tcp);
+        m.dropped(Dropped::Banned);
+        m.call_ended(CallEnd::Bye);
+        let text = m.render();
+        assert!(text.contains("confer_sip_messages_received_total{transport=\"tcp\"} 1"));
+        assert!(text.contains("confer_sip_dropped_total{reason=\"banned\"} 1"));
+        assert!(text.contains("confer_sip_calls_ended_total{reason=\"bye\"} 1"));
+        assert!(text.contains("# TYPE confer_sip_calls gauge\nconfer_sip_calls 0"));
+    }
+}

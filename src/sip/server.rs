@@ -1,0 +1,915 @@
+//! The async shell of SIP: the UDP socket, the TCP (and TLS) listeners and their
+//! connections, and the core task that drives the sans-IO [`SipCore`].
+//!
+//! # Tasks and queues
+//!
+//! - **UDP**: one receive task. Each datagram is charged to its source's rate limit
+//!   (banned sources are dropped before parsing), checked against the size limit (513
+//!   from salvaged headers, else dropped), and judged by `inspect`: rejections are
+//!   answered right there (RFC 3261 §18.2.2: to the source port with `sip_force_rport`
+//!   or an `rport` Via, else to the Via port), drops are counted, and accepted messages
+//!   go to the core over a bounded queue (full: dropped and counted; UDP peers
+//!   retransmit).
+//! - **TCP/TLS**: one task per connection with its own [`StreamFramer`]. Every frame is
+//!   charged to the rate limit and judged like a datagram; answers the listener gives
+//!   itself and everything the core sends to this peer leave on the same connection
+//!   (through the connection's bounded outgoing queue). A fatal framing error (missing,
+//!   invalid or conflicting Content-Length, a message over the size limit) is answered
+//!   400 or 513 when the headers can be salvaged and closes the connection. CRLFCRLF
+//!   keep-alives are answered with CRLF (RFC 5626). A connection stuck in the middle of
+//!   a message for `sip_message_timeout_ms` (slow loris, counted from the message's
+//!   first byte) or silent for `sip_idle_timeout_ms` is closed. Connections are capped
+//!   in total and per source IP, and refused from banned sources.
+//! - **Core**: one task owns the [`SipCore`]; it sleeps until the core's next timer or
+//!   the next message or media result, then sends the core's transmissions (UDP
+//!   directly, streams through their connection's queue) and hands media commands to
+//!   the [`MediaDriver`]. At shutdown it ends every call (BYE or 503) and waits briefly
+//!   for the media to be released.
+//!
+//! Every queue is bounded and every map is capped: the core's inbound queue, the media
+//! results (sized for the call limit), each connection's outgoing queue, the connection
+//! table, and the rate limiter's source table. Every spawned task is supervised: its
+//! error or panic is logged and counted (`confer_sip_task_errors_total`).
+//!
+//! Time comes from the tokio clock, randomness (tags) from the OS-seeded generator.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use confer_pstn_bridge::sdp::{Codec as SdpCodec, LocalCapabilities};
+use confer_pstn_bridge::sip::dialog::SessionTimerConfig;
+use confer_pstn_bridge::sip::transaction::new_tag;
+use confer_pstn_bridge::sip::transaction::{Peer, TimerConfig, TransactionConfig, Transmit};
+use confer_pstn_bridge::sip::{
+    Capabilities, Disposition, DropReason, FrameError, HeaderName, Message, Method, Param,
+    Rejection, Request, ResponseBasis, StatusCode, StreamFramer, Token, Transport, build_response,
+    inspect,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant as TokioInstant;
+
+use super::core::{CoreConfig, LocalAddrs, Output, SipCore};
+use super::dialplan::DialPlan;
+use super::limits::{RateLimiter, Verdict};
+use super::media::MediaDriver;
+use super::metrics::{Dropped, SipMetrics, Wire};
+use crate::config::Config;
+use crate::host::Host;
+
+/// Messages queued from the transports to the core task.
+const CORE_QUEUE: usize = 4096;
+/// Messages queued to one connection's writer.
+const CONNECTION_QUEUE: usize = 64;
+/// Sources the rate limiter remembers.
+const MAX_SOURCES: usize = 65_536;
+/// Live transactions at most (a call holds a few; the rest is 503): this many per call,
+/// and at least [`MIN_TRANSACTIONS`] (a finished UDP OPTIONS lingers 32 s in Timer J, so
+/// keep-alives of many peers need room; a transaction holds about a kilobyte).
+const TRANSACTIONS_PER_CALL: usize = 8;
+/// See [`TRANSACTIONS_PER_CALL`].
+const MIN_TRANSACTIONS: usize = 16_384;
+/// How long one write to a connection may take before the connection is closed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the core gives calls' media to be released at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Read buffer of a connection.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the transports and the core task share.
+struct Shared {
+    metrics: Arc<SipMetrics>,
+    limiter: Mutex<Limiter>,
+    caps: Capabilities,
+    core: mpsc::Sender<(Message, Peer)>,
+    connections: Mutex<Connections>,
+    udp: Arc<UdpSocket>,
+    max_message: usize,
+    force_rport: bool,
+    message_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+    max_per_ip: usize,
+    agent: String,
+}
+
+/// The rate limiter and when its banned-sources gauge was last refreshed.
+struct Limiter {
+    limits: RateLimiter,
+    gauge_at: Option<std::time::Instant>,
+}
+
+/// Open stream connections: their outgoing queues by (TLS?, peer), and counts per IP.
+#[derive(Default)]
+struct Connections {
+    writers: HashMap<(bool, SocketAddr), mpsc::Sender<Bytes>>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Removes a connection from the table when its task ends, however it ends.
+struct Registration {
+    shared: Arc<Shared>,
+    key: (bool, SocketAddr),
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut c = lock(&self.shared.connections);
+        c.writers.remove(&self.key);
+        let ip = self.key.1.ip();
+        if let Some(n) = c.per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+        }
+        self.shared
+            .metrics
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain tables: a panic while holding one leaves consistent data; keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The tokio clock as a `std` instant (the cores take `std::time::Instant`).
+fn now() -> std::time::Instant {
+    TokioInstant::now().into_std()
+}
+
+/// Spawns `task`, logging and counting its error or panic.
+fn supervise<F>(name: &'static str, metrics: Arc<SipMetrics>, task: F)
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let handle = tokio::spawn(task);
+    tokio::spawn(async move {
+        let failure = match handle.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(e) if e.is_cancelled() => return,
+            Err(e) => format!("panicked: {e}"),
+        };
+        tracing::error!(task = name, "SIP task failed: {failure}");
+        metrics.task_errors.fetch_add(1, Ordering::Relaxed);
+    });
+}
+
+/// The capabilities `inspect` checks requests against.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        methods: vec![
+            Method::Invite,
+            Method::Ack,
+            Method::Bye,
+            Method::Cancel,
+            Method::Options,
+            Method::Info,
+            Method::Update,
+        ],
+        supported: vec!["timer".into()],
+        ..Capabilities::default()
+    }
+}
+
+/// A running SIP server (see the module docs).
+pub struct SipServer {
+    /// The UDP address.
+    pub udp: SocketAddr,
+    /// The TCP address.
+    pub tcp: SocketAddr,
+    /// The TLS address, if TLS is on.
+    pub tls: Option<SocketAddr>,
+    /// The counters.
+    pub metrics: Arc<SipMetrics>,
+    stop: watch::Sender<bool>,
+    core: JoinHandle<()>,
+}
+
+impl SipServer {
+    /// Binds the sockets of `cfg` and starts serving; calls join rooms of `host`.
+    pub async fn start(cfg: &Config, host: Host) -> anyhow::Result<SipServer> {
+        use anyhow::Context;
+        let udp = UdpSocket::bind(cfg.sip_listen)
+            .await
+            .with_context(|| format!("binding SIP over UDP to {}", cfg.sip_listen))?;
+        let udp_addr = udp.local_addr()?;
+        // With port 0, TCP takes UDP's port when it is free (one port to tell peers).
+        let tcp = match (cfg.sip_listen.port(), TcpListener::bind(udp_addr).await) {
+            (_, Ok(l)) => l,
+            (0, Err(_)) => TcpListener::bind(cfg.sip_listen).await?,
+            (_, Err(e)) => {
+                return Err(e).with_context(|| format!("binding SIP over TCP to {udp_addr}"));
+            }
+        };
+        let tcp_addr = tcp.local_addr()?;
+        let tls = match (&cfg.sip_tls_listen, &cfg.sip_tls_cert, &cfg.sip_tls_key) {
+            (Some(addr), Some(cert), Some(key)) => {
+                let acceptor = super::tls::acceptor(cert, key)?;
+                let l = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding SIP over TLS to {addr}"))?;
+                Some((l, acceptor))
+            }
+            _ => None,
+        };
+        let tls_addr = match &tls {
+            Some((l, _)) => Some(l.local_addr()?),
+            None => None,
+        };
+
+        let metrics = Arc::new(SipMetrics::default());
+        let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE);
+        let udp = Arc::new(udp);
+        let shared = Arc::new(Shared {
+            metrics: metrics.clone(),
+            limiter: Mutex::new(Limiter {
+                limits: RateLimiter::new(
+                    cfg.sip_rate_per_second,
+                    cfg.sip_rate_burst,
+                    Duration::from_secs(u64::from(cfg.sip_ban_seconds)),
+                    MAX_SOURCES,
+                ),
+                gauge_at: None,
+            }),
+            caps: capabilities(),
+            core: core_tx,
+            connections: Mutex::new(Connections::default()),
+            udp: udp.clone(),
+            max_message: cfg.sip_max_message_bytes,
+            force_rport: cfg.sip_force_rport,
+            message_timeout: Duration::from_millis(cfg.sip_message_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.sip_idle_timeout_ms),
+            max_connections: cfg.sip_max_connections,
+            max_per_ip: cfg.sip_max_connections_per_ip,
+            agent: format!("confer/{}", env!("CARGO_PKG_VERSION")),
+        });
+
+        let advertised = [cfg.sip_listen.ip(), cfg.media_ip]
+            .into_iter()
+            .find(|ip| !ip.is_unspecified())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let media_caps = LocalCapabilities::new(&[SdpCodec::Pcmu, SdpCodec::Pcma, SdpCodec::Opus])
+            .and_then(|c| c.with_ptime(cfg.frame_ms))
+            .map_err(|e| anyhow::anyhow!("SDP capabilities: {e}"))?;
+        let core_config = CoreConfig {
+            dial_plan: DialPlan::new(&cfg.dial_in, &cfg.sip_country_code)?,
+            max_calls: cfg.sip_max_calls,
+            max_transactions: cfg
+                .sip_max_calls
+                .saturating_mul(TRANSACTIONS_PER_CALL)
+                .max(MIN_TRANSACTIONS),
+            session_timer: SessionTimerConfig {
+                interval: cfg.sip_session_expires,
+                ..SessionTimerConfig::default()
+            },
+            media_caps,
+            transactions: TransactionConfig {
+                timers: TimerConfig {
+                    t1: Duration::from_millis(cfg.sip_t1_ms),
+                    ..TimerConfig::default()
+                },
+                ..TransactionConfig::default()
+            },
+            local: LocalAddrs {
+                ip: advertised,
+                udp: Some(udp_addr.port()),
+                tcp: Some(tcp_addr.port()),
+                tls: tls_addr.map(|a| a.port()),
+            },
+            agent: shared.agent.clone(),
+        };
+        tracing::info!(
+            numbers = core_config.dial_plan.len(),
+            udp = %udp_addr,
+            tcp = %tcp_addr,
+            tls = ?tls_addr,
+            "SIP listening"
+        );
+        let core = SipCore::new(core_config, StdRng::from_os_rng(), metrics.clone());
+        let (stop, stop_rx) = watch::channel(false);
+
+        supervise(
+            "sip-udp",
+            metrics.clone(),
+            receive_udp(shared.clone(), stop_rx.clone()),
+        );
+        supervise(
+            "sip-tcp",
+            metrics.clone(),
+            accept(tcp, None, shared.clone(), stop_rx.clone()),
+        );
+        if let Some((listener, acceptor)) = tls {
+            supervise(
+                "sip-tls",
+                metrics.clone(),
+                accept(listener, Some(acceptor), shared.clone(), stop_rx.clone()),
+            );
+        }
+        let (media_tx, media_rx) = mpsc::channel(cfg.sip_max_calls.saturating_mul(4).max(64));
+        let media = MediaDriver::new(host, media_tx, metrics.clone());
+        let core = tokio::spawn(run_core(core, core_rx, media_rx, media, shared, stop_rx));
+        Ok(SipServer {
+            udp: udp_addr,
+            tcp: tcp_addr,
+            tls: tls_addr,
+            metrics,
+            stop,
+            core,
+        })
+    }
+
+    /// Ends every call (BYE, or 503 before the answer), releases their media, stops.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(SHUTDOWN_GRACE * 2, self.core).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("the SIP core task failed: {e}");
+                self.metrics.task_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => tracing::warn!("the SIP core did not stop in time"),
+        }
+    }
+}
+
+/// Sends one transmission of the core: UDP directly, streams through their connection.
+fn transmit(shared: &Shared, t: Transmit) -> bool {
+    let Transmit {
+        destination, bytes, ..
+    } = t;
+    let ok = match destination.transport {
+        Transport::Udp => {
+            let ok = shared.udp.try_send_to(&bytes, destination.addr).is_ok();
+            if ok {
+                shared.metrics.sent(Wire::Udp);
+            }
+            ok
+        }
+        Transport::Tcp | Transport::Tls => {
+            let tls = destination.transport == Transport::Tls;
+            let writer = lock(&shared.connections)
+                .writers
+                .get(&(tls, destination.addr))
+                .cloned();
+            // The connection task counts what it writes.
+            writer.is_some_and(|w| w.try_send(bytes).is_ok())
+        }
+        _ => false,
+    };
+    if !ok {
+        shared.metrics.send_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    ok
+}
+
+async fn run_core(
+    mut core: SipCore<StdRng>,
+    mut inbound: mpsc::Receiver<(Message, Peer)>,
+    mut media_results: mpsc::Receiver<super::core::MediaEvent>,
+    mut media: MediaDriver,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let flush = |core: &mut SipCore<StdRng>, media: &mut MediaDriver| {
+        while let Some(o) = core.poll_output() {
+            match o {
+                Output::Transmit(t) => {
+                    let id = t.transaction;
+                    if !transmit(&shared, t)
+                        && let Some(id) = id
+                    {
+                        core.on_transport_error(id, now());
+                    }
+                }
+                Output::Media { call, command } => media.run(call, command),
+            }
+        }
+    };
+    loop {
+        let deadline = core.next_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(TokioInstant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            m = inbound.recv() => match m {
+                Some((message, peer)) => core.on_message(message, peer, now()),
+                None => break,
+            },
+            Some(e) = media_results.recv() => core.on_media(e, now()),
+            () = sleep => core.handle_timeout(now()),
+            _ = stop.changed() => break,
+        }
+        flush(&mut core, &mut media);
+    }
+    core.shutdown(now());
+    flush(&mut core, &mut media);
+    drop(media_results);
+    media.finish(SHUTDOWN_GRACE).await;
+    // The last BYEs on stream connections leave through their writers.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Where a response the listener gives itself goes over UDP (RFC 3261 §18.2.2, RFC
+/// 3581): the source port with forced or requested rport, else the Via's port.
+fn udp_reply_to(basis: &ResponseBasis, source: SocketAddr, force_rport: bool) -> SocketAddr {
+    match basis.top_via() {
+        Some(Ok(via)) if !force_rport && via.rport().is_none() => {
+            SocketAddr::new(source.ip(), via.port.unwrap_or(5060))
+        }
+        _ => source,
+    }
+}
+
+/// Adds `rport` to the top Via of a request (what `sip_force_rport` means), so that the
+/// transaction layer answers to the source port.
+fn force_rport(req: &mut Request) {
+    let Ok(mut vias) = req.headers.vias() else {
+        return;
+    };
+    let Some(top) = vias.first_mut() else {
+        return;
+    };
+    if top.rport().is_some() {
+        return;
+    }
+    let Ok(name) = Token::new("rport") else {
+        return;
+    };
+    top.params.push(Param { name, value: None });
+    let Some(first) = req
+        .headers
+        .iter()
+        .position(|f| f.known == Some(HeaderName::Via))
+    else {
+        return;
+    };
+    req.headers.remove(HeaderName::Via);
+    for (i, v) in vias.iter().enumerate() {
+        // A Via displays without CR or LF.
+        let _ = req
+            .headers
+            .insert(first + i, HeaderName::Via, &v.to_string());
+    }
+}
+
+/// What the listener does with one message after `inspect`.
+enum Verdicts {
+    /// Passed to the core (or dropped and counted).
+    Done,
+    /// Answer with these bytes.
+    Reply(Bytes, ResponseBasis),
+}
+
+fn rejection_bytes(shared: &Shared, rejection: &Rejection, basis: &ResponseBasis) -> Bytes {
+    let mut r = rejection.response(basis, Some(&new_tag(&mut rand::rng())));
+    let _ = r.headers.push(HeaderName::Server, &shared.agent);
+    shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+    Bytes::from(Message::Response(r).to_vec())
+}
+
+/// 513 (or 400 for a bad framing) from the headers salvaged from `head`.
+fn salvaged_reply(
+    shared: &Shared,
+    head: &[u8],
+    status: StatusCode,
+) -> Option<(Bytes, ResponseBasis)> {
+    let basis = ResponseBasis::salvage(head)?;
+    let mut r = build_response(
+        &basis,
+        status,
+        status.canonical_reason(),
+        Some(&new_tag(&mut rand::rng())),
+    );
+    let _ = r.headers.push(HeaderName::Server, &shared.agent);
+    shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+    if status == StatusCode::MESSAGE_TOO_LARGE {
+        shared.metrics.too_large.fetch_add(1, Ordering::Relaxed);
+    }
+    Some((Bytes::from(Message::Response(r).to_vec()), basis))
+}
+
+fn dispose(shared: &Shared, disposition: Disposition, peer: Peer) -> Verdicts {
+    let message = match disposition {
+        Disposition::Request(mut req) => {
+            if shared.force_rport && peer.transport == Transport::Udp {
+                force_rport(&mut req);
+            }
+            Message::Request(req)
+        }
+        Disposition::Response(r) => Message::Response(r),
+        Disposition::Reject { rejection, basis } => {
+            tracing::debug!(status = rejection.status.as_u16(), cause = ?rejection.cause, peer = %peer.addr, "rejected by the listener");
+            return Verdicts::Reply(rejection_bytes(shared, &rejection, &basis), basis);
+        }
+        Disposition::Drop(reason) => {
+            let why = match reason {
+                DropReason::Unparsable(_) => Dropped::Unparsable,
+                DropReason::MalformedResponse(_)
+                | DropReason::ResponseVersion(_)
+                | DropReason::ResponseWithSeveralVias => Dropped::MalformedResponse,
+                DropReason::Unanswerable(_) => Dropped::Unanswerable,
+            };
+            shared.metrics.dropped(why);
+            return Verdicts::Done;
+        }
+    };
+    if shared.core.try_send((message, peer)).is_err() {
+        shared.metrics.dropped(Dropped::CoreBusy);
+    }
+    Verdicts::Done
+}
+
+/// Charges one message from `ip`; false when it must be dropped.
+fn admit(shared: &Shared, ip: IpAddr) -> bool {
+    let t = now();
+    let mut limiter = lock(&shared.limiter);
+    let verdict = limiter.limits.check(ip, t);
+    if let Verdict::Banned { newly: true } = verdict {
+        tracing::warn!(source = %ip, "SIP rate limit exceeded: source banned");
+        shared.metrics.bans.fetch_add(1, Ordering::Relaxed);
+    }
+    // Counting the bans walks the table: at a new ban, else at most once a second.
+    let stale = limiter
+        .gauge_at
+        .is_none_or(|at| t.saturating_duration_since(at) >= Duration::from_secs(1));
+    if stale || verdict == (Verdict::Banned { newly: true }) {
+        limiter.gauge_at = Some(t);
+        let banned = limiter.limits.banned(t) as u64;
+        shared
+            .metrics
+            .banned_sources
+            .store(banned, Ordering::Relaxed);
+    }
+    if verdict == Verdict::Allow {
+        return true;
+    }
+    shared.metrics.dropped(Dropped::Banned);
+    false
+}
+
+async fn receive_udp(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // One byte more than the limit, so that an oversized datagram is seen as such.
+    let mut buf = vec![0u8; shared.max_message.min(65_535) + 1];
+    let mut last_error = None::<io::ErrorKind>;
+    loop {
+        let (n, from) = tokio::select! {
+            r = shared.udp.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP port unreachable from an earlier send and the like: count, go on.
+                    if last_error != Some(e.kind()) {
+                        tracing::debug!("SIP UDP receive: {e}");
+                        last_error = Some(e.kind());
+                    }
+                    shared.metrics.task_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+            _ = stop.changed() => return Ok(()),
+        };
+        shared.metrics.received(Wire::Udp);
+        if !admit(&shared, from.ip()) {
+            continue;
+        }
+        let data = &buf[..n];
+        if data
+            .iter()
+            .all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
+        {
+            // A keep-alive (CRLF or NUL datagrams): nothing to answer over UDP.
+            shared.metrics.keepalives.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let reply = if n > shared.max_message {
+            match salvaged_reply(&shared, data, StatusCode::MESSAGE_TOO_LARGE) {
+                Some(r) => Some(r),
+                None => {
+                    shared.metrics.dropped(Dropped::TooLarge);
+                    None
+                }
+            }
+        } else {
+            match dispose(&shared, inspect(data, &shared.caps), Peer::udp(from)) {
+                Verdicts::Done => None,
+                Verdicts::Reply(bytes, basis) => Some((bytes, basis)),
+            }
+        };
+        if let Some((bytes, basis)) = reply {
+            let to = udp_reply_to(&basis, from, shared.force_rport);
+            if shared.udp.try_send_to(&bytes, to).is_ok() {
+                shared.metrics.sent(Wire::Udp);
+            } else {
+                shared.metrics.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    tracing::warn!("SIP accept: {e}");
+                    shared.metrics.task_errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return Ok(()),
+        };
+        let is_tls = tls.is_some();
+        let Some((registration, outgoing)) = register(&shared, is_tls, peer) else {
+            shared
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        shared
+            .metrics
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let metrics = shared.metrics.clone();
+        match &tls {
+            None => supervise(
+                "sip-tcp-connection",
+                metrics,
+                serve_stream(
+                    stream,
+                    peer,
+                    Wire::Tcp,
+                    shared,
+                    outgoing,
+                    registration,
+                    stop,
+                ),
+            ),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                supervise("sip-tls-connection", metrics, async move {
+                    let handshake = tokio::time::timeout(
+                        shared.message_timeout.max(Duration::from_secs(1)),
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(s)) => {
+                            serve_stream(s, peer, Wire::Tls, shared, outgoing, registration, stop)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            shared
+                                .metrics
+                                .connections_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Err(_) => {
+                            shared
+                                .metrics
+                                .closed_timeout
+                                .fetch_add(1, Ordering::Relaxed);
+                            Ok(())
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Admits a new connection (ban, total and per-IP caps) and enters it in the table.
+fn register(
+    shared: &Arc<Shared>,
+    tls: bool,
+    peer: SocketAddr,
+) -> Option<(Registration, mpsc::Receiver<Bytes>)> {
+    if !admit(shared, peer.ip()) {
+        return None;
+    }
+    let mut c = lock(&shared.connections);
+    let here = c.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+    if c.writers.len() >= shared.max_connections || here >= shared.max_per_ip {
+        tracing::debug!(%peer, "SIP connection refused: connection limit");
+        return None;
+    }
+    let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+    c.writers.insert((tls, peer), tx);
+    *c.per_ip.entry(peer.ip()).or_insert(0) += 1;
+    shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    Some((
+        Registration {
+            shared: shared.clone(),
+            key: (tls, peer),
+        },
+        rx,
+    ))
+}
+
+/// Why a connection ends.
+enum Close {
+    /// The peer closed (or sent a half message and closed).
+    Eof,
+    /// A fatal framing error (answered when possible).
+    Framing,
+    /// Banned mid-connection.
+    Banned,
+    /// Slow loris or idle.
+    Timeout,
+    /// Shutdown.
+    Stop,
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_stream<S>(
+    stream: S,
+    peer: SocketAddr,
+    wire: Wire,
+    shared: Arc<Shared>,
+    mut outgoing: mpsc::Receiver<Bytes>,
+    registration: Registration,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _registration = registration;
+    let transport = if wire == Wire::Tls {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut framer = StreamFramer::with_max_message_size(shared.max_message);
+    // The bytes the framer holds (its buffer's tail), so that the headers of a message
+    // it fails on can be salvaged for the answer.
+    let mut pending = BytesMut::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut last_read = TokioInstant::now();
+    let mut message_started: Option<TokioInstant> = None;
+    let close = loop {
+        let deadline = match message_started {
+            Some(t) => (t + shared.message_timeout).min(last_read + shared.idle_timeout),
+            None => last_read + shared.idle_timeout,
+        };
+        tokio::select! {
+            r = rd.read(&mut buf) => {
+                let n = match r {
+                    Ok(0) => {
+                        if framer.finish().is_err() {
+                            tracing::debug!(%peer, "connection closed inside a message");
+                        }
+                        break Close::Eof;
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(%peer, "SIP connection read: {e}");
+                        break Close::Eof;
+                    }
+                };
+                last_read = TokioInstant::now();
+                pending.extend_from_slice(&buf[..n]);
+                framer.push(&buf[..n]);
+                let mut outcome = None;
+                loop {
+                    let keep = framer.buffered().min(pending.len());
+                    pending.advance(pending.len() - keep);
+                    match framer.next_frame() {
+                        Ok(Some(frame)) => {
+                            shared.metrics.received(wire);
+                            if !admit(&shared, peer.ip()) {
+                                outcome = Some(Close::Banned);
+                                break;
+                            }
+                            let verdict = dispose(
+                                &shared,
+                                inspect(&frame, &shared.caps),
+                                Peer::new(transport.clone(), peer),
+                            );
+                            if let Verdicts::Reply(bytes, _) = verdict {
+                                write_all(&mut wr, &bytes).await?;
+                                shared.metrics.sent(wire);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            shared.metrics.received(wire);
+                            let status = match e {
+                                FrameError::TooLarge { .. } => StatusCode::MESSAGE_TOO_LARGE,
+                                FrameError::Malformed { frame, .. } => {
+                                    // Not fatal (and `next_frame` never returns it):
+                                    // answered like a datagram, and on.
+                                    let verdict = dispose(
+                                        &shared,
+                                        inspect(&frame, &shared.caps),
+                                        Peer::new(transport.clone(), peer),
+                                    );
+                                    if let Verdicts::Reply(bytes, _) = verdict {
+                                        write_all(&mut wr, &bytes).await?;
+                                        shared.metrics.sent(wire);
+                                    }
+                                    continue;
+                                }
+                                _ => StatusCode::BAD_REQUEST,
+                            };
+                            tracing::debug!(%peer, "SIP framing error, closing: {e}");
+                            match salvaged_reply(&shared, &pending, status) {
+                                Some((bytes, _)) => {
+                                    write_all(&mut wr, &bytes).await?;
+                                    shared.metrics.sent(wire);
+                                }
+                                None if status == StatusCode::MESSAGE_TOO_LARGE => {
+                                    shared.metrics.dropped(Dropped::TooLarge);
+                                }
+                                None => shared.metrics.dropped(Dropped::Unparsable),
+                            }
+                            outcome = Some(Close::Framing);
+                            break;
+                        }
+                    }
+                }
+                if let Some(c) = outcome {
+                    break c;
+                }
+                let pings = framer.take_pings();
+                for _ in 0..pings {
+                    write_all(&mut wr, b"\r\n").await?;
+                    shared.metrics.keepalives.fetch_add(1, Ordering::Relaxed);
+                }
+                message_started = match (framer.is_mid_message(), message_started) {
+                    (false, _) => None,
+                    (true, Some(t)) => Some(t),
+                    (true, None) => Some(last_read),
+                };
+            }
+            Some(bytes) = outgoing.recv() => {
+                write_all(&mut wr, &bytes).await?;
+                shared.metrics.sent(wire);
+            }
+            () = tokio::time::sleep_until(deadline) => break Close::Timeout,
+            _ = stop.changed() => break Close::Stop,
+        }
+    };
+    match close {
+        Close::Framing => {
+            shared
+                .metrics
+                .closed_framing
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Close::Timeout => {
+            tracing::debug!(%peer, mid_message = message_started.is_some(), "SIP connection timed out");
+            shared
+                .metrics
+                .closed_timeout
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Close::Eof | Close::Banned => {}
+        Close::Stop => {
+            // Whatever the core still sends (BYEs at shutdown) goes out first.
+            while let Ok(Some(bytes)) =
+                tokio::time::timeout(Duration::from_millis(200), outgoing.recv()).await
+            {
+                write_all(&mut wr, &bytes).await?;
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+    Ok(())
+}

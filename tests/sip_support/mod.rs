@@ -1,0 +1,423 @@
+//! Shared helpers of the `confer serve` SIP tests: the binary with SIP on free ports, SIP
+//! clients over UDP and TCP that read status codes off the wire, and sipp.
+//!
+//! Why: these tests check SIP as a peer sees it, so they speak bytes over real sockets to
+//! the built binary (started by `serve_harness`, killed when dropped). Every read has a
+//! timeout and every wait a deadline, so a silent server fails a test with a message
+//! instead of hanging it. What it is not: a SIP stack; it parses only the status line
+//! and the few headers the tests look at.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::serve_harness::Server;
+
+/// `confer serve` with SIP on free ports.
+pub struct SipServer {
+    /// The process and its control API.
+    pub server: Server,
+    /// SIP over UDP.
+    pub udp: SocketAddr,
+    /// SIP over TCP.
+    pub tcp: SocketAddr,
+}
+
+impl SipServer {
+    /// Starts the binary (RTP range `slot`, `rtp_ports` ports) with SIP on port 0 and
+    /// `env` on top.
+    pub fn start(slot: u16, rtp_ports: u16, env: &[(&str, &str)]) -> SipServer {
+        let mut all = vec![
+            ("CONFER_SIP_LISTEN", "127.0.0.1:0"),
+            ("CONFER_REALTIME_PRIORITY", "0"),
+        ];
+        all.extend_from_slice(env);
+        let server = Server::start(slot, rtp_ports, &all);
+        let addr = |tag: &str| -> SocketAddr {
+            server
+                .ready
+                .split(tag)
+                .nth(1)
+                .and_then(|s| s.split([',', ' ']).next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no {tag} address in {:?}", server.ready))
+        };
+        let (udp, tcp) = (addr(" udp:"), addr(" tcp:"));
+        SipServer { server, udp, tcp }
+    }
+}
+
+/// The status code of a response's bytes, if they start with a status line.
+pub fn status_of(bytes: &[u8]) -> Option<u16> {
+    let line = bytes.split(|&b| b == b'\r').next()?;
+    let text = std::str::from_utf8(line).ok()?;
+    let mut parts = text.splitn(3, ' ');
+    (parts.next()? == "SIP/2.0")
+        .then_some(())
+        .and_then(|()| parts.next()?.parse().ok())
+}
+
+/// The value of the first header `name` (case-insensitive, long form) in a message.
+pub fn header_of(bytes: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let head = text.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// A UDP SIP client on loopback (`127.0.0.1` unless bound elsewhere).
+pub struct UdpClient {
+    /// The socket.
+    pub socket: UdpSocket,
+    server: SocketAddr,
+}
+
+impl UdpClient {
+    /// A client bound to `local` (`127.0.0.1:0` for any port).
+    pub fn bind(local: &str, server: SocketAddr) -> UdpClient {
+        let socket = UdpSocket::bind(local).expect("bind a UDP client");
+        UdpClient { socket, server }
+    }
+
+    /// Our address.
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("bound")
+    }
+
+    /// Sends one datagram.
+    pub fn send(&self, bytes: &[u8]) {
+        self.socket
+            .send_to(bytes, self.server)
+            .expect("send a datagram");
+    }
+
+    /// The next datagram within `wait`.
+    pub fn recv(&self, wait: Duration) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 70_000];
+        self.socket
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .expect("timeout");
+        match self.socket.recv_from(&mut buf) {
+            Ok((n, _)) => Some(buf[..n].to_vec()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) => panic!("UDP receive: {e}"),
+        }
+    }
+
+    /// The first final response (1xx skipped) within `wait`, with its bytes.
+    pub fn final_response(&self, wait: Duration) -> Option<(u16, Vec<u8>)> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let bytes = self.recv(left)?;
+            match status_of(&bytes) {
+                Some(s) if s >= 200 => return Some((s, bytes)),
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// What a TCP exchange produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpOutcome {
+    /// Final status codes received, in order.
+    pub statuses: Vec<u16>,
+    /// The server closed the connection.
+    pub closed: bool,
+}
+
+/// Sends `bytes` on a new TCP connection and reads until the server closes it, `wait`
+/// passes, or (when `answer` and not `close`) a final response has come; collects the
+/// final status codes.
+pub fn tcp_exchange(
+    server: SocketAddr,
+    bytes: &[u8],
+    answer: bool,
+    close: bool,
+    wait: Duration,
+) -> TcpOutcome {
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(2)).expect("connect");
+    s.write_all(bytes).expect("send");
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        s.set_read_timeout(Some(left)).expect("timeout");
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                let finals = split_messages(&got)
+                    .iter()
+                    .filter(|m| status_of(m).is_some_and(|s| s >= 200))
+                    .count();
+                if answer && !close && finals > 0 {
+                    // Anything more would come at once; give it a moment.
+                    s.set_read_timeout(Some(Duration::from_millis(50)))
+                        .expect("timeout");
+                    if let Ok(n) = s.read(&mut buf) {
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    break false;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break false;
+            }
+            Err(_) => break true,
+        }
+    };
+    TcpOutcome {
+        statuses: split_messages(&got)
+            .iter()
+            .filter_map(|m| status_of(m))
+            .filter(|&s| s >= 200)
+            .collect(),
+        closed,
+    }
+}
+
+/// Splits a byte stream of responses at their Content-Length.
+pub fn split_messages(mut data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        while data.starts_with(b"\r\n") {
+            data = &data[2..];
+        }
+        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return out;
+        };
+        let len = header_of(&data[..end + 4], "Content-Length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let total = (end + 4 + len).min(data.len());
+        out.push(data[..total].to_vec());
+        data = &data[total..];
+    }
+}
+
+/// An OPTIONS request from `from` over `transport` (a fresh branch and Call-ID per
+/// `n`).
+pub fn options(transport: &str, from: SocketAddr, n: u32) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:confer@127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} {from};branch=z9hG4bK-opt-{n}-{}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@127.0.0.1>;tag=p{n}\r\n\
+         To: <sip:confer@127.0.0.1>\r\n\
+         Call-ID: options-{n}-{}@test\r\n\
+         CSeq: {n} OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        std::process::id(),
+        std::process::id(),
+    )
+    .into_bytes()
+}
+
+/// The sipp binary, when installed. Without it a test may skip only outside CI.
+pub fn sipp() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("sipp"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "sipp (Debian package sip-tester) is not installed, and CI is set: it must run here"
+        );
+        eprintln!("SKIPPED: sipp is not installed (apt-get install sip-tester)");
+    }
+    found
+}
+
+/// A free UDP port on loopback (bound and released; good enough for a test's peers).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Runs sipp with `args` (killed after `limit`); returns its output.
+pub fn run_sipp(sipp: &PathBuf, args: &[String], limit: Duration) -> Output {
+    let mut child = Command::new(sipp)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp starts");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("sipp output")
+}
+
+/// One UDP datagram seen on loopback: source, destination, payload.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// Source.
+    pub from: SocketAddr,
+    /// Destination.
+    pub to: SocketAddr,
+    /// UDP payload.
+    pub payload: Vec<u8>,
+}
+
+/// Copies of the IPv4 UDP datagrams sent to a port, read from a raw socket (Linux
+/// delivers a copy of every received UDP packet to `IPPROTO_UDP` raw sockets). Lets a
+/// test see what confer sends to a peer that does not decode it (sipp). Needs
+/// CAP_NET_RAW (root, as in CI); [`RtpCapture::start`] returns `None` without it.
+pub struct RtpCapture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Captured>>,
+}
+
+impl RtpCapture {
+    /// Starts capturing datagrams to `port`.
+    pub fn start(port: u16) -> Option<RtpCapture> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::Udp,
+        )
+        .ok()?;
+        let raw = UdpSocket::from(fd);
+        raw.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 65_536];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(n) = raw.recv(&mut buf) else {
+                    continue;
+                };
+                if let Some(c) = parse_ipv4_udp(&buf[..n])
+                    && c.to.port() == port
+                {
+                    out.push(c);
+                }
+            }
+            out
+        });
+        Some(RtpCapture { stop, thread })
+    }
+
+    /// Stops and returns what was captured.
+    pub fn finish(self) -> Vec<Captured> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("capture thread")
+    }
+}
+
+fn parse_ipv4_udp(p: &[u8]) -> Option<Captured> {
+    if p.len() < 20 || p[0] >> 4 != 4 || p[9] != 17 {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let udp = p.get(ihl..ihl + 8)?;
+    let ip = |b: &[u8]| std::net::IpAddr::from([b[0], b[1], b[2], b[3]]);
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let len = usize::from(port(&udp[4..6]));
+    Some(Captured {
+        from: SocketAddr::new(ip(&p[12..16]), port(&udp[0..2])),
+        to: SocketAddr::new(ip(&p[16..20]), port(&udp[2..4])),
+        payload: p.get(ihl + 8..ihl + len.max(8))?.to_vec(),
+    })
+}
+
+/// The payloads of RTP packets with payload type `pt`, in arrival order (duplicates
+/// dropped).
+pub fn rtp_payloads(packets: &[Captured], pt: u8) -> Vec<Vec<u8>> {
+    let mut v: Vec<(u16, Vec<u8>)> = packets
+        .iter()
+        .filter(|c| c.payload.len() > 12 && c.payload[0] >> 6 == 2 && c.payload[1] & 0x7f == pt)
+        .map(|c| {
+            let p = &c.payload;
+            let csrc = usize::from(p[0] & 0x0f) * 4;
+            let mut start = 12 + csrc;
+            if p[0] & 0x10 != 0 && p.len() >= start + 4 {
+                let words = usize::from(u16::from_be_bytes([p[start + 2], p[start + 3]]));
+                start += 4 + words * 4;
+            }
+            (
+                u16::from_be_bytes([p[2], p[3]]),
+                p.get(start..).unwrap_or(&[]).to_vec(),
+            )
+        })
+        .collect();
+    // Loopback keeps the order; a retransmitted copy sits next to its original.
+    v.dedup_by_key(|(seq, _)| *seq);
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The RTP payloads of a classic (libpcap) capture file, in file order: Ethernet or
+/// Linux-cooked frames carrying IPv4/UDP/RTP (sipp's `g711a.pcap`).
+pub fn pcap_rtp_payloads(file: &std::path::Path, pt: u8) -> Vec<Vec<u8>> {
+    let data = std::fs::read(file).expect("the pcap file");
+    assert!(data.len() > 24, "not a pcap file");
+    let le = data[0] == 0xd4;
+    let u32_at = |i: usize| {
+        let b = [data[i], data[i + 1], data[i + 2], data[i + 3]];
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    let link = u32_at(20);
+    let l2 = match link {
+        1 => 14,   // Ethernet
+        113 => 16, // Linux cooked
+        other => panic!("unsupported link type {other}"),
+    };
+    let mut packets = Vec::new();
+    let mut i = 24;
+    while i + 16 <= data.len() {
+        let len = u32_at(i + 8) as usize;
+        let frame = &data[i + 16..(i + 16 + len).min(data.len())];
+        if let Some(c) = frame.get(l2..).and_then(parse_ipv4_udp) {
+            packets.push(c);
+        }
+        i += 16 + len;
+    }
+    rtp_payloads(&packets, pt)
+}
+
+/// G.711 A-law payloads decoded and upsampled to 48 kHz floats.
+pub fn decode_alaw_48k(payloads: &[Vec<u8>]) -> Vec<f32> {
+    let pcm: Vec<f32> = payloads
+        .iter()
+        .flatten()
+        .map(|&c| f32::from(confer_codecs::g711::alaw_to_linear(c)) / 32768.0)
+        .collect();
+    crate::leg_harness::resample_all(&pcm, 8000, 48_000)
+}
