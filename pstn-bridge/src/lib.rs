@@ -10,5 +10,6 @@
 pub mod digest;
 pub mod ivr;
 pub mod numbers;
+pub mod registration;
 pub mod sdp;
 pub mod sip;
