@@ -160,7 +160,7 @@ pub struct EventMsg {
     /// The room's id.
     pub room: u64,
     /// `created`, `ended`, `joined`, `left`, `started_talking`, `stopped_talking`, `muted`,
-    /// `unmuted`, `deafened`, `undeafened`, `locked`, `unlocked`.
+    /// `unmuted`, `deafened`, `undeafened`, `locked`, `unlocked`, `digit`.
     pub kind: &'static str,
     /// The participant concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,6 +168,9 @@ pub struct EventMsg {
     /// `left`: `left`, `kicked` or `room_ended`; `joined`: `moderator` when one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// `digit`: the key pressed (RFC 4733 telephone-event), `0-9`, `*`, `#`, `A-D`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digit: Option<char>,
     /// Media time of the room (since it was created), in ms.
     pub media_time_ms: f64,
 }
@@ -2692,12 +2695,18 @@ fn publish(room_id: u64, e: &mut RoomEntry, events: &broadcast::Sender<EventMsg>
                 RoomEventKind::Undeafened(id) => ("undeafened", Some(id), None),
                 RoomEventKind::Locked => ("locked", None, None),
                 RoomEventKind::Unlocked => ("unlocked", None, None),
+                RoomEventKind::Digit { id, .. } => ("digit", Some(id), None),
+            };
+            let digit = match ev.kind {
+                RoomEventKind::Digit { digit, .. } => Some(digit.to_char()),
+                _ => None,
             };
             let msg = EventMsg {
                 room: room_id,
                 kind,
                 participant: pid.and_then(api),
                 reason,
+                digit,
                 media_time_ms: ev.media_time.as_secs_f64() * 1000.0,
             };
             // No subscriber is not an error: the event simply has no audience.

@@ -4,7 +4,8 @@
 //! hears sipp's audio (its decoded playout correlates with the pcap), and sipp's media
 //! port receives the synthetic participant's speech (captured on the wire and decoded:
 //! sipp does not decode). Also sipp's built-in `uac` scenario over UDP and TCP, a delayed
-//! offer (SDP only in the 200 and the ACK), and hold/resume by re-INVITE.
+//! offer (SDP only in the 200 and the ACK), hold/resume by re-INVITE, and in-call keys
+//! (RFC 4733 `*6` mute toggle, `*7` volume).
 //!
 //! Each test bounds sipp's run (it is killed at its limit) and skips, with a message,
 //! only when sipp is not installed and `CI` is not set.
@@ -372,6 +373,112 @@ fn a_caller_holding_and_resuming_by_re_invite_is_muted_and_deaf_while_held() {
         (false, false),
         "resumed"
     );
+    let out = call.join().expect("sipp thread");
+    assert_sipp_ok(&out, 1);
+    assert!(wait_for_participants(&s, room, 0, Duration::from_secs(3)).is_empty());
+}
+
+/// Sends key `digit` as RFC 4733 telephone-event packets (payload type 101, 8 kHz): three
+/// updates 50 ms apart, then the end packet three times, as a phone does.
+fn press(socket: &std::net::UdpSocket, to: std::net::SocketAddr, rtp: &mut (u16, u32), digit: u8) {
+    use confer_codecs::dtmf::TelephoneEvent;
+    use confer_engine::rtp::RtpPacketBuilder;
+    use confer_engine::types::{PayloadType, Ssrc};
+    let (seq, timestamp) = rtp;
+    *timestamp = timestamp.wrapping_add(4000);
+    for k in 0..6u16 {
+        let event = TelephoneEvent {
+            event: digit,
+            end: k >= 3,
+            volume: 10,
+            duration: 400 * (k.min(3) + 1),
+        };
+        let mut payload = [0u8; 4];
+        event.build(&mut payload).expect("a valid event");
+        let mut packet = [0u8; 64];
+        let n = RtpPacketBuilder::new(
+            PayloadType::new(101).expect("dynamic"),
+            *seq,
+            *timestamp,
+            Ssrc(0x5eed_0006),
+        )
+        .marker(k == 0)
+        .payload(&payload)
+        .write(&mut packet)
+        .expect("fits");
+        socket.send_to(&packet[..n], to).expect("loopback send");
+        *seq = seq.wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(if k < 3 { 50 } else { 5 }));
+    }
+}
+
+#[test]
+fn a_caller_pressing_star_6_mutes_itself_and_pressing_it_again_unmutes() {
+    let Some(sipp) = sipp() else { return };
+    let s = SipServer::start(4, 10, &[("CONFER_DIAL_IN", &format!("{NUMBER}=keys"))]);
+    let room = s.server.create_room(r#"{"name":"keys"}"#);
+    // The caller's media address: this test sends its keys from here.
+    let keys = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
+    let keys_port = keys.local_addr().expect("bound").port().to_string();
+    let args = sipp_args(
+        &s,
+        free_udp_port(),
+        free_udp_port(),
+        &[
+            "-sf",
+            &scenario("uac_dtmf_mute.xml"),
+            "-key",
+            "keys_port",
+            &keys_port,
+        ],
+    );
+    let call = std::thread::spawn(move || run_sipp(&sipp, &args, Duration::from_secs(20)));
+    let ids = wait_for_participants(&s, room, 1, Duration::from_secs(5));
+    assert_eq!(ids.len(), 1, "the caller joins the room");
+    let path = format!("/v1/rooms/{room}/participants/{}", ids[0]);
+    let (status, p) = s.server.request("GET", &path, None);
+    assert_eq!(status, 200, "{p}");
+    let local: std::net::SocketAddr = p["local_rtp_address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("local_rtp_address");
+    // Polls until the participant's mute state is `want` (at most 2 s).
+    let wait_muted = |want: bool| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let (status, p) = s.server.request("GET", &path, None);
+            assert_eq!(status, 200, "{p}");
+            if p["stats"]["muted"].as_bool() == Some(want) || Instant::now() > deadline {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut rtp = (1000u16, 0u32);
+    assert_eq!(wait_muted(false)["stats"]["muted"], false);
+    // `*` is event 10.
+    press(&keys, local, &mut rtp, 10);
+    press(&keys, local, &mut rtp, 6);
+    let p = wait_muted(true);
+    assert_eq!(p["stats"]["muted"], true, "muted by *6: {p}");
+    // *6 again toggles back.
+    press(&keys, local, &mut rtp, 10);
+    press(&keys, local, &mut rtp, 6);
+    let p = wait_muted(false);
+    assert_eq!(p["stats"]["muted"], false, "unmuted by *6 again: {p}");
+    // *7 raises what the caller hears by 3 dB.
+    press(&keys, local, &mut rtp, 10);
+    press(&keys, local, &mut rtp, 7);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let gain = loop {
+        let (_, p) = s.server.request("GET", &path, None);
+        let g = p["stats"]["output_gain_db"].as_f64();
+        if g == Some(3.0) || Instant::now() > deadline {
+            break g;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(gain, Some(3.0), "*7 raised the volume by 3 dB");
     let out = call.join().expect("sipp thread");
     assert_sipp_ok(&out, 1);
     assert!(wait_for_participants(&s, room, 0, Duration::from_secs(3)).is_empty());

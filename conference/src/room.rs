@@ -96,12 +96,13 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use confer_codecs::decoder::{AudioEncoder, CodecError};
+use confer_codecs::dtmf::{DtmfDigit, ReceivedEvent};
 use confer_codecs::g711::{G711Encoder, G711Law};
 use confer_codecs::opus::{OpusEncoder, OpusEncoderConfig};
 use confer_codecs::resample::Resampler;
 use confer_engine::leg::{
-    Codec, LegError, LegStats, MAX_DATAGRAM, MAX_ENCODED_PAYLOAD, MediaLeg, Received, Stage,
-    StageClock, StageTimer, StageTimes,
+    Codec, LegError, LegEvent, LegStats, MAX_DATAGRAM, MAX_ENCODED_PAYLOAD, MediaLeg, Received,
+    Stage, StageClock, StageTimer, StageTimes,
 };
 
 use crate::mixer::{Limiter, LimiterConfig, Mixer, MixerError};
@@ -310,6 +311,13 @@ pub enum RoomEventKind {
     Locked,
     /// The room was unlocked.
     Unlocked,
+    /// A participant pressed a key (an RFC 4733 telephone-event began).
+    Digit {
+        /// Who.
+        id: ParticipantId,
+        /// Which key.
+        digit: DtmfDigit,
+    },
 }
 
 /// An event with its time.
@@ -577,6 +585,8 @@ pub struct Room {
     recording: Option<Recording>,
     /// Non-speakers decoded ahead of time this tick (slots), at most `challengers`.
     challengers: Vec<usize>,
+    /// Keys pressed this tick, by whom (reused).
+    digits: Vec<(ParticipantId, DtmfDigit)>,
     stage_clock: Option<StageClock>,
     last_stages: StageTimes,
 }
@@ -641,6 +651,7 @@ impl Room {
             stats: RoomStats::default(),
             recording: None,
             challengers: Vec::with_capacity(config.challengers),
+            digits: Vec::new(),
             stage_clock: None,
             last_stages: StageTimes::default(),
             config,
@@ -1180,7 +1191,7 @@ impl Room {
                 None => {
                     decoded += 1;
                     let r = p.leg.poll_frame_timed(now, &mut p.frame, timer.as_mut());
-                    while p.leg.poll_event().is_some() {}
+                    take_digits(&mut p.leg, p.id, &mut self.digits);
                     match r {
                         Ok(info) => {
                             decoder_calls += info.decoder_calls;
@@ -1252,9 +1263,14 @@ impl Room {
                 skipped += 1;
                 p.leg.poll_skip(now, timer.as_mut());
             }
-            while p.leg.poll_event().is_some() {}
+            take_digits(&mut p.leg, p.id, &mut self.digits);
         }
         self.challengers.clear();
+        let mut digits = std::mem::take(&mut self.digits);
+        for (id, digit) in digits.drain(..) {
+            self.push_event(now, RoomEventKind::Digit { id, digit });
+        }
+        self.digits = digits;
 
         // 3. Speakers, mixed once.
         self.mixer.begin();
@@ -1419,6 +1435,18 @@ impl Room {
         stages.decoder_calls = decoder_calls;
         stages.encodes = shared + own;
         self.last_stages = stages;
+    }
+}
+
+/// Moves the keys `leg` received since the last tick into `out` (the other leg events
+/// concern only the leg).
+fn take_digits(leg: &mut MediaLeg, id: ParticipantId, out: &mut Vec<(ParticipantId, DtmfDigit)>) {
+    while let Some(e) = leg.poll_event() {
+        if let LegEvent::Dtmf(ReceivedEvent::Started { event, .. }) = e
+            && let Some(digit) = DtmfDigit::from_event_code(event)
+        {
+            out.push((id, digit));
+        }
     }
 }
 

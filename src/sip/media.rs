@@ -8,6 +8,9 @@
 //! closes (the core dropped the call, or the server stops), so no participant outlives
 //! its call.
 //!
+//! Once the caller is in its room, the task also follows the room's `digit` events for
+//! its participant: the keys the caller presses (RFC 4733) drive the in-call controls.
+//!
 //! Rooms are found by name (one made through the API counts) or created on the first
 //! call; the name-to-id cache is bounded by the dial plan and checked before use, so a
 //! room deleted through the API is created again.
@@ -17,8 +20,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use confer_codecs::dtmf::DtmfDigit;
 use confer_conference::room::RoomError;
-use tokio::sync::{Mutex, mpsc};
+use confer_pstn_bridge::ivr::{
+    ControlAction, ControlMap, ControlSequence, DEFAULT_SEQUENCE_TIMEOUT, InCallControls,
+};
+use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio::task::JoinSet;
 
 use super::core::{CallId, MediaCommand, MediaEvent, MediaFailure, MediaSpec};
@@ -173,7 +180,44 @@ async fn call_media(
         tracing::warn!(call, "{what}: {e}");
         metrics.task_errors.fetch_add(1, Ordering::Relaxed);
     };
-    while let Some(command) = commands.recv().await {
+    // Keys the caller presses in the room (RFC 4733) drive the in-call controls.
+    let mut room_events = host.subscribe();
+    let mut controls = InCallControls::new(in_call_controls(), DEFAULT_SEQUENCE_TIMEOUT);
+    let mut keys = CallerKeys::default();
+    loop {
+        let command = tokio::select! {
+            command = commands.recv() => match command {
+                Some(c) => c,
+                None => break,
+            },
+            event = room_events.recv(), if participant.is_some() => {
+                match event {
+                    Ok(ev) if ev.kind == "digit" && Some(ev.room) == room
+                        && ev.participant == participant =>
+                    {
+                        let action = ev
+                            .digit
+                            .and_then(DtmfDigit::from_char)
+                            .and_then(|d| controls.handle_digit(d, std::time::Instant::now()));
+                        if let (Some(action), Some(r), Some(p)) = (action, room, participant)
+                            && let Err(e) = host.update(r, p, keys.apply(action)).await
+                        {
+                            error("applying an in-call control", &e);
+                        }
+                    }
+                    Ok(_) => {}
+                    // Missed events are other rooms' as much as ours: keys may be lost.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(call, missed = n, "room events lagged");
+                    }
+                    // The engine is stopping; the command queue closes next.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        room_events = broadcast::channel(1).1;
+                    }
+                }
+                continue;
+            }
+        };
         let reply = match command {
             MediaCommand::Prepare { room: name } => {
                 let prepared = match resolve_room(&host, &rooms, &name).await {
@@ -212,9 +256,10 @@ async fn call_media(
                 }
             }),
             MediaCommand::Hold { held } => {
+                keys.held = held;
                 if let (Some(r), Some(p)) = (room, participant) {
                     let update = ParticipantUpdate {
-                        muted: Some(held),
+                        muted: Some(keys.muted()),
                         deaf: Some(held),
                         ..ParticipantUpdate::default()
                     };
@@ -241,6 +286,65 @@ async fn call_media(
             Err(HostError::Room(RoomError::UnknownParticipant(_))) => {}
             Err(e) => error("leaving the room", &e),
         }
+    }
+}
+
+/// The in-call keys: `*6` mutes or unmutes the caller, `*4` and `*7` lower and raise what
+/// it hears by 3 dB (a participant count, `*0` elsewhere, needs a prompt played to one
+/// participant, which rooms cannot do yet).
+fn in_call_controls() -> ControlMap {
+    let entries = [
+        ("*6", ControlAction::ToggleMute),
+        ("*4", ControlAction::VolumeDown),
+        ("*7", ControlAction::VolumeUp),
+    ]
+    .into_iter()
+    .filter_map(|(keys, action)| ControlSequence::parse(keys).ok().map(|k| (k, action)));
+    // Fixed, unambiguous sequences: the empty map is only a fallback that cannot happen.
+    ControlMap::new(entries).unwrap_or_else(|_| ControlMap::empty())
+}
+
+/// What the caller's keys and the call's hold state make of the participant.
+#[derive(Debug, Default)]
+struct CallerKeys {
+    /// Muted by `*6`.
+    self_muted: bool,
+    /// Held by SIP (re-INVITE or UPDATE).
+    held: bool,
+    /// Output gain set by `*4`/`*7`, dB.
+    gain_db: f32,
+}
+
+impl CallerKeys {
+    /// Largest volume change the keys make either way, dB.
+    const GAIN_LIMIT_DB: f32 = 12.0;
+    const GAIN_STEP_DB: f32 = 3.0;
+
+    fn muted(&self) -> bool {
+        self.held || self.self_muted
+    }
+
+    /// The update `action` calls for (`AnnounceCount` is not in the map).
+    fn apply(&mut self, action: ControlAction) -> ParticipantUpdate {
+        let mut update = ParticipantUpdate::default();
+        match action {
+            ControlAction::ToggleMute => {
+                self.self_muted = !self.self_muted;
+                update.muted = Some(self.muted());
+            }
+            ControlAction::VolumeUp | ControlAction::VolumeDown => {
+                let step = if action == ControlAction::VolumeUp {
+                    Self::GAIN_STEP_DB
+                } else {
+                    -Self::GAIN_STEP_DB
+                };
+                self.gain_db =
+                    (self.gain_db + step).clamp(-Self::GAIN_LIMIT_DB, Self::GAIN_LIMIT_DB);
+                update.output_gain_db = Some(self.gain_db);
+            }
+            ControlAction::AnnounceCount => {}
+        }
+        update
     }
 }
 
