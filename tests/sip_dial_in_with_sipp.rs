@@ -15,6 +15,8 @@ mod leg_harness;
 mod serve_harness;
 mod sip_support;
 
+use sip_support::room_participants as participants;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -83,16 +85,6 @@ fn assert_sipp_ok(out: &std::process::Output, calls: u64) {
         out.status,
         successful_calls(out).unwrap_or(0)
     );
-}
-
-/// The room's participants as the API lists them.
-fn participants(s: &SipServer, room: u64) -> Vec<u64> {
-    let (status, v) = s.server.request("GET", &format!("/v1/rooms/{room}"), None);
-    assert_eq!(status, 200, "{v}");
-    v["participant_ids"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default()
 }
 
 /// Polls until the room has `n` participants (at most `wait`).

@@ -229,21 +229,37 @@ pub fn options(transport: &str, from: SocketAddr, n: u32) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The sipp binary, when installed. Without it a test may skip only outside CI.
-pub fn sipp() -> Option<PathBuf> {
+/// `binary` on the PATH, when installed (Debian package `package`). Without it a test may
+/// skip only outside CI.
+fn installed(binary: &str, package: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|p| p.join("sipp"))
+            .map(|p| p.join(binary))
             .find(|p| p.is_file())
     });
     if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "sipp (Debian package sip-tester) is not installed, and CI is set: it must run here"
+            "{binary} (Debian package {package}) is not installed, and CI is set: it must run here"
         );
-        eprintln!("SKIPPED: sipp is not installed (apt-get install sip-tester)");
+        eprintln!("SKIPPED: {binary} is not installed (apt-get install {package})");
     }
     found
+}
+
+/// The sipp binary, when installed (see [`installed`]).
+pub fn sipp() -> Option<PathBuf> {
+    installed("sipp", "sip-tester")
+}
+
+/// The room's participants as the API lists them.
+pub fn room_participants(s: &SipServer, room: u64) -> Vec<u64> {
+    let (status, v) = s.server.request("GET", &format!("/v1/rooms/{room}"), None);
+    assert_eq!(status, 200, "{v}");
+    v["participant_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+        .unwrap_or_default()
 }
 
 /// A free UDP port on loopback (bound and released; good enough for a test's peers).
@@ -420,4 +436,51 @@ pub fn decode_alaw_48k(payloads: &[Vec<u8>]) -> Vec<f32> {
         .map(|&c| f32::from(confer_codecs::g711::alaw_to_linear(c)) / 32768.0)
         .collect();
     crate::leg_harness::resample_all(&pcm, 8000, 48_000)
+}
+
+/// The baresip binary, when installed (see [`installed`]).
+pub fn baresip() -> Option<PathBuf> {
+    installed("baresip", "baresip")
+}
+
+/// Runs `program` with `args` (killed after `limit`); returns its exit status and its
+/// stdout and stderr (read while it runs, so a chatty program never blocks on a pipe).
+pub fn run_bounded(
+    program: &std::path::Path,
+    args: &[String],
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} starts: {e}", program.display()));
+    fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    }
+    let out = drain(child.stdout.take().expect("piped stdout"));
+    let err = drain(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().expect("the killed program is reaped");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = format!(
+        "{}\n--- stderr ---\n{}",
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
+    );
+    (status, text)
 }
