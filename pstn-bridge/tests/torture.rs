@@ -13,78 +13,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-macro_rules! files {
-    ($($name:literal),* $(,)?) => {
-        &[$(($name, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sip-torture/", $name)) as &[u8])),*]
-    };
-}
+mod torture_files;
 
-/// Every torture message: the 49 RFC 4475 ones, the unofficial `test.dat`, and the 12
-/// RFC 5118 ones.
-const FILES: &[(&str, &[u8])] = files![
-    "badaspec.dat",
-    "badbranch.dat",
-    "baddate.dat",
-    "baddn.dat",
-    "badinv01.dat",
-    "badvers.dat",
-    "bcast.dat",
-    "bext01.dat",
-    "bigcode.dat",
-    "clerr.dat",
-    "cparam01.dat",
-    "cparam02.dat",
-    "dblreq.dat",
-    "esc01.dat",
-    "esc02.dat",
-    "escnull.dat",
-    "escruri.dat",
-    "insuf.dat",
-    "intmeth.dat",
-    "inv2543.dat",
-    "invut.dat",
-    "longreq.dat",
-    "ltgtruri.dat",
-    "lwsdisp.dat",
-    "lwsruri.dat",
-    "lwsstart.dat",
-    "mcl01.dat",
-    "mismatch01.dat",
-    "mismatch02.dat",
-    "mpart01.dat",
-    "multi01.dat",
-    "ncl.dat",
-    "noreason.dat",
-    "novelsc.dat",
-    "quotbal.dat",
-    "regaut01.dat",
-    "regbadct.dat",
-    "regescrt.dat",
-    "scalar02.dat",
-    "scalarlg.dat",
-    "sdp01.dat",
-    "semiuri.dat",
-    "test.dat",
-    "transports.dat",
-    "trws.dat",
-    "unkscm.dat",
-    "unksm2.dat",
-    "unreason.dat",
-    "wsinv.dat",
-    "zeromf.dat",
-    "rfc5118/ipv4-mapped-ipv6",
-    "rfc5118/ipv6-bad",
-    "rfc5118/ipv6-bug-abnf-3-colons",
-    "rfc5118/ipv6-correct-abnf-2-colons",
-    "rfc5118/ipv6-good",
-    "rfc5118/ipv6-in-sdp",
-    "rfc5118/mult-ip-in-header",
-    "rfc5118/mult-ip-in-sdp",
-    "rfc5118/port-ambiguous",
-    "rfc5118/port-unambiguous",
-    "rfc5118/via-received-param-no-delim",
-    "rfc5118/via-received-param-with-delim",
-];
+use torture_files::FILES;
 
 const SHA256SUMS: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
