@@ -14,6 +14,7 @@ pub mod denoise;
 pub mod dtmf;
 pub mod g711;
 pub mod level;
+pub mod ogg;
 pub mod opus;
 pub mod resample;
 pub mod timestretch;

@@ -19,6 +19,7 @@
 //! This runs once at start-up; it allocates freely.
 
 use confer_codecs::decoder::{AudioDecoder, CodecError};
+use confer_codecs::ogg;
 use confer_codecs::opus::OpusDecoder;
 use confer_codecs::resample::Resampler;
 
@@ -98,38 +99,12 @@ pub fn decode(bytes: &[u8], rate: u32) -> Result<Vec<f32>, AudioFileError> {
 // Ogg
 // ---------------------------------------------------------------------------
 
-/// CRC-32 of Ogg pages: polynomial 0x04C11DB7, not reflected, initial value 0, no final
-/// XOR (RFC 3533 section 6).
-const fn ogg_crc_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut r = (i as u32) << 24;
-        let mut bit = 0;
-        while bit < 8 {
-            r = if r & 0x8000_0000 != 0 {
-                (r << 1) ^ 0x04C1_1DB7
-            } else {
-                r << 1
-            };
-            bit += 1;
-        }
-        table[i] = r;
-        i += 1;
-    }
-    table
-}
-
-static OGG_CRC: [u32; 256] = ogg_crc_table();
-
+/// The page's Ogg CRC, its own checksum field (bytes 22..26) taken as zero.
 fn ogg_crc(page: &[u8]) -> u32 {
-    let mut crc = 0u32;
-    for (i, &b) in page.iter().enumerate() {
-        // Bytes 22..26 hold the CRC itself and count as zero.
-        let b = if (22..26).contains(&i) { 0 } else { b };
-        crc = (crc << 8) ^ OGG_CRC[usize::from((crc >> 24) as u8 ^ b)];
-    }
-    crc
+    let (head, rest) = page.split_at(page.len().min(22));
+    let tail = rest.get(4..).unwrap_or(&[]);
+    let zeros = &[0u8; 4][..rest.len().min(4)];
+    ogg::crc(ogg::crc(ogg::crc(0, head), zeros), tail)
 }
 
 fn le_u16(b: &[u8], at: usize) -> Option<u16> {
