@@ -749,6 +749,28 @@ enum Close {
     Stop,
 }
 
+/// Hands one framed message from a connection to the core (through `inspect`), writing
+/// back the answer when the listener answers it itself.
+async fn answer_frame<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    frame: &[u8],
+    transport: Transport,
+    peer: SocketAddr,
+    wire: Wire,
+    wr: &mut W,
+) -> io::Result<()> {
+    let verdict = dispose(
+        shared,
+        inspect(frame, &shared.caps),
+        Peer::new(transport, peer),
+    );
+    if let Verdicts::Reply(bytes, _) = verdict {
+        write_all(wr, &bytes).await?;
+        shared.metrics.sent(wire);
+    }
+    Ok(())
+}
+
 async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
     match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes)).await {
         Ok(r) => r,
@@ -817,15 +839,8 @@ where
                                 outcome = Some(Close::Banned);
                                 break;
                             }
-                            let verdict = dispose(
-                                &shared,
-                                inspect(&frame, &shared.caps),
-                                Peer::new(transport.clone(), peer),
-                            );
-                            if let Verdicts::Reply(bytes, _) = verdict {
-                                write_all(&mut wr, &bytes).await?;
-                                shared.metrics.sent(wire);
-                            }
+                            answer_frame(&shared, &frame, transport.clone(), peer, wire, &mut wr)
+                                .await?;
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -835,15 +850,15 @@ where
                                 FrameError::Malformed { frame, .. } => {
                                     // Not fatal (and `next_frame` never returns it):
                                     // answered like a datagram, and on.
-                                    let verdict = dispose(
+                                    answer_frame(
                                         &shared,
-                                        inspect(&frame, &shared.caps),
-                                        Peer::new(transport.clone(), peer),
-                                    );
-                                    if let Verdicts::Reply(bytes, _) = verdict {
-                                        write_all(&mut wr, &bytes).await?;
-                                        shared.metrics.sent(wire);
-                                    }
+                                        &frame,
+                                        transport.clone(),
+                                        peer,
+                                        wire,
+                                        &mut wr,
+                                    )
+                                    .await?;
                                     continue;
                                 }
                                 _ => StatusCode::BAD_REQUEST,
