@@ -867,12 +867,7 @@ fn a_refused_offer_leaves_the_session_unchanged() {
 #[test]
 fn our_offer_lists_our_codecs_in_order_with_telephone_event_per_clock_rate() {
     let mut s = session();
-    let offer = sdp::offer(
-        &LocalCapabilities::default(),
-        local(),
-        Direction::SendRecv,
-        &mut s,
-    );
+    let offer = default_offer(&mut s);
     let out = offer.to_sdp();
     assert!(out.starts_with("v=0\r\no=confer 305419896 1 IN IP4 203.0.113.7\r\ns=confer\r\nc=IN IP4 203.0.113.7\r\nt=0 0\r\n"));
     assert!(out.contains("m=audio 40000 RTP/AVP 111 9 0 8 110 101\r\n"));
@@ -913,15 +908,20 @@ fn peer_answer(formats: &str, attrs: &str) -> SessionDescription {
     ))
 }
 
-#[test]
-fn the_answers_first_codec_is_the_one_we_send() {
-    let mut s = session();
-    let offer = sdp::offer(
+/// Our offer with the default capabilities, sendrecv, from `local()`.
+fn default_offer(s: &mut SdpSession) -> sdp::Offer {
+    sdp::offer(
         &LocalCapabilities::default(),
         local(),
         Direction::SendRecv,
-        &mut s,
-    );
+        s,
+    )
+}
+
+#[test]
+fn the_answers_first_codec_is_the_one_we_send() {
+    let mut s = session();
+    let offer = default_offer(&mut s);
     let answer = peer_answer(
         "8 0 101",
         "a=rtpmap:101 telephone-event/8000\r\na=ptime:30\r\n",
@@ -944,12 +944,7 @@ fn the_answers_first_codec_is_the_one_we_send() {
 #[test]
 fn a_renumbered_payload_type_in_the_answer_is_used_for_sending() {
     let mut s = session();
-    let offer = sdp::offer(
-        &LocalCapabilities::default(),
-        local(),
-        Direction::SendRecv,
-        &mut s,
-    );
+    let offer = default_offer(&mut s);
     let answer = peer_answer(
         "107 100",
         "a=rtpmap:107 opus/48000/2\r\na=fmtp:107 maxplaybackrate=24000\r\na=rtpmap:100 telephone-event/48000\r\n",
@@ -991,12 +986,7 @@ fn an_answer_with_a_codec_we_did_not_offer_is_an_error() {
 #[test]
 fn an_answer_rejecting_our_audio_or_changing_the_m_lines_is_an_error() {
     let mut s = session();
-    let offer = sdp::offer(
-        &LocalCapabilities::default(),
-        local(),
-        Direction::SendRecv,
-        &mut s,
-    );
+    let offer = default_offer(&mut s);
     let rejected =
         parse("v=0\r\no=p 1 1 IN IP4 192.0.2.60\r\ns=-\r\nt=0 0\r\nm=audio 0 RTP/AVP 0\r\n");
     assert_eq!(
@@ -1028,12 +1018,7 @@ fn an_answer_rejecting_our_audio_or_changing_the_m_lines_is_an_error() {
 #[test]
 fn an_answer_with_the_hold_address_leaves_us_nowhere_to_send() {
     let mut s = session();
-    let offer = sdp::offer(
-        &LocalCapabilities::default(),
-        local(),
-        Direction::SendRecv,
-        &mut s,
-    );
+    let offer = default_offer(&mut s);
     let mut answer = peer_answer("0", "");
     answer.connection = Some(sdp::Connection::new("0.0.0.0".parse().unwrap()));
     let media = sdp::process_answer(&offer, &answer, &mut s).unwrap();
@@ -1046,12 +1031,7 @@ fn an_answer_with_the_hold_address_leaves_us_nowhere_to_send() {
 fn a_delayed_offer_goes_in_the_200_and_its_answer_comes_from_the_ack() {
     // INVITE without SDP: we offer in the 200 OK; the ACK carries sipp's answer.
     let mut s = session();
-    let offer = sdp::offer(
-        &LocalCapabilities::default(),
-        local(),
-        Direction::SendRecv,
-        &mut s,
-    );
+    let offer = default_offer(&mut s);
     let ack_body = parse(SIPP_UAC);
     let media = sdp::process_answer(&offer, &ack_body, &mut s).unwrap();
     assert_eq!(media.codec.codec, Codec::Pcmu);
@@ -1270,20 +1250,10 @@ fn the_peer_changes_codec_with_a_re_invite() {
 #[test]
 fn we_change_codec_with_a_re_offer_of_other_capabilities() {
     let mut s = session();
-    let first = sdp::offer(
-        &LocalCapabilities::default(),
-        local(),
-        Direction::SendRecv,
-        &mut s,
-    );
+    let first = default_offer(&mut s);
     sdp::process_answer(&first, &peer_answer("0", ""), &mut s).unwrap();
     // Same capabilities: PCMU stays first so hold/resume does not switch codec.
-    let again = sdp::offer(
-        &LocalCapabilities::default(),
-        local(),
-        Direction::SendRecv,
-        &mut s,
-    );
+    let again = default_offer(&mut s);
     assert_eq!(again.sdp().media[0].formats[0], "0");
     let g722 = LocalCapabilities::new(&[Codec::G722]).unwrap();
     let change = sdp::offer(&g722, local(), Direction::SendRecv, &mut s);
