@@ -77,6 +77,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use confer_codecs::dtmf::DtmfDigit;
 use confer_conference::recording::{FRAME_SAMPLES, Recorder, RecorderConfig};
 use confer_conference::room::{
     LeaveReason, ParticipantConfig, ParticipantId, ParticipantStats, RecordSink, Room, RoomConfig,
@@ -277,6 +278,8 @@ pub struct Metrics {
     pub drop_send_queue_full: AtomicU64,
     /// Not sent: another send error (unreachable, ...).
     pub drop_send_error: AtomicU64,
+    /// Keys a participant pressed that its driver's channel had no room for.
+    pub keys_dropped: AtomicU64,
     /// Receive errors on participant sockets (e.g. ICMP port unreachable reported).
     pub recv_errors: AtomicU64,
     /// Recording files ended by an I/O or encoding error.
@@ -391,6 +394,7 @@ impl Default for Metrics {
             drop_rejected: z(),
             drop_send_would_block: z(),
             drop_send_queue_full: z(),
+            keys_dropped: z(),
             drop_send_error: z(),
             recv_errors: z(),
             recording_errors: z(),
@@ -480,6 +484,11 @@ impl Metrics {
                 "confer_frames_skipped_total",
                 "Participant frames advanced without decoding (not heard).",
                 get(&self.frames_skipped),
+            ),
+            (
+                "confer_keys_dropped_total",
+                "Keys pressed (RFC 4733) that the participant's driver had no room for.",
+                get(&self.keys_dropped),
             ),
         ];
         for (name, help, v) in counters {
@@ -632,6 +641,9 @@ pub struct JoinOptions {
     pub socket: Option<RtpSocket>,
     /// The RFC 4733 telephone-event payload type negotiated for the leg.
     pub telephone_event: Option<PayloadType>,
+    /// Where the keys the participant presses go (besides the room's `digit` events),
+    /// for whoever drives the participant: a full channel drops the key and counts it.
+    pub keys: Option<tokio::sync::mpsc::Sender<DtmfDigit>>,
 }
 
 /// Participant controls (each optional).
@@ -783,6 +795,7 @@ struct NewMember {
     rx: HeapCons<Datagram>,
     counters: Arc<SocketCounters>,
     task: tokio::task::AbortHandle,
+    keys: Option<tokio::sync::mpsc::Sender<DtmfDigit>>,
 }
 
 enum Command {
@@ -1206,6 +1219,7 @@ impl Host {
             rx: cons,
             counters,
             task: task.clone(),
+            keys: options.keys,
         });
         let r = self
             .call(worker, |reply| Command::Join {
@@ -1358,6 +1372,8 @@ struct Member {
     rx: HeapCons<Datagram>,
     counters: Arc<SocketCounters>,
     task: tokio::task::AbortHandle,
+    /// See [`JoinOptions::keys`].
+    keys: Option<tokio::sync::mpsc::Sender<DtmfDigit>>,
 }
 
 impl Drop for Member {
@@ -2246,7 +2262,7 @@ impl Worker {
             for (_, delay) in room.mixed_jitter_delays() {
                 metrics.jitter_buffer_delay.record(delay);
             }
-            publish(room_id, entry, &self.events);
+            publish(room_id, entry, &self.events, &self.metrics.keys_dropped);
         }
         worked
     }
@@ -2289,7 +2305,7 @@ impl Worker {
                         } else {
                             e.room.unlock(now);
                         }
-                        publish(id, e, &self.events);
+                        publish(id, e, &self.events, &self.metrics.keys_dropped);
                         Ok(room_info(self.index, id, e))
                     }
                     None => Err(HostError::UnknownRoom(id)),
@@ -2425,7 +2441,7 @@ impl Worker {
             members: HashMap::new(),
             by_api: HashMap::new(),
         };
-        publish(id, &mut entry, &self.events);
+        publish(id, &mut entry, &self.events, &self.metrics.keys_dropped);
         let info = room_info(self.index, id, &entry);
         self.rooms.insert(id, entry);
         self.metrics.rooms.fetch_add(1, Ordering::Relaxed);
@@ -2443,7 +2459,7 @@ impl Worker {
                 bye(&mut leg, m, &mut self.out, &mut self.tx_buf, now);
             }
         }
-        publish(id, &mut entry, &self.events);
+        publish(id, &mut entry, &self.events, &self.metrics.keys_dropped);
         self.metrics
             .participants
             .fetch_sub(entry.members.len() as u64, Ordering::Relaxed);
@@ -2496,10 +2512,11 @@ impl Worker {
                 rx: n.rx,
                 counters: n.counters,
                 task: n.task,
+                keys: n.keys,
             },
         );
         self.metrics.participants.fetch_add(1, Ordering::Relaxed);
-        publish(room, entry, &self.events);
+        publish(room, entry, &self.events, &self.metrics.keys_dropped);
         participant_info(room, entry, pid)
     }
 
@@ -2536,7 +2553,7 @@ impl Worker {
             sink.close_track(pid);
         }
         // Published while the member is still known, so the event names it.
-        publish(room, e, &self.events);
+        publish(room, e, &self.events, &self.metrics.keys_dropped);
         if let Some(m) = e.members.remove(&pid) {
             if let Ok(mut leg) = leg {
                 bye(&mut leg, &m, &mut self.out, &mut self.tx_buf, now);
@@ -2580,7 +2597,7 @@ impl Worker {
         if let Some(d) = u.deaf {
             e.room.set_deaf(pid, d, now)?;
         }
-        publish(room, e, &self.events);
+        publish(room, e, &self.events, &self.metrics.keys_dropped);
         participant_info(room, e, pid)
     }
 }
@@ -2653,7 +2670,12 @@ pub fn codec_name(c: Codec) -> &'static str {
 }
 
 /// Drains the room's events onto the broadcast channel.
-fn publish(room_id: u64, e: &mut RoomEntry, events: &broadcast::Sender<EventMsg>) {
+fn publish(
+    room_id: u64,
+    e: &mut RoomEntry,
+    events: &broadcast::Sender<EventMsg>,
+    keys_dropped: &AtomicU64,
+) {
     let api = |pid: ParticipantId| e.members.get(&pid).map(|m| m.id);
     let mut pending = [None; 16];
     loop {
@@ -2698,7 +2720,14 @@ fn publish(room_id: u64, e: &mut RoomEntry, events: &broadcast::Sender<EventMsg>
                 RoomEventKind::Digit { id, .. } => ("digit", Some(id), None),
             };
             let digit = match ev.kind {
-                RoomEventKind::Digit { digit, .. } => Some(digit.to_char()),
+                RoomEventKind::Digit { id, digit } => {
+                    if let Some(keys) = e.members.get(&id).and_then(|m| m.keys.as_ref())
+                        && keys.try_send(digit).is_err()
+                    {
+                        keys_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(digit.to_char())
+                }
                 _ => None,
             };
             let msg = EventMsg {

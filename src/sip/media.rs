@@ -8,8 +8,8 @@
 //! closes (the core dropped the call, or the server stops), so no participant outlives
 //! its call.
 //!
-//! Once the caller is in its room, the task also follows the room's `digit` events for
-//! its participant: the keys the caller presses (RFC 4733) drive the in-call controls.
+//! Once the caller is in its room, the host hands the task the keys its caller presses
+//! (RFC 4733, [`JoinOptions::keys`]): they drive the in-call controls.
 //!
 //! Rooms are found by name (one made through the API counts) or created on the first
 //! call; the name-to-id cache is bounded by the dial plan and checked before use, so a
@@ -25,7 +25,7 @@ use confer_conference::room::RoomError;
 use confer_pstn_bridge::ivr::{
     ControlAction, ControlMap, ControlSequence, DEFAULT_SEQUENCE_TIMEOUT, InCallControls,
 };
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
 use super::core::{CallId, MediaCommand, MediaEvent, MediaFailure, MediaSpec};
@@ -34,6 +34,8 @@ use crate::host::{Host, HostError, JoinOptions, JoinSpec, ParticipantUpdate, Roo
 
 /// Commands queued per call (a call issues a handful in its life).
 const CALL_QUEUE: usize = 16;
+/// Keys queued per call (a person presses a few a second).
+const KEY_QUEUE: usize = 16;
 
 type RoomCache = Arc<Mutex<HashMap<String, u64>>>;
 
@@ -180,8 +182,10 @@ async fn call_media(
         tracing::warn!(call, "{what}: {e}");
         metrics.task_errors.fetch_add(1, Ordering::Relaxed);
     };
-    // Keys the caller presses in the room (RFC 4733) drive the in-call controls.
-    let mut room_events = host.subscribe();
+    // Keys the caller presses in the room (RFC 4733) drive the in-call controls; the host
+    // sends them here once the caller is in.
+    let (keys_tx, mut keys_rx) = mpsc::channel(KEY_QUEUE);
+    let mut keys_tx = Some(keys_tx);
     let mut controls = InCallControls::new(in_call_controls(), DEFAULT_SEQUENCE_TIMEOUT);
     let mut keys = CallerKeys::default();
     loop {
@@ -190,30 +194,12 @@ async fn call_media(
                 Some(c) => c,
                 None => break,
             },
-            event = room_events.recv(), if participant.is_some() => {
-                match event {
-                    Ok(ev) if ev.kind == "digit" && Some(ev.room) == room
-                        && ev.participant == participant =>
-                    {
-                        let action = ev
-                            .digit
-                            .and_then(DtmfDigit::from_char)
-                            .and_then(|d| controls.handle_digit(d, std::time::Instant::now()));
-                        if let (Some(action), Some(r), Some(p)) = (action, room, participant)
-                            && let Err(e) = host.update(r, p, keys.apply(action)).await
-                        {
-                            error("applying an in-call control", &e);
-                        }
-                    }
-                    Ok(_) => {}
-                    // Missed events are other rooms' as much as ours: keys may be lost.
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(call, missed = n, "room events lagged");
-                    }
-                    // The engine is stopping; the command queue closes next.
-                    Err(broadcast::error::RecvError::Closed) => {
-                        room_events = broadcast::channel(1).1;
-                    }
+            Some(digit) = keys_rx.recv(), if participant.is_some() => {
+                let action = controls.handle_digit(digit, std::time::Instant::now());
+                if let (Some(action), Some(r), Some(p)) = (action, room, participant)
+                    && let Err(e) = host.update(r, p, keys.apply(action)).await
+                {
+                    error("applying an in-call control", &e);
                 }
                 continue;
             }
@@ -242,19 +228,21 @@ async fn call_media(
                     }
                 }
             }
-            MediaCommand::Join(spec) => Some(match join(&host, room, &mut socket, spec).await {
-                Ok(p) => {
-                    participant = Some(p);
-                    MediaEvent::Joined { call }
-                }
-                Err(e) => {
-                    error("joining the room", &e);
-                    MediaEvent::Failed {
-                        call,
-                        reason: failure(&e),
+            MediaCommand::Join(spec) => Some(
+                match join(&host, room, &mut socket, spec, keys_tx.take()).await {
+                    Ok(p) => {
+                        participant = Some(p);
+                        MediaEvent::Joined { call }
                     }
-                }
-            }),
+                    Err(e) => {
+                        error("joining the room", &e);
+                        MediaEvent::Failed {
+                            call,
+                            reason: failure(&e),
+                        }
+                    }
+                },
+            ),
             MediaCommand::Hold { held } => {
                 keys.held = held;
                 if let (Some(r), Some(p)) = (room, participant) {
@@ -353,6 +341,7 @@ async fn join(
     room: Option<u64>,
     socket: &mut Option<RtpSocket>,
     spec: MediaSpec,
+    keys: Option<mpsc::Sender<DtmfDigit>>,
 ) -> Result<u64, HostError> {
     let room = room.ok_or(HostError::Stopped)?;
     let info = host
@@ -370,6 +359,7 @@ async fn join(
             JoinOptions {
                 socket: socket.take(),
                 telephone_event: spec.telephone_event,
+                keys,
             },
         )
         .await?;
