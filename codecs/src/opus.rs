@@ -247,6 +247,13 @@ impl OpusEncoder {
         Ok(())
     }
 
+    /// The loss, in percent, the in-band FEC is sized for; `None` without FEC.
+    pub fn fec_loss_percent(&self) -> Option<u8> {
+        self.config
+            .inband_fec
+            .then_some(self.config.expected_loss_percent)
+    }
+
     /// The configuration this encoder was built with (and updated by the setters).
     pub fn config(&self) -> &OpusEncoderConfig {
         &self.config

@@ -513,10 +513,8 @@ impl EncoderGroup {
 
     fn fec_loss_percent(&self) -> Option<u8> {
         match &self.encoder {
-            GroupEncoder::Opus(e) if e.config().inband_fec => {
-                Some(e.config().expected_loss_percent)
-            }
-            _ => None,
+            GroupEncoder::Opus(e) => e.fec_loss_percent(),
+            GroupEncoder::G711(_) => None,
         }
     }
 
@@ -526,7 +524,9 @@ impl EncoderGroup {
             GroupEncoder::Opus(e) => {
                 // FEC sized for the member that loses most (a leg does the same for its
                 // own peer): none until someone reports loss.
-                if e.config().inband_fec && e.config().expected_loss_percent != self.reported_loss {
+                if e.fec_loss_percent()
+                    .is_some_and(|l| l != self.reported_loss)
+                {
                     e.set_expected_loss_percent(self.reported_loss)?;
                 }
                 e.encode(&self.codec_pcm, &mut self.payload)

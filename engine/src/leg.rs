@@ -1275,8 +1275,8 @@ impl MediaLeg {
     /// for G.711 or when FEC was not negotiated.
     pub fn fec_loss_percent(&self) -> Option<u8> {
         match &self.encoder {
-            LegEncoder::Opus(e) if e.config().inband_fec => Some(e.config().expected_loss_percent),
-            _ => None,
+            LegEncoder::Opus(e) => e.fec_loss_percent(),
+            LegEncoder::G711(_) => None,
         }
     }
 
