@@ -12,7 +12,11 @@
 //! - [`Room::poll_event`] after the above until `None`: joins, leaves, talking, mute, lock,
 //!   each with its media time (time since the room was created).
 //! - Controls (`set_muted`, `set_deaf`, `set_input_gain_db`, `set_output_gain_db`,
-//!   `set_moderator`, `lock`, `unlock`, `end`) at any time between ticks.
+//!   `set_moderator`, `set_inband_dtmf`, `lock`, `unlock`, `end`) at any time between
+//!   ticks.
+//! - Playback ([`Room::play_to`], [`Room::stop_playback`], [`Room::announce`]) at any time
+//!   between ticks: a [`Clip`] is 48 kHz mono audio shared by reference (an IVR prompt
+//!   cached once is queued for many callers without a copy).
 //!
 //! - Recording: [`Room::start_recording`] hands the room a [`RecordSink`]; every tick then
 //!   gives it the full mix (what a silent listener hears, before any output gain, through
@@ -23,6 +27,46 @@
 //!
 //! Time never comes from the clock; an empty room's tick returns at once (no work, no
 //! timer), so idle rooms cost nothing.
+//!
+//! # Playback, announcements and in-band keys
+//!
+//! The PSTN dial-in IVR needs three things of the room: prompts for one caller ("enter
+//! your PIN", "please wait for the moderator"), room-wide announcements ("a participant
+//! joined"), and keys from phones that send DTMF as tones in the audio rather than as
+//! RFC 4733 events.
+//!
+//! - Each participant has a queue of at most [`PLAYBACK_QUEUE_LEN`] clips
+//!   ([`Room::play_to`]). A clip plays one frame per tick, its last partial frame padded
+//!   with silence; the next clip starts at the next frame. A participant whose clip plays
+//!   hears it *on top of* what the room gives it that tick (its N-1 mix as a speaker, the
+//!   full mix as a listener, silence when deaf or while the room waits for a moderator:
+//!   a prompt addressed to one participant always reaches it), times its output gain,
+//!   through its own limiter, encoded by its own leg: its audio differs from its group's,
+//!   so it cannot share the group's payload. [`RoomEventKind::PlaybackFinished`] comes in
+//!   the tick that sent the queue's last samples; [`Room::stop_playback`] drops the queue
+//!   at once without it (barge-in), and leaving drops it silently.
+//! - The room has one announcement queue of the same length ([`Room::announce`]; it and
+//!   its frame buffer are allocated at the first announcement, so rooms that never
+//!   announce stay small), played
+//!   frame by frame into every output mix: each group's shared mix (times the group's
+//!   gain, before its limiter), each speaker's N-1 mix, the base of a participant hearing
+//!   a clip, and the recording's mix. Nobody talking is no exception: groups with a
+//!   hearing listener encode every tick anyway. Deaf participants, and everyone while the
+//!   room waits for a moderator, do not hear it. An empty room drops the queue.
+//! - A participant with in-band DTMF detection on ([`ParticipantConfig::inband_dtmf`],
+//!   [`Room::set_inband_dtmf`]) has its frame decoded every tick, whether it sends header
+//!   levels, is muted or not, resampled to 8 kHz and fed to a [`DtmfDetector`] (its
+//!   Goertzel filters then run over a sixth of the samples they would at 48 kHz, and a
+//!   phone's band ends below 4 kHz anyway). Each key press is one
+//!   [`RoomEventKind::Digit`], the event an RFC 4733 key gives; a caller that sends both
+//!   gives both (deduplicating is the host's). It hears the frame the room decoded: when
+//!   the leg denoises, the tones pass the noise suppressor first (the tests find every
+//!   key, 60 ms at -25 dBov per tone, through it).
+//!
+//! Clip samples that are not finite count as silence and samples are clamped to full
+//! scale, so a bad clip cannot poison a mix. The room holds a reference to each queued
+//! clip and drops it when the clip has played: if that was the last one, the clip is freed
+//! on the tick's thread (keep prompts cached to avoid it).
 //!
 //! # One tick
 //!
@@ -52,20 +96,27 @@
 //!    others are decoded anyway). While a recording keeps per-participant tracks, or
 //!    with [`RoomConfig::header_levels`] off, everyone is decoded. Counts: [`RoomStats::frames_decoded_last_tick`] and
 //!    [`RoomStats::frames_skipped_last_tick`].
+//!    Participants with in-band DTMF detection are decoded too (as challengers are, without
+//!    noise suppression or VAD unless they are speakers), and every such participant's
+//!    decoded frame goes through its detector (counted as the vad stage).
 //! 3. The [`Mixer`] adds each speaker's frame once (with its input gain). Silent
-//!    participants cost a poll, not a mix.
-//! 4. Each speaker who can hear gets its own N-1 mix (total minus itself, times its output
-//!    gain, through its own [`Limiter`]), encoded by its own leg ([`MediaLeg::send_frame`]).
+//!    participants cost a poll, not a mix. The announcement queue gives its next frame.
+//! 4. Each speaker who can hear gets its own N-1 mix (total minus itself, plus the
+//!    announcement, times its output gain, through its own [`Limiter`]), encoded by its own
+//!    leg ([`MediaLeg::send_frame`]). So does each participant hearing a clip, whatever it
+//!    is (see above); these own encodes are counted with the speakers'.
 //! 5. Every other participant is a listener. Listeners are grouped by what their encoded
 //!    audio depends on: codec and its settings (Opus bitrate, FEC, DTX; G.711 law), frame
 //!    duration, and output gain. Each group with at least one listener who hears this tick
-//!    encodes the full mix (times the group's gain, through the group's limiter) **once**;
+//!    (and hears no clip) encodes the full mix (plus the announcement, times the group's
+//!    gain, through the group's limiter) **once**;
 //!    each listener's leg packetizes that same payload with its own SSRC, sequence number,
 //!    timestamp and SRTP context ([`MediaLeg::send_payload`]). Payload types are
 //!    per leg, so they are not part of the group. Encoder calls are counted in
 //!    [`RoomStats`].
 //! 6. Deaf participants, and everyone while the room waits for a moderator, get nothing
-//!    (their leg's media clock advances, so the next packet is a marked talkspurt).
+//!    but their own clips (without one, their leg's media clock advances, so the next
+//!    packet is a marked talkspurt).
 //! 7. Every leg's RTCP is polled.
 //!
 //! # Stage timing
@@ -86,17 +137,21 @@
 //! # Allocation
 //!
 //! Buffers are allocated at [`Room::new`] and [`Room::join`] (the participant's frame,
-//! limiter; a new encoder group when its settings are new); a tick allocates nothing
+//! limiter, playback queue of [`PLAYBACK_QUEUE_LEN`], in-band detector and its resampler;
+//! a new encoder group when its settings are new; the detector also at
+//! [`Room::set_inband_dtmf`], the announcement queue and frame at the first
+//! [`Room::announce`]); a tick allocates nothing
 //! (events go to a bounded queue allocated up front; beyond it they are dropped and
 //! counted). The leg's own exceptions (RTCP, `rtc-srtp`) are documented in
 //! [`confer_engine::leg`].
 
 use std::any::Any;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confer_codecs::decoder::{AudioEncoder, CodecError};
-use confer_codecs::dtmf::{DtmfDigit, ReceivedEvent};
+use confer_codecs::dtmf::{DtmfDetector, DtmfDigit, DtmfEvent, ReceivedEvent};
 use confer_codecs::g711::{G711Encoder, G711Law};
 use confer_codecs::opus::{OpusEncoder, OpusEncoderConfig};
 use confer_codecs::resample::Resampler;
@@ -116,6 +171,12 @@ pub const EVENT_QUEUE_LEN: usize = 4096;
 const EVENT_QUEUE_INITIAL: usize = 32;
 /// The input and output gains a participant may be given, in dB.
 pub const GAIN_DB_RANGE: std::ops::RangeInclusive<f32> = -60.0..=20.0;
+/// Audio at the room rate (48 kHz mono f32 in -1..1), shared without copying.
+pub type Clip = Arc<[f32]>;
+/// Clips queued per participant, and for the room's announcements.
+pub const PLAYBACK_QUEUE_LEN: usize = 16;
+/// The rate in-band DTMF is detected at.
+const INBAND_DTMF_RATE: u32 = 8000;
 
 /// A participant of one room: its slot and the slot's generation, so an id that left is
 /// never mistaken for whoever took its slot.
@@ -200,10 +261,12 @@ pub struct ParticipantConfig {
     pub input_gain_db: f32,
     /// Gain on what the participant hears, in dB ([`GAIN_DB_RANGE`]).
     pub output_gain_db: f32,
+    /// Detect DTMF tones in its audio (a phone that does not send RFC 4733 events).
+    pub inband_dtmf: bool,
 }
 
 impl ParticipantConfig {
-    /// A non-moderator, unmuted, hearing, at unity gains.
+    /// A non-moderator, unmuted, hearing, at unity gains, without in-band DTMF detection.
     pub fn new(leg: MediaLeg) -> Self {
         ParticipantConfig {
             leg,
@@ -212,6 +275,7 @@ impl ParticipantConfig {
             deaf: false,
             input_gain_db: 0.0,
             output_gain_db: 0.0,
+            inband_dtmf: false,
         }
     }
 }
@@ -261,6 +325,10 @@ pub enum RoomError {
     /// The leg rejected a datagram (the peer's fault).
     #[error("leg: {0}")]
     Leg(#[from] LegError),
+    /// [`PLAYBACK_QUEUE_LEN`] clips already wait (for the participant, or for the room's
+    /// announcements).
+    #[error("the playback queue is full ({PLAYBACK_QUEUE_LEN} clips)")]
+    PlaybackQueueFull,
 }
 
 /// Why a participant left.
@@ -311,13 +379,16 @@ pub enum RoomEventKind {
     Locked,
     /// The room was unlocked.
     Unlocked,
-    /// A participant pressed a key (an RFC 4733 telephone-event began).
+    /// A participant pressed a key: an RFC 4733 telephone-event began, or, with in-band
+    /// detection on, its DTMF tone was recognised (once per press).
     Digit {
         /// Who.
         id: ParticipantId,
         /// Which key.
         digit: DtmfDigit,
     },
+    /// The participant's playback queue has played out: this tick sent its last samples.
+    PlaybackFinished(ParticipantId),
 }
 
 /// An event with its time.
@@ -393,7 +464,8 @@ pub struct RoomStats {
     pub encoder_calls_last_tick: u32,
     /// Shared (per-group) encodes at the last tick.
     pub shared_encodes_last_tick: u32,
-    /// Per-speaker (N-1) encodes at the last tick.
+    /// Per-participant encodes at the last tick: speakers' N-1 mixes, and participants
+    /// hearing a clip of their own.
     pub speaker_encodes_last_tick: u32,
     /// Encoder calls since the room was created.
     pub encoder_calls_total: u64,
@@ -536,6 +608,127 @@ impl EncoderGroup {
     }
 }
 
+/// A queue of clips played one frame per tick (see the module docs).
+struct Playback {
+    /// Holds at most [`PLAYBACK_QUEUE_LEN`] clips: allocated with that many places, it
+    /// never grows.
+    queue: VecDeque<Clip>,
+    /// Samples of the front clip already played.
+    pos: usize,
+}
+
+impl Playback {
+    fn new() -> Self {
+        Playback {
+            queue: VecDeque::with_capacity(PLAYBACK_QUEUE_LEN),
+            pos: 0,
+        }
+    }
+
+    /// A queue that allocates its places at the first [`Playback::reserve`].
+    fn unallocated() -> Self {
+        Playback {
+            queue: VecDeque::new(),
+            pos: 0,
+        }
+    }
+
+    fn reserve(&mut self) {
+        self.queue
+            .reserve_exact(PLAYBACK_QUEUE_LEN.saturating_sub(self.queue.len()));
+    }
+
+    fn push(&mut self, clip: Clip) -> Result<(), RoomError> {
+        if self.queue.len() >= PLAYBACK_QUEUE_LEN {
+            return Err(RoomError::PlaybackQueueFull);
+        }
+        self.queue.push_back(clip);
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.pos = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Drops played and empty clips from the front; whether samples are left to play.
+    fn settle(&mut self) -> bool {
+        while let Some(clip) = self.queue.front() {
+            if self.pos < clip.len() {
+                return true;
+            }
+            self.queue.pop_front();
+            self.pos = 0;
+        }
+        false
+    }
+
+    /// Adds the next frame of the front clip times `gain` into `out` (a clip's last frame
+    /// is padded: the next clip starts at the next frame); whether the queue has played
+    /// out.
+    fn add_next(&mut self, out: &mut [f32], gain: f32) -> bool {
+        if self.settle()
+            && let Some(clip) = self.queue.front()
+        {
+            let rest = clip.get(self.pos..).unwrap_or_default();
+            let n = rest.len().min(out.len());
+            for (o, &x) in out.iter_mut().zip(&rest[..n]) {
+                let x = if x.is_finite() {
+                    x.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                };
+                *o += x * gain;
+            }
+            self.pos += n;
+        }
+        !self.settle()
+    }
+}
+
+/// A participant's in-band DTMF detector, with what it takes to feed it at 8 kHz.
+struct InbandDtmf {
+    resampler: Resampler,
+    pcm: Vec<f32>,
+    detector: DtmfDetector,
+}
+
+impl InbandDtmf {
+    fn new(frame_ms: u32) -> Result<Box<Self>, RoomError> {
+        let resampler = Resampler::new(ROOM_RATE, INBAND_DTMF_RATE, frame_ms)?;
+        let detector = DtmfDetector::new(INBAND_DTMF_RATE)
+            .map_err(|_| RoomError::BadConfig("in-band DTMF detector rate"))?;
+        Ok(Box::new(InbandDtmf {
+            pcm: vec![0.0; resampler.output_len()],
+            resampler,
+            detector,
+        }))
+    }
+
+    /// Feeds one room frame; each key press that starts goes to `out`.
+    fn process(
+        &mut self,
+        frame: &[f32],
+        id: ParticipantId,
+        out: &mut Vec<(ParticipantId, DtmfDigit)>,
+    ) {
+        let Ok(n) = self.resampler.process(frame, &mut self.pcm) else {
+            // Frame sizes were checked at join; nothing else fails.
+            return;
+        };
+        let pcm = self.pcm.get(..n).unwrap_or_default();
+        self.detector.process(pcm, |e| {
+            if let DtmfEvent::Started { digit, .. } = e {
+                out.push((id, digit));
+            }
+        });
+    }
+}
+
 struct Participant {
     id: ParticipantId,
     leg: MediaLeg,
@@ -558,6 +751,12 @@ struct Participant {
     header: bool,
     /// Its frame was decoded this tick.
     decoded: bool,
+    /// Clips for it alone.
+    playback: Playback,
+    /// A clip of its own plays this tick.
+    playing: bool,
+    /// In-band DTMF detection, when on.
+    inband: Option<Box<InbandDtmf>>,
 }
 
 struct Slot {
@@ -587,6 +786,11 @@ pub struct Room {
     challengers: Vec<usize>,
     /// Keys pressed this tick, by whom (reused).
     digits: Vec<(ParticipantId, DtmfDigit)>,
+    /// The room's announcements; allocated, with `announcement`, at the first
+    /// [`Room::announce`] (most rooms never announce, and idle rooms must stay small).
+    announcements: Playback,
+    /// This tick's frame of the announcement.
+    announcement: Vec<f32>,
     stage_clock: Option<StageClock>,
     last_stages: StageTimes,
 }
@@ -652,6 +856,8 @@ impl Room {
             recording: None,
             challengers: Vec::with_capacity(config.challengers),
             digits: Vec::new(),
+            announcements: Playback::unallocated(),
+            announcement: Vec::new(),
             stage_clock: None,
             last_stages: StageTimes::default(),
             config,
@@ -694,15 +900,7 @@ impl Room {
     }
 
     fn push_event(&mut self, now: Instant, kind: RoomEventKind) {
-        if self.events.len() < EVENT_QUEUE_LEN {
-            self.events.push_back(RoomEvent {
-                media_time: now.saturating_duration_since(self.created),
-                at: now,
-                kind,
-            });
-        } else {
-            self.stats.events_dropped += 1;
-        }
+        push_event(&mut self.events, &mut self.stats, self.created, now, kind);
     }
 
     /// The next event.
@@ -750,6 +948,11 @@ impl Room {
         }
         let input_gain = gain_from_db(p.input_gain_db)?;
         let output_gain = gain_from_db(p.output_gain_db)?;
+        let inband = if p.inband_dtmf {
+            Some(InbandDtmf::new(self.config.frame_ms)?)
+        } else {
+            None
+        };
         let group = self.group_for(&p.leg, p.output_gain_db, output_gain)?;
         let limiter = Limiter::new(self.config.limiter, ROOM_RATE, self.frame_samples)?;
         let slot = match self.slots.iter().position(|s| s.participant.is_none()) {
@@ -788,6 +991,9 @@ impl Room {
             frames_mixed: 0,
             header: false,
             decoded: false,
+            playback: Playback::new(),
+            playing: false,
+            inband,
         });
         self.groups[group].members += 1;
         self.count += 1;
@@ -878,6 +1084,9 @@ impl Room {
         self.speakers.remove(slot);
         self.release_group(p.group);
         self.stats.participants = self.count;
+        if self.count == 0 {
+            self.announcements.clear();
+        }
         if p.talking {
             self.push_event(now, RoomEventKind::StoppedTalking(id));
         }
@@ -1038,6 +1247,58 @@ impl Room {
         Ok(())
     }
 
+    /// Turns in-band DTMF detection on (a fresh detector; nothing if already on) or off
+    /// for `id` (see the module docs).
+    pub fn set_inband_dtmf(&mut self, id: ParticipantId, on: bool) -> Result<(), RoomError> {
+        let frame_ms = self.config.frame_ms;
+        let p = self.participant_mut(id)?;
+        match (on, p.inband.is_some()) {
+            (true, false) => p.inband = Some(InbandDtmf::new(frame_ms)?),
+            (false, true) => p.inband = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Queues `clip` for participant `id` alone, after what it already has queued (see
+    /// the module docs). Beyond [`PLAYBACK_QUEUE_LEN`] queued clips (the one playing
+    /// included): [`RoomError::PlaybackQueueFull`]. An empty clip finishes at the next
+    /// tick.
+    pub fn play_to(&mut self, id: ParticipantId, clip: Clip) -> Result<(), RoomError> {
+        self.participant_mut(id)?.playback.push(clip)
+    }
+
+    /// Drops the participant's queue at once (barge-in); no
+    /// [`RoomEventKind::PlaybackFinished`] for it.
+    pub fn stop_playback(&mut self, id: ParticipantId) -> Result<(), RoomError> {
+        self.participant_mut(id)?.playback.clear();
+        Ok(())
+    }
+
+    /// Whether a clip plays (or waits) for `id`.
+    pub fn is_playing(&self, id: ParticipantId) -> Result<bool, RoomError> {
+        Ok(!self.participant(id)?.playback.is_empty())
+    }
+
+    /// Queues `clip` for everyone in the room (an announcement): mixed into what every
+    /// hearing participant hears and into the recording's mix, one frame per tick, after
+    /// the announcements already queued. Beyond [`PLAYBACK_QUEUE_LEN`] queued:
+    /// [`RoomError::PlaybackQueueFull`]; an ended room: [`RoomError::Ended`]. In an empty
+    /// room nobody could hear it: it is dropped (`Ok`).
+    pub fn announce(&mut self, clip: Clip) -> Result<(), RoomError> {
+        if self.ended {
+            return Err(RoomError::Ended);
+        }
+        if self.count == 0 {
+            return Ok(());
+        }
+        if self.announcement.len() != self.frame_samples {
+            self.announcements.reserve();
+            self.announcement = vec![0.0; self.frame_samples];
+        }
+        self.announcements.push(clip)
+    }
+
     /// A datagram from participant `id` that arrived at `now`.
     pub fn handle_datagram(
         &mut self,
@@ -1157,6 +1418,7 @@ impl Room {
     pub fn tick(&mut self, now: Instant, send: &mut impl FnMut(ParticipantId, &[u8])) {
         self.last_stages = StageTimes::default();
         if self.count == 0 {
+            self.announcements.clear();
             if let Some(r) = self.recording.as_mut() {
                 // An empty room's recording goes on as silence (continuous timeline).
                 self.scratch.fill(0.0);
@@ -1238,18 +1500,19 @@ impl Room {
         }
         lap(&mut timer, Stage::Mix);
 
-        // Header-level participants: speakers and challengers are decoded, everyone else's
-        // jitter buffer only keeps its schedule.
+        // Header-level participants: speakers, challengers and those whose keys come as
+        // tones are decoded, everyone else's jitter buffer only keeps its schedule.
         for slot in 0..self.slots.len() {
             let Some(p) = self.slots[slot].participant.as_mut().filter(|p| p.header) else {
                 continue;
             };
             let speaker = self.speakers.is_speaker(slot);
-            if speaker || self.challengers.contains(&slot) {
+            if speaker || self.challengers.contains(&slot) || p.inband.is_some() {
                 decoded += 1;
                 p.decoded = true;
-                // A challenger is decoded only to be warm when it is mixed: no noise
-                // suppression or VAD until then (its level comes from the headers).
+                // A challenger is decoded only to be warm when it is mixed (a key detector
+                // needs only the audio): no noise suppression or VAD until then (its level
+                // comes from the headers).
                 let r = if speaker {
                     p.leg.poll_frame_timed(now, &mut p.frame, timer.as_mut())
                 } else {
@@ -1266,6 +1529,17 @@ impl Room {
             take_digits(&mut p.leg, p.id, &mut self.digits);
         }
         self.challengers.clear();
+        // In-band keys, from every decoded frame of those who want them (muted or not).
+        let mut detectors = false;
+        for p in self.slots.iter_mut().filter_map(|s| s.participant.as_mut()) {
+            if let Some(d) = p.inband.as_mut() {
+                d.process(&p.frame, p.id, &mut self.digits);
+                detectors = true;
+            }
+        }
+        if detectors {
+            lap(&mut timer, Stage::Vad);
+        }
         let mut digits = std::mem::take(&mut self.digits);
         for (id, digit) in digits.drain(..) {
             self.push_event(now, RoomEventKind::Digit { id, digit });
@@ -1288,12 +1562,33 @@ impl Room {
             }
         }
         self.stats.speakers = self.mixer.talkers();
+        // The announcement's frame (it plays on, unheard, while the room waits for a
+        // moderator), and who hears a clip of its own this tick (a queue of empty clips
+        // finishes now, unheard).
+        let announcing =
+            self.announcements.settle() && self.announcement.len() == self.frame_samples;
+        if announcing {
+            self.announcement.fill(0.0);
+            self.announcements.add_next(&mut self.announcement, 1.0);
+        }
+        let announcing = announcing && !waiting;
+        for p in self.slots.iter_mut().filter_map(|s| s.participant.as_mut()) {
+            let queued = !p.playback.is_empty();
+            p.playing = p.playback.settle();
+            if queued && !p.playing {
+                let kind = RoomEventKind::PlaybackFinished(p.id);
+                push_event(&mut self.events, &mut self.stats, self.created, now, kind);
+            }
+        }
         lap(&mut timer, Stage::Mix);
 
         // The recording: the full mix at unity gain, and each participant's own input.
         if let Some(r) = self.recording.as_mut() {
             if self.mixer.mix_all(1.0, &mut self.scratch).is_err() {
                 self.scratch.fill(0.0);
+            }
+            if announcing {
+                add_scaled(&mut self.scratch, &self.announcement, 1.0);
             }
             r.limiter.process(&mut self.scratch);
             r.sink.mix(&self.scratch);
@@ -1329,6 +1624,7 @@ impl Room {
             for p in self.slots.iter().filter_map(|s| s.participant.as_ref()) {
                 if p.mix_index.is_none()
                     && !p.deaf
+                    && !p.playing
                     && let Some(g) = self.groups.get_mut(p.group)
                 {
                     g.wanted = true;
@@ -1345,6 +1641,9 @@ impl Room {
                 self.stats.send_errors += 1;
                 continue;
             }
+            if announcing {
+                add_scaled(&mut g.pcm, &self.announcement, g.output_gain);
+            }
             g.limiter.process(&mut g.pcm);
             lap(&mut timer, Stage::Mix);
             shared += 1;
@@ -1355,39 +1654,46 @@ impl Room {
             lap(&mut timer, Stage::Encode);
         }
 
-        // 4, 6, 7. Per participant: shared payload, own N-1 encode, or nothing; RTCP.
-        // Listeners of the shared mixes first: their packets are ready now and can be on
-        // their way while the speakers' own mixes are encoded.
+        // 4, 6, 7. Per participant: shared payload, own encode (N-1 mix, or a clip on top
+        // of what it hears), or nothing; RTCP. Listeners of the shared mixes first: their
+        // packets are ready now and can be on their way while the own mixes are encoded.
         let mut own = 0u32;
         let mut sent = 0u64;
         let order = [false, true];
-        for speakers_pass in order {
+        for own_pass in order {
             for slot in self.slots.iter_mut() {
-                let Some(p) = slot
-                    .participant
-                    .as_mut()
-                    .filter(|p| (p.mix_index.is_some() && !waiting && !p.deaf) == speakers_pass)
-                else {
+                let Some(p) = slot.participant.as_mut().filter(|p| {
+                    (p.playing || (p.mix_index.is_some() && !waiting && !p.deaf)) == own_pass
+                }) else {
                     continue;
                 };
-                let r = if waiting || p.deaf {
+                let hears = !waiting && !p.deaf;
+                let r = if own_pass {
+                    // What the room gives it (nothing when it cannot hear), its clip on
+                    // top, all times its output gain.
+                    let gain = p.output_gain;
+                    let base = match (hears, p.mix_index) {
+                        (false, _) => None,
+                        (true, Some(k)) => self.mixer.mix_without(k, gain, &mut self.scratch).ok(),
+                        (true, None) => self.mixer.mix_all(gain, &mut self.scratch).ok(),
+                    };
+                    if base.is_none() {
+                        self.scratch.fill(0.0);
+                    } else if announcing {
+                        add_scaled(&mut self.scratch, &self.announcement, p.output_gain);
+                    }
+                    if p.playing && p.playback.add_next(&mut self.scratch, p.output_gain) {
+                        let kind = RoomEventKind::PlaybackFinished(p.id);
+                        push_event(&mut self.events, &mut self.stats, self.created, now, kind);
+                    }
+                    p.limiter.process(&mut self.scratch);
+                    lap(&mut timer, Stage::Mix);
+                    own += 1;
+                    p.leg
+                        .send_frame_timed(&self.scratch, now, &mut self.packet, timer.as_mut())
+                } else if !hears {
                     p.leg.skip_frame();
                     Ok(0)
-                } else if let Some(k) = p.mix_index {
-                    match self.mixer.mix_without(k, p.output_gain, &mut self.scratch) {
-                        Ok(()) => {
-                            p.limiter.process(&mut self.scratch);
-                            lap(&mut timer, Stage::Mix);
-                            own += 1;
-                            p.leg.send_frame_timed(
-                                &self.scratch,
-                                now,
-                                &mut self.packet,
-                                timer.as_mut(),
-                            )
-                        }
-                        Err(_) => Ok(0),
-                    }
                 } else {
                     match self
                         .groups
@@ -1447,6 +1753,33 @@ fn take_digits(leg: &mut MediaLeg, id: ParticipantId, out: &mut Vec<(Participant
         {
             out.push((id, digit));
         }
+    }
+}
+
+/// Queues an event (a function of the fields it needs, so that a loop over the slots can
+/// push events).
+fn push_event(
+    events: &mut VecDeque<RoomEvent>,
+    stats: &mut RoomStats,
+    created: Instant,
+    now: Instant,
+    kind: RoomEventKind,
+) {
+    if events.len() < EVENT_QUEUE_LEN {
+        events.push_back(RoomEvent {
+            media_time: now.saturating_duration_since(created),
+            at: now,
+            kind,
+        });
+    } else {
+        stats.events_dropped += 1;
+    }
+}
+
+/// `out += x * gain`.
+fn add_scaled(out: &mut [f32], x: &[f32], gain: f32) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o += v * gain;
     }
 }
 
