@@ -5,13 +5,15 @@
 //! 4xx or 5xx status with `{"error": "..."}` saying what is wrong:
 //!
 //! - 400: the body is not JSON, or not the expected shape (wrong type, unknown field);
-//! - 404: no such room or participant (or route);
-//! - 409: the room refuses the join (locked, full, ended), or a recording is already
-//!   running (start) or not running (stop);
+//! - 403: the dial-out policy refuses the number (the message names the rule);
+//! - 404: no such room, participant or call (or route);
+//! - 409: the room refuses the join (locked, full, ended), a recording is already
+//!   running (start) or not running (stop), dial-in asked without a PIN number, or
+//!   dial-out without a trunk configured;
 //! - 422: well-formed but impossible values (gain outside -60..=20 dB, unknown codec,
 //!   payload type, RTP address);
-//! - 503: no free RTP port, a media worker's command queue is full, or the engine is
-//!   stopping.
+//! - 503: no free RTP port, a media worker's command queue is full, the SIP call limit
+//!   is reached, SIP is not running, or the engine is stopping.
 //!
 //! Bodies are parsed with `serde_json` from the raw bytes (not axum's `Json` extractor), so
 //! that the error format is the same everywhere.
@@ -28,12 +30,13 @@ use axum::routing::get;
 use confer_conference::room::{GAIN_DB_RANGE, RoomError};
 use confer_engine::leg::{Codec, OpusParams};
 use confer_engine::types::PayloadType;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
-use crate::host::{Host, HostError, JoinSpec, ParticipantUpdate, RoomSpec};
+use crate::host::{Host, HostError, JoinSpec, ParticipantUpdate, RoomInfo, RoomSpec};
+use crate::sip::{DialError, DialInInfo, PinError, Pins, PlanError, SipControl, Trunks};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -44,6 +47,26 @@ pub struct ApiState {
     pub shutdown: watch::Receiver<bool>,
     /// SIP's counters, appended to `/metrics` when SIP runs.
     pub sip_metrics: Option<std::sync::Arc<crate::sip::SipMetrics>>,
+    /// The rooms' dial-in PINs.
+    pub pins: std::sync::Arc<Pins>,
+    /// Places calls, when SIP runs.
+    pub sip: Option<SipControl>,
+    /// Where dialled calls go, and whether they may.
+    pub trunks: std::sync::Arc<Trunks>,
+}
+
+/// A room as the API shows it: the host's view and its dial-in, if it has one.
+#[derive(Serialize)]
+struct RoomView {
+    #[serde(flatten)]
+    info: RoomInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dial_in: Option<DialInInfo>,
+}
+
+fn view(s: &ApiState, info: RoomInfo) -> RoomView {
+    let dial_in = s.pins.of(info.id);
+    RoomView { info, dial_in }
 }
 
 /// The routes.
@@ -58,6 +81,12 @@ pub fn router(state: ApiState) -> Router {
             get(get_room).delete(delete_room).patch(patch_room),
         )
         .route("/v1/rooms/{room}/participants", axum::routing::post(join))
+        .route("/v1/rooms/{room}/calls", axum::routing::post(dial))
+        .route(
+            "/v1/rooms/{room}/calls/{call}",
+            axum::routing::delete(hang_up),
+        )
+        .route("/v1/trunks", get(list_trunks))
         .route(
             "/v1/rooms/{room}/participants/{participant}",
             get(get_participant).delete(leave).patch(patch_participant),
@@ -166,7 +195,13 @@ async fn healthz() -> Response {
 async fn metrics(State(s): State<ApiState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.host.metrics().render() + &s.sip_metrics.map_or(String::new(), |m| m.render()),
+        s.host.metrics().render()
+            + &s.sip_metrics.map_or(String::new(), |m| m.render())
+            + &format!(
+                "# HELP confer_dial_in_pins Rooms with a dial-in PIN.\n\
+                 # TYPE confer_dial_in_pins gauge\nconfer_dial_in_pins {}\n",
+                s.pins.len()
+            ),
     )
         .into_response()
 }
@@ -177,6 +212,8 @@ struct CreateRoom {
     name: Option<String>,
     max_participants: Option<usize>,
     wait_for_moderator: Option<bool>,
+    announce_joins: Option<bool>,
+    dial_in: Option<bool>,
 }
 
 async fn create_room(State(s): State<ApiState>, body: Bytes) -> ApiResult {
@@ -188,29 +225,56 @@ async fn create_room(State(s): State<ApiState>, body: Bytes) -> ApiResult {
             "max_participants must be 1..=100000, not {n}"
         )));
     }
+    let dial_in = req.dial_in.unwrap_or(false);
+    if dial_in && s.pins.number().is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            PinError::NoPinNumber.to_string(),
+        ));
+    }
     let info = s
         .host
         .create_room(RoomSpec {
             name: req.name.unwrap_or_default(),
             max_participants: req.max_participants,
             wait_for_moderator: req.wait_for_moderator.unwrap_or(false),
+            announce_joins: req.announce_joins.unwrap_or(false),
+            internal: false,
         })
         .await?;
-    ok(StatusCode::CREATED, &info)
+    if dial_in && let Err(e) = s.pins.assign(info.id) {
+        // Nothing half-created: a room that was asked with dial-in has it or is gone.
+        if let Err(d) = s.host.delete_room(info.id).await {
+            tracing::warn!(room = info.id, "deleting a room without its PIN: {d}");
+        }
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ));
+    }
+    ok(StatusCode::CREATED, &view(&s, info))
 }
 
 async fn list_rooms(State(s): State<ApiState>) -> ApiResult {
-    let rooms = s.host.rooms().await?;
+    let rooms: Vec<RoomView> = s
+        .host
+        .rooms()
+        .await?
+        .into_iter()
+        .map(|r| view(&s, r))
+        .collect();
     ok(StatusCode::OK, &json!({ "rooms": rooms }))
 }
 
 async fn get_room(State(s): State<ApiState>, Path(room): Path<String>) -> ApiResult {
     let info = s.host.room(room_id(&room)?).await?;
-    ok(StatusCode::OK, &info)
+    ok(StatusCode::OK, &view(&s, info))
 }
 
 async fn delete_room(State(s): State<ApiState>, Path(room): Path<String>) -> ApiResult {
-    s.host.delete_room(room_id(&room)?).await?;
+    let id = room_id(&room)?;
+    s.host.delete_room(id).await?;
+    s.pins.release(id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -227,7 +291,7 @@ async fn patch_room(State(s): State<ApiState>, Path(room): Path<String>, body: B
         Some(locked) => s.host.set_locked(id, locked).await?,
         None => s.host.room(id).await?,
     };
-    ok(StatusCode::OK, &info)
+    ok(StatusCode::OK, &view(&s, info))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -356,6 +420,67 @@ async fn join(State(s): State<ApiState>, Path(room): Path<String>, body: Bytes) 
     let spec = join_spec(req)?;
     let info = s.host.join(id, spec).await?;
     ok(StatusCode::CREATED, &info)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Dial {
+    to: String,
+    trunk: Option<String>,
+}
+
+fn sip_running(s: &ApiState) -> Result<&SipControl, ApiError> {
+    s.sip
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SIP is not running"))
+}
+
+fn dial_error(e: DialError) -> ApiError {
+    match e {
+        DialError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        DialError::Build(_) => ApiError::unprocessable(e.to_string()),
+        DialError::UnknownCall(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+/// Dials a number or SIP URI into the room through a trunk; answers at once with the
+/// call's id (its progress comes as `dial_*` events).
+async fn dial(State(s): State<ApiState>, Path(room): Path<String>, body: Bytes) -> ApiResult {
+    let id = room_id(&room)?;
+    let req: Dial = parse_body(&body, false)?;
+    let sip = sip_running(&s)?;
+    // A room that does not exist is a 404 before anything is dialled.
+    s.host.room(id).await?;
+    let request = s
+        .trunks
+        .plan(id, &req.to, req.trunk.as_deref())
+        .map_err(|e| match e {
+            PlanError::Refused(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+            PlanError::NoTrunks => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            _ => ApiError::unprocessable(e.to_string()),
+        })?;
+    let to = request.uri.to_string();
+    let call = sip.dial(request).await.map_err(dial_error)?;
+    ok(
+        StatusCode::ACCEPTED,
+        &json!({ "call": call, "room": id, "to": to }),
+    )
+}
+
+async fn hang_up(
+    State(s): State<ApiState>,
+    Path((room, call)): Path<(String, String)>,
+) -> ApiResult {
+    let _ = room_id(&room)?;
+    let call: u64 = call
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no call {call:?}")))?;
+    sip_running(&s)?.hang_up(call).await.map_err(dial_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_trunks(State(s): State<ApiState>) -> ApiResult {
+    ok(StatusCode::OK, &json!({ "trunks": s.trunks.names() }))
 }
 
 async fn leave(

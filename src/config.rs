@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::sip::TrunkConfig;
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,8 +77,21 @@ pub struct Config {
     /// plan; any other is read with national prefix 0 and international prefix 00).
     pub sip_country_code: String,
     /// Dialled numbers that lead straight into a room (`[[dial_in]]` tables with `number`
-    /// and `room`; `CONFER_DIAL_IN="+15550100=standup,+15550101=retro"`).
+    /// and `room`) or to the PIN prompts (`number` and `pin = true`);
+    /// `CONFER_DIAL_IN="+15550100=standup,+15550101=retro,+15550199"` (a number alone
+    /// asks for a PIN).
     pub dial_in: Vec<DialIn>,
+    /// Digits of the PINs given to rooms made through the API (default 6, 4..=12).
+    pub pin_digits: usize,
+    /// SIP trunks calls are dialled out through (`[[trunks]]` tables, or
+    /// `CONFER_TRUNKS='[{name = "carrier", address = "192.0.2.1:5060"}]'`; see README).
+    pub trunks: Vec<TrunkConfig>,
+    /// E.164 prefixes dial-out may reach beyond the home country (`"+44"`, `"+"` for
+    /// everywhere); premium-rate prefixes need an allow rule at least as long
+    /// (`CONFER_DIAL_OUT_ALLOW="+44,+33"`).
+    pub dial_out_allow: Vec<String>,
+    /// E.164 prefixes dial-out may not reach (`CONFER_DIAL_OUT_DENY`).
+    pub dial_out_deny: Vec<String>,
 }
 
 /// One dial-in number and the room it leads to (created on the first call).
@@ -86,8 +101,32 @@ pub struct DialIn {
     /// The number as dialled or in E.164 (normalised with `sip_country_code`), or an
     /// extension of up to six digits.
     pub number: String,
-    /// The room's name.
+    /// The room's name (empty with `pin`).
+    #[serde(default)]
     pub room: String,
+    /// The number asks for a PIN (of a room made through the control API) instead.
+    #[serde(default)]
+    pub pin: bool,
+}
+
+impl DialIn {
+    /// `number` leads into the room named `room`.
+    pub fn room(number: impl Into<String>, room: impl Into<String>) -> DialIn {
+        DialIn {
+            number: number.into(),
+            room: room.into(),
+            pin: false,
+        }
+    }
+
+    /// `number` leads to the PIN prompts.
+    pub fn pin(number: impl Into<String>) -> DialIn {
+        DialIn {
+            number: number.into(),
+            room: String::new(),
+            pin: true,
+        }
+    }
 }
 
 impl Default for Config {
@@ -119,6 +158,10 @@ impl Default for Config {
             sip_session_expires: 1800,
             sip_country_code: "1".to_owned(),
             dial_in: Vec::new(),
+            pin_digits: 6,
+            trunks: Vec::new(),
+            dial_out_allow: Vec::new(),
+            dial_out_deny: Vec::new(),
         }
     }
 }
@@ -209,10 +252,37 @@ impl Config {
             sip_max_calls "CONFER_SIP_MAX_CALLS",
             sip_t1_ms "CONFER_SIP_T1_MS",
             sip_force_rport "CONFER_SIP_FORCE_RPORT",
-            sip_session_expires "CONFER_SIP_SESSION_EXPIRES"
+            sip_session_expires "CONFER_SIP_SESSION_EXPIRES",
+            pin_digits "CONFER_PIN_DIGITS"
         );
         if let Some(v) = get("CONFER_SIP_COUNTRY_CODE") {
             self.sip_country_code = v;
+        }
+        if let Some(v) = get("CONFER_TRUNKS") {
+            #[derive(Deserialize)]
+            struct Wrapped {
+                trunks: Vec<TrunkConfig>,
+            }
+            let w: Wrapped = toml::from_str(&format!("trunks = {v}")).map_err(|e| {
+                anyhow::anyhow!(
+                    "environment variable CONFER_TRUNKS (a TOML array of tables, \
+                     e.g. [{{name = \"carrier\", address = \"192.0.2.1:5060\"}}]): {e}"
+                )
+            })?;
+            self.trunks = w.trunks;
+        }
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        if let Some(v) = get("CONFER_DIAL_OUT_ALLOW") {
+            self.dial_out_allow = list(v);
+        }
+        if let Some(v) = get("CONFER_DIAL_OUT_DENY") {
+            self.dial_out_deny = list(v);
         }
         if let Some(v) = get("CONFER_DIAL_IN") {
             self.dial_in = parse_dial_in(&v)
@@ -298,6 +368,15 @@ impl Config {
             );
         }
         crate::sip::DialPlan::new(&self.dial_in, &self.sip_country_code)?;
+        if !(4..=12).contains(&self.pin_digits) {
+            bail!("pin_digits must be 4..=12, not {}", self.pin_digits);
+        }
+        crate::sip::Trunks::new(
+            &self.trunks,
+            &self.sip_country_code,
+            &self.dial_out_allow,
+            &self.dial_out_deny,
+        )?;
         Ok(())
     }
 
@@ -311,18 +390,14 @@ impl Config {
     }
 }
 
-/// `number=room[,number=room...]` (the `CONFER_DIAL_IN` form).
+/// `number=room` and `number` (the PIN prompts), comma-separated (the `CONFER_DIAL_IN`
+/// form).
 fn parse_dial_in(v: &str) -> Result<Vec<DialIn>, String> {
     v.split(',')
         .filter(|p| !p.trim().is_empty())
-        .map(|p| {
-            let (number, room) = p
-                .split_once('=')
-                .ok_or_else(|| format!("{p:?} is not number=room"))?;
-            Ok(DialIn {
-                number: number.trim().to_owned(),
-                room: room.trim().to_owned(),
-            })
+        .map(|p| match p.split_once('=') {
+            Some((number, room)) => Ok(DialIn::room(number.trim(), room.trim())),
+            None => Ok(DialIn::pin(p.trim())),
         })
         .collect()
 }
@@ -405,6 +480,37 @@ mod tests {
     }
 
     #[test]
+    fn trunks_come_from_toml_tables_or_an_inline_array_in_the_environment() {
+        let c = Config::from_toml(
+            "dial_out_allow = [\"+44\"]\n\
+             [[trunks]]\nname = \"carrier\"\naddress = \"127.0.0.1:5099\"\n\
+             username = \"acct\"\npassword = \"secret\"\n\
+             [[trunks.to_trunk]]\npattern = \"+1\"\nstrip = 2\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.trunks[0].name, "carrier");
+        assert_eq!(c.trunks[0].to_trunk[0].strip, 2);
+        assert_eq!(c.dial_out_allow, ["+44"]);
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "CONFER_TRUNKS" => Some(r#"[{name = "a", address = "127.0.0.1:5099"}]"#.into()),
+            "CONFER_DIAL_OUT_DENY" => Some("+1900, +1976".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.trunks[0].address, "127.0.0.1:5099");
+        assert_eq!(c.dial_out_deny, ["+1900", "+1976"]);
+        let err = c
+            .apply_env(|k| (k == "CONFER_TRUNKS").then(|| "nonsense".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CONFER_TRUNKS"), "{err}");
+        let mut bad = c.clone();
+        bad.trunks[0].address = "no port".into();
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
     fn sip_defaults_to_udp_and_tcp_on_loopback_5060_without_tls_or_numbers() {
         let c = Config::default();
         assert_eq!(c.sip_listen, "127.0.0.1:5060".parse().unwrap());
@@ -427,25 +533,23 @@ mod tests {
         c.validate().unwrap();
         let mut c = Config::default();
         c.apply_env(|k| match k {
-            "CONFER_DIAL_IN" => Some("+15550100123=standup, 4242 = retro".into()),
+            "CONFER_DIAL_IN" => Some("+15550100123=standup, 4242 = retro,+15550100199".into()),
             "CONFER_SIP_FORCE_RPORT" => Some("false".into()),
             "CONFER_SIP_MAX_MESSAGE_BYTES" => Some("4096".into()),
             _ => None,
         })
         .unwrap();
-        assert_eq!(
-            c.dial_in[1],
-            DialIn {
-                number: "4242".into(),
-                room: "retro".into()
-            }
-        );
+        assert_eq!(c.dial_in[1], DialIn::room("4242", "retro"));
+        assert_eq!(c.dial_in[2], DialIn::pin("+15550100199"));
         assert!(!c.sip_force_rport);
         assert_eq!(c.sip_max_message_bytes, 4096);
-        let err = c
-            .apply_env(|k| (k == "CONFER_DIAL_IN").then(|| "standup".into()))
-            .unwrap_err();
-        assert!(err.to_string().contains("CONFER_DIAL_IN"), "{err}");
+        c.apply_env(|k| (k == "CONFER_DIAL_IN").then(|| "standup".into()))
+            .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("dial_in number \"standup\""),
+            "{err}"
+        );
         let err = c
             .apply_env(|k| (k == "CONFER_SIP_RATE_BURST").then(|| "lots".into()))
             .unwrap_err();
@@ -465,10 +569,7 @@ mod tests {
             },
             "sip_tls_cert",
         );
-        let numbers = vec![DialIn {
-            number: "+15550100123".into(),
-            room: "standup".into(),
-        }];
+        let numbers = vec![DialIn::room("+15550100123", "standup")];
         refused(
             Config {
                 dial_in: numbers.clone(),
@@ -479,10 +580,7 @@ mod tests {
         );
         refused(
             Config {
-                dial_in: vec![DialIn {
-                    number: "not a number".into(),
-                    room: "x".into(),
-                }],
+                dial_in: vec![DialIn::room("not a number", "x")],
                 ..Config::default()
             },
             "dial_in number",

@@ -80,8 +80,8 @@ use std::time::{Duration, Instant};
 use confer_codecs::dtmf::DtmfDigit;
 use confer_conference::recording::{FRAME_SAMPLES, Recorder, RecorderConfig};
 use confer_conference::room::{
-    LeaveReason, ParticipantConfig, ParticipantId, ParticipantStats, RecordSink, Room, RoomConfig,
-    RoomError, RoomEventKind,
+    Clip, LeaveReason, ParticipantConfig, ParticipantId, ParticipantStats, RecordSink, Room,
+    RoomConfig, RoomError, RoomEventKind,
 };
 use confer_engine::leg::{Codec, LegConfig, LegError, MAX_DATAGRAM, MediaLeg, StageTimes};
 use confer_engine::types::PayloadType;
@@ -161,7 +161,9 @@ pub struct EventMsg {
     /// The room's id.
     pub room: u64,
     /// `created`, `ended`, `joined`, `left`, `started_talking`, `stopped_talking`, `muted`,
-    /// `unmuted`, `deafened`, `undeafened`, `locked`, `unlocked`, `digit`.
+    /// `unmuted`, `deafened`, `undeafened`, `locked`, `unlocked`, `digit`, `playback_finished`;
+    /// for calls confer dials: `dial_trying`, `dial_ringing`, `dial_answered` (with the
+    /// participant), `dial_failed` (with the SIP status), `dial_hung_up`.
     pub kind: &'static str,
     /// The participant concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,8 +174,16 @@ pub struct EventMsg {
     /// `digit`: the key pressed (RFC 4733 telephone-event), `0-9`, `*`, `#`, `A-D`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digit: Option<char>,
-    /// Media time of the room (since it was created), in ms.
-    pub media_time_ms: f64,
+    /// `dial_*`: the dialled call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<u64>,
+    /// `dial_failed`: the final SIP status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Media time of the room (since it was created), in ms; none on `dial_*` events
+    /// (they happen in SIP, not in the room).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_time_ms: Option<f64>,
 }
 
 /// A fixed-bucket latency histogram (upper bounds in microseconds), lock-free.
@@ -278,8 +288,8 @@ pub struct Metrics {
     pub drop_send_queue_full: AtomicU64,
     /// Not sent: another send error (unreachable, ...).
     pub drop_send_error: AtomicU64,
-    /// Keys a participant pressed that its driver's channel had no room for.
-    pub keys_dropped: AtomicU64,
+    /// Signals (keys, playback ends) that a participant's driver had no room for.
+    pub signals_dropped: AtomicU64,
     /// Receive errors on participant sockets (e.g. ICMP port unreachable reported).
     pub recv_errors: AtomicU64,
     /// Recording files ended by an I/O or encoding error.
@@ -394,7 +404,7 @@ impl Default for Metrics {
             drop_rejected: z(),
             drop_send_would_block: z(),
             drop_send_queue_full: z(),
-            keys_dropped: z(),
+            signals_dropped: z(),
             drop_send_error: z(),
             recv_errors: z(),
             recording_errors: z(),
@@ -486,9 +496,9 @@ impl Metrics {
                 get(&self.frames_skipped),
             ),
             (
-                "confer_keys_dropped_total",
-                "Keys pressed (RFC 4733) that the participant's driver had no room for.",
-                get(&self.keys_dropped),
+                "confer_participant_signals_dropped_total",
+                "Keys pressed and playback ends that the participant's driver had no room for.",
+                get(&self.signals_dropped),
             ),
         ];
         for (name, help, v) in counters {
@@ -564,6 +574,11 @@ pub struct RoomSpec {
     pub max_participants: Option<usize>,
     /// Non-moderators wait for a moderator.
     pub wait_for_moderator: bool,
+    /// Joins and leaves of phone callers are announced to the room.
+    pub announce_joins: bool,
+    /// A room of the host's own (a dial-in caller's PIN prompts): not listed by
+    /// [`Host::rooms`], not counted in the rooms gauge, its events not published.
+    pub internal: bool,
 }
 
 /// A room as the API shows it.
@@ -581,6 +596,10 @@ pub struct RoomInfo {
     pub max_participants: usize,
     /// Locked.
     pub locked: bool,
+    /// The room waits for its moderator now (non-moderators hear nothing).
+    pub waiting_for_moderator: bool,
+    /// Joins and leaves of phone callers are announced.
+    pub announce_joins: bool,
     /// Frame ticks that did work.
     pub ticks: u64,
     /// Active speakers at the last tick.
@@ -641,9 +660,31 @@ pub struct JoinOptions {
     pub socket: Option<RtpSocket>,
     /// The RFC 4733 telephone-event payload type negotiated for the leg.
     pub telephone_event: Option<PayloadType>,
-    /// Where the keys the participant presses go (besides the room's `digit` events),
-    /// for whoever drives the participant: a full channel drops the key and counts it.
-    pub keys: Option<tokio::sync::mpsc::Sender<DtmfDigit>>,
+    /// Where the participant's [`Signal`]s go (besides the room's events), for whoever
+    /// drives the participant: a full channel drops the signal and counts it.
+    pub signals: Option<tokio::sync::mpsc::Sender<Signal>>,
+    /// Detect DTMF tones in what the participant sends (phones without RFC 4733).
+    pub inband_dtmf: bool,
+}
+
+/// What the host tells whoever drives a participant ([`JoinOptions::signals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// A key was pressed (RFC 4733, or a tone with [`JoinOptions::inband_dtmf`]).
+    Key(DtmfDigit),
+    /// Everything played to the participant ([`Host::play_to`]) has been sent.
+    PlaybackFinished,
+}
+
+/// How a participant moved to another room ([`Host::move_participant`]) joins it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MoveSpec {
+    /// Joins muted.
+    pub muted: bool,
+    /// Joins deaf.
+    pub deaf: bool,
+    /// Keeps detecting DTMF tones.
+    pub inband_dtmf: bool,
 }
 
 /// Participant controls (each optional).
@@ -795,7 +836,26 @@ struct NewMember {
     rx: HeapCons<Datagram>,
     counters: Arc<SocketCounters>,
     task: tokio::task::AbortHandle,
-    keys: Option<tokio::sync::mpsc::Sender<DtmfDigit>>,
+    signals: Option<tokio::sync::mpsc::Sender<Signal>>,
+    inband_dtmf: bool,
+}
+
+/// A participant between two rooms ([`Host::move_participant`]): its leg and everything
+/// the worker keeps for it, so its socket, receive task and RTP state carry over.
+struct Moving {
+    member: Member,
+    leg: MediaLeg,
+}
+
+/// A worker's answer to an adoption: a refused participant comes back to be put back.
+type AdoptReply = oneshot::Sender<Result<ParticipantInfo, (HostError, Option<Box<Moving>>)>>;
+
+/// The participant of an adoption that could not be sent.
+fn take_moving(c: Command) -> Option<Box<Moving>> {
+    match c {
+        Command::Adopt { moving, .. } => Some(moving),
+        _ => None,
+    }
 }
 
 enum Command {
@@ -850,6 +910,33 @@ enum Command {
     StopRecording {
         room: u64,
         reply: Reply<Vec<RecordingFile>>,
+    },
+    PlayTo {
+        room: u64,
+        participant: u64,
+        clip: Clip,
+        reply: Reply<()>,
+    },
+    StopPlayback {
+        room: u64,
+        participant: u64,
+        reply: Reply<()>,
+    },
+    Announce {
+        room: u64,
+        clip: Clip,
+        reply: Reply<()>,
+    },
+    Detach {
+        room: u64,
+        participant: u64,
+        reply: Reply<Box<Moving>>,
+    },
+    Adopt {
+        room: u64,
+        moving: Box<Moving>,
+        spec: MoveSpec,
+        reply: AdoptReply,
     },
 }
 
@@ -975,6 +1062,12 @@ impl Host {
                 writers,
             }),
         })
+    }
+
+    /// Publishes an event of another part (SIP dial-out) on the event stream.
+    pub fn publish(&self, msg: EventMsg) {
+        // No subscriber is not an error: the event simply has no audience.
+        let _ = self.inner.events.send(msg);
     }
 
     /// Media worker threads.
@@ -1219,7 +1312,8 @@ impl Host {
             rx: cons,
             counters,
             task: task.clone(),
-            keys: options.keys,
+            signals: options.signals,
+            inband_dtmf: options.inband_dtmf,
         });
         let r = self
             .call(worker, |reply| Command::Join {
@@ -1233,6 +1327,104 @@ impl Host {
             task.abort();
         }
         r
+    }
+
+    /// Plays `clip` (48 kHz) to one participant, after what is already queued for it; a
+    /// [`Signal::PlaybackFinished`] follows when everything queued has been sent.
+    pub async fn play_to(&self, room: u64, participant: u64, clip: Clip) -> Result<(), HostError> {
+        let worker = self.worker_of(room)?;
+        self.call(worker, |reply| Command::PlayTo {
+            room,
+            participant,
+            clip,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops what plays to a participant and drops its queue (no signal follows).
+    pub async fn stop_playback(&self, room: u64, participant: u64) -> Result<(), HostError> {
+        let worker = self.worker_of(room)?;
+        self.call(worker, |reply| Command::StopPlayback {
+            room,
+            participant,
+            reply,
+        })
+        .await
+    }
+
+    /// Plays `clip` (48 kHz) to everyone in the room who hears it, and into its recording.
+    pub async fn announce(&self, room: u64, clip: Clip) -> Result<(), HostError> {
+        let worker = self.worker_of(room)?;
+        self.call(worker, |reply| Command::Announce { room, clip, reply })
+            .await
+    }
+
+    /// Moves a participant to another room with its socket, leg and id: the peer notices
+    /// nothing (same port, same SSRC, its sequence goes on). A room that refuses it (gone,
+    /// locked, full) gives it back to the room it came from, and the error is returned.
+    pub async fn move_participant(
+        &self,
+        from: u64,
+        participant: u64,
+        to: u64,
+        spec: MoveSpec,
+    ) -> Result<ParticipantInfo, HostError> {
+        let from_worker = self.worker_of(from)?;
+        let to_worker = self.worker_of(to)?;
+        let moving = self
+            .call(from_worker, |reply| Command::Detach {
+                room: from,
+                participant,
+                reply,
+            })
+            .await?;
+        let (error, moving) = match self.adopt(to_worker, to, moving, spec).await {
+            Ok(info) => return Ok(info),
+            Err((e, Some(m))) => (e, m),
+            Err((e, None)) => return Err(e),
+        };
+        let back = MoveSpec {
+            muted: moving.member.spec.muted,
+            deaf: moving.member.spec.deaf,
+            inband_dtmf: moving.member.inband_dtmf,
+        };
+        if let Err((e, _)) = self.adopt(from_worker, from, moving, back).await {
+            // Dropping the participant ends its media: its room is gone too.
+            tracing::warn!(participant, from, "could not put a participant back: {e}");
+        }
+        Err(error)
+    }
+
+    async fn adopt(
+        &self,
+        worker: usize,
+        room: u64,
+        moving: Box<Moving>,
+        spec: MoveSpec,
+    ) -> Result<ParticipantInfo, (HostError, Option<Box<Moving>>)> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Adopt {
+            room,
+            moving,
+            spec,
+            reply,
+        };
+        let Some(sender) = self.inner.workers.get(worker) else {
+            return Err((HostError::Stopped, take_moving(command)));
+        };
+        match sender.try_send(command) {
+            Ok(()) => {}
+            Err(TrySendError::Full(c)) => return Err((HostError::Busy(worker), take_moving(c))),
+            Err(TrySendError::Disconnected(c)) => {
+                return Err((HostError::Stopped, take_moving(c)));
+            }
+        }
+        match rx.await {
+            Ok(r) => r,
+            // The worker stopped with the participant: nothing to give back.
+            Err(_) => Err((HostError::Stopped, None)),
+        }
     }
 
     /// Removes a participant (it is sent an RTCP BYE).
@@ -1372,8 +1564,10 @@ struct Member {
     rx: HeapCons<Datagram>,
     counters: Arc<SocketCounters>,
     task: tokio::task::AbortHandle,
-    /// See [`JoinOptions::keys`].
-    keys: Option<tokio::sync::mpsc::Sender<DtmfDigit>>,
+    /// See [`JoinOptions::signals`].
+    signals: Option<tokio::sync::mpsc::Sender<Signal>>,
+    /// See [`JoinOptions::inband_dtmf`].
+    inband_dtmf: bool,
 }
 
 impl Drop for Member {
@@ -1946,6 +2140,9 @@ fn finish_recording(room: &mut Room, done: RecDone) -> Result<(), RecDone> {
 struct RoomEntry {
     room: Room,
     name: String,
+    /// See [`RoomSpec::internal`].
+    internal: bool,
+    announce_joins: bool,
     members: HashMap<ParticipantId, Member>,
     by_api: HashMap<u64, ParticipantId>,
 }
@@ -2262,7 +2459,7 @@ impl Worker {
             for (_, delay) in room.mixed_jitter_delays() {
                 metrics.jitter_buffer_delay.record(delay);
             }
-            publish(room_id, entry, &self.events, &self.metrics.keys_dropped);
+            publish(room_id, entry, &self.events, &self.metrics.signals_dropped);
         }
         worked
     }
@@ -2293,6 +2490,7 @@ impl Worker {
                 let all = self
                     .rooms
                     .iter()
+                    .filter(|(_, e)| !e.internal)
                     .map(|(&id, e)| room_info(self.index, id, e))
                     .collect();
                 let _ = reply.send(Ok(all));
@@ -2305,7 +2503,7 @@ impl Worker {
                         } else {
                             e.room.unlock(now);
                         }
-                        publish(id, e, &self.events, &self.metrics.keys_dropped);
+                        publish(id, e, &self.events, &self.metrics.signals_dropped);
                         Ok(room_info(self.index, id, e))
                     }
                     None => Err(HostError::UnknownRoom(id)),
@@ -2351,6 +2549,45 @@ impl Worker {
                 reply,
             } => {
                 let _ = reply.send(self.start_recording(room, tracks, unix_ms));
+            }
+            Command::PlayTo {
+                room,
+                participant,
+                clip,
+                reply,
+            } => {
+                let r = self.with_participant(room, participant, |r, pid| r.play_to(pid, clip));
+                let _ = reply.send(r);
+            }
+            Command::StopPlayback {
+                room,
+                participant,
+                reply,
+            } => {
+                let r = self.with_participant(room, participant, |r, pid| r.stop_playback(pid));
+                let _ = reply.send(r);
+            }
+            Command::Announce { room, clip, reply } => {
+                let r = match self.rooms.get_mut(&room) {
+                    Some(e) => e.room.announce(clip).map_err(HostError::from),
+                    None => Err(HostError::UnknownRoom(room)),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Detach {
+                room,
+                participant,
+                reply,
+            } => {
+                let _ = reply.send(self.detach(room, participant, now));
+            }
+            Command::Adopt {
+                room,
+                moving,
+                spec,
+                reply,
+            } => {
+                let _ = reply.send(self.adopt(room, *moving, spec, now));
             }
             Command::StopRecording { room, reply } => match self.rooms.get_mut(&room) {
                 // The writer answers once the files are complete.
@@ -2438,13 +2675,17 @@ impl Worker {
         let mut entry = RoomEntry {
             room,
             name: spec.name,
+            internal: spec.internal,
+            announce_joins: spec.announce_joins,
             members: HashMap::new(),
             by_api: HashMap::new(),
         };
-        publish(id, &mut entry, &self.events, &self.metrics.keys_dropped);
+        publish(id, &mut entry, &self.events, &self.metrics.signals_dropped);
         let info = room_info(self.index, id, &entry);
+        if !entry.internal {
+            self.metrics.rooms.fetch_add(1, Ordering::Relaxed);
+        }
         self.rooms.insert(id, entry);
-        self.metrics.rooms.fetch_add(1, Ordering::Relaxed);
         Ok(info)
     }
 
@@ -2459,11 +2700,13 @@ impl Worker {
                 bye(&mut leg, m, &mut self.out, &mut self.tx_buf, now);
             }
         }
-        publish(id, &mut entry, &self.events, &self.metrics.keys_dropped);
+        publish(id, &mut entry, &self.events, &self.metrics.signals_dropped);
         self.metrics
             .participants
             .fetch_sub(entry.members.len() as u64, Ordering::Relaxed);
-        self.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+        if !entry.internal {
+            self.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+        }
         // Last, so that the answer (from the recording's writer) comes after all the above.
         match finish_recording(&mut entry.room, done) {
             Ok(()) => tracing::info!(room = id, "recording stopped with the room"),
@@ -2480,44 +2723,77 @@ impl Worker {
         n: NewMember,
         now: Instant,
     ) -> Result<ParticipantInfo, HostError> {
-        let entry = self
-            .rooms
-            .get_mut(&room)
-            .ok_or(HostError::UnknownRoom(room))?;
-        let mut pc = ParticipantConfig::new(n.leg);
-        pc.muted = n.spec.muted;
-        pc.deaf = n.spec.deaf;
-        pc.moderator = n.spec.moderator;
-        let pid = entry.room.join(pc, now)?;
-        entry.by_api.insert(n.id, pid);
+        let spec = MoveSpec {
+            muted: n.spec.muted,
+            deaf: n.spec.deaf,
+            inband_dtmf: n.inband_dtmf,
+        };
+        let member = Member {
+            id: n.id,
+            spec: n.spec,
+            socket: n.socket,
+            local: n.local,
+            rx: n.rx,
+            counters: n.counters,
+            task: n.task,
+            signals: n.signals,
+            inband_dtmf: n.inband_dtmf,
+        };
+        self.adopt(room, Moving { member, leg: n.leg }, spec, now)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Joins a participant's leg to `room` (a new one, or one moved from another room);
+    /// a refusal gives it back.
+    fn adopt(
+        &mut self,
+        room: u64,
+        moving: Moving,
+        spec: MoveSpec,
+        now: Instant,
+    ) -> Result<ParticipantInfo, (HostError, Option<Box<Moving>>)> {
+        let Some(entry) = self.rooms.get_mut(&room) else {
+            return Err((HostError::UnknownRoom(room), Some(Box::new(moving))));
+        };
+        // Checked before the join, which would drop the leg with its refusal.
+        let refusal = if entry.room.is_locked() {
+            Some(RoomError::Locked)
+        } else if entry.room.len() >= entry.room.config().max_participants {
+            Some(RoomError::Full(entry.room.len()))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            return Err((e.into(), Some(Box::new(moving))));
+        }
+        let Moving { mut member, leg } = moving;
+        member.spec.muted = spec.muted;
+        member.spec.deaf = spec.deaf;
+        member.inband_dtmf = spec.inband_dtmf;
+        let mut pc = ParticipantConfig::new(leg);
+        pc.muted = spec.muted;
+        pc.deaf = spec.deaf;
+        pc.moderator = member.spec.moderator;
+        pc.inband_dtmf = spec.inband_dtmf;
+        let pid = entry.room.join(pc, now).map_err(|e| (e.into(), None))?;
+        let id = member.id;
+        entry.by_api.insert(id, pid);
         if let Some(sink) = entry
             .room
             .record_sink_mut()
             .and_then(|s| s.downcast_mut::<FileSink>())
             && sink.tracks_on
-            && let Err(e) = sink.add_track(pid, n.id)
+            && let Err(e) = sink.add_track(pid, id)
         {
-            tracing::warn!(room, participant = n.id, "no recording track: {e}");
+            tracing::warn!(room, participant = id, "no recording track: {e}");
             self.metrics
                 .recording_errors
                 .fetch_add(1, Ordering::Relaxed);
         }
-        entry.members.insert(
-            pid,
-            Member {
-                id: n.id,
-                spec: n.spec,
-                socket: n.socket,
-                local: n.local,
-                rx: n.rx,
-                counters: n.counters,
-                task: n.task,
-                keys: n.keys,
-            },
-        );
+        entry.members.insert(pid, member);
         self.metrics.participants.fetch_add(1, Ordering::Relaxed);
-        publish(room, entry, &self.events, &self.metrics.keys_dropped);
-        participant_info(room, entry, pid)
+        publish(room, entry, &self.events, &self.metrics.signals_dropped);
+        participant_info(room, entry, pid).map_err(|e| (e, None))
     }
 
     fn member(
@@ -2535,6 +2811,21 @@ impl Worker {
     }
 
     fn leave(&mut self, room: u64, participant: u64, now: Instant) -> Result<(), HostError> {
+        if let (Some(m), Ok(mut leg)) = self.take_out(room, participant, true, now)? {
+            bye(&mut leg, &m, &mut self.out, &mut self.tx_buf, now);
+        }
+        Ok(())
+    }
+
+    /// Takes a participant out of its room (kicked, or left to move elsewhere): its member
+    /// and leg, for a BYE or another room.
+    fn take_out(
+        &mut self,
+        room: u64,
+        participant: u64,
+        kicked: bool,
+        now: Instant,
+    ) -> Result<(Option<Member>, Result<MediaLeg, RoomError>), HostError> {
         let e = self
             .rooms
             .get_mut(&room)
@@ -2543,7 +2834,11 @@ impl Worker {
             .by_api
             .remove(&participant)
             .ok_or(HostError::UnknownParticipant { room, participant })?;
-        let leg = e.room.kick(pid, now);
+        let leg = if kicked {
+            e.room.kick(pid, now)
+        } else {
+            e.room.leave(pid, now)
+        };
         // Its recorded track ends here (a rejoin is a new participant with a new track).
         if let Some(sink) = e
             .room
@@ -2553,14 +2848,46 @@ impl Worker {
             sink.close_track(pid);
         }
         // Published while the member is still known, so the event names it.
-        publish(room, e, &self.events, &self.metrics.keys_dropped);
-        if let Some(m) = e.members.remove(&pid) {
-            if let Ok(mut leg) = leg {
-                bye(&mut leg, &m, &mut self.out, &mut self.tx_buf, now);
-            }
+        publish(room, e, &self.events, &self.metrics.signals_dropped);
+        let member = e.members.remove(&pid);
+        if member.is_some() {
             self.metrics.participants.fetch_sub(1, Ordering::Relaxed);
         }
-        Ok(())
+        Ok((member, leg))
+    }
+
+    fn detach(
+        &mut self,
+        room: u64,
+        participant: u64,
+        now: Instant,
+    ) -> Result<Box<Moving>, HostError> {
+        match self.take_out(room, participant, false, now)? {
+            (Some(member), Ok(leg)) => Ok(Box::new(Moving { member, leg })),
+            (_, Err(e)) => Err(e.into()),
+            (None, Ok(_)) => Err(HostError::UnknownParticipant { room, participant }),
+        }
+    }
+
+    /// Runs `f` on a participant's room and its room id; publishes what it caused.
+    fn with_participant<T>(
+        &mut self,
+        room: u64,
+        participant: u64,
+        f: impl FnOnce(&mut Room, ParticipantId) -> Result<T, RoomError>,
+    ) -> Result<T, HostError> {
+        let e = self
+            .rooms
+            .get_mut(&room)
+            .ok_or(HostError::UnknownRoom(room))?;
+        let pid = e
+            .by_api
+            .get(&participant)
+            .copied()
+            .ok_or(HostError::UnknownParticipant { room, participant })?;
+        let r = f(&mut e.room, pid)?;
+        publish(room, e, &self.events, &self.metrics.signals_dropped);
+        Ok(r)
     }
 
     fn update(
@@ -2597,7 +2924,7 @@ impl Worker {
         if let Some(d) = u.deaf {
             e.room.set_deaf(pid, d, now)?;
         }
-        publish(room, e, &self.events, &self.metrics.keys_dropped);
+        publish(room, e, &self.events, &self.metrics.signals_dropped);
         participant_info(room, e, pid)
     }
 }
@@ -2613,6 +2940,8 @@ fn room_info(worker: usize, id: u64, e: &RoomEntry) -> RoomInfo {
         participants: e.room.len(),
         max_participants: e.room.config().max_participants,
         locked: e.room.is_locked(),
+        waiting_for_moderator: e.room.waiting_for_moderator(),
+        announce_joins: e.announce_joins,
         ticks: s.ticks,
         speakers: s.speakers,
         encoder_groups: s.encoder_groups,
@@ -2674,7 +3003,7 @@ fn publish(
     room_id: u64,
     e: &mut RoomEntry,
     events: &broadcast::Sender<EventMsg>,
-    keys_dropped: &AtomicU64,
+    signals_dropped: &AtomicU64,
 ) {
     let api = |pid: ParticipantId| e.members.get(&pid).map(|m| m.id);
     let mut pending = [None; 16];
@@ -2718,16 +3047,24 @@ fn publish(
                 RoomEventKind::Locked => ("locked", None, None),
                 RoomEventKind::Unlocked => ("unlocked", None, None),
                 RoomEventKind::Digit { id, .. } => ("digit", Some(id), None),
+                RoomEventKind::PlaybackFinished(id) => ("playback_finished", Some(id), None),
             };
+            let signal = match ev.kind {
+                RoomEventKind::Digit { id, digit } => Some((id, Signal::Key(digit))),
+                RoomEventKind::PlaybackFinished(id) => Some((id, Signal::PlaybackFinished)),
+                _ => None,
+            };
+            if let Some((id, signal)) = signal
+                && let Some(to) = e.members.get(&id).and_then(|m| m.signals.as_ref())
+                && to.try_send(signal).is_err()
+            {
+                signals_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            if e.internal {
+                continue;
+            }
             let digit = match ev.kind {
-                RoomEventKind::Digit { id, digit } => {
-                    if let Some(keys) = e.members.get(&id).and_then(|m| m.keys.as_ref())
-                        && keys.try_send(digit).is_err()
-                    {
-                        keys_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(digit.to_char())
-                }
+                RoomEventKind::Digit { digit, .. } => Some(digit.to_char()),
                 _ => None,
             };
             let msg = EventMsg {
@@ -2736,7 +3073,9 @@ fn publish(
                 participant: pid.and_then(api),
                 reason,
                 digit,
-                media_time_ms: ev.media_time.as_secs_f64() * 1000.0,
+                call: None,
+                status: None,
+                media_time_ms: Some(ev.media_time.as_secs_f64() * 1000.0),
             };
             // No subscriber is not an error: the event simply has no audience.
             let _ = events.send(msg);

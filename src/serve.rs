@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,7 +22,7 @@ use tokio::sync::watch;
 use crate::api::{ApiState, router};
 use crate::config::Config;
 use crate::host::{Host, HostConfig};
-use crate::sip::SipServer;
+use crate::sip::{DialPlan, Pins, SipServer, Trunks};
 
 /// `confer serve` options. Every setting can also come from the config file or from a
 /// `CONFER_*` environment variable: `CONFER_MEDIA_IP`, `CONFER_RTP_PORT_MIN`,
@@ -172,8 +173,12 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         .context("starting the media workers")?
     };
     let workers = host.workers();
+    let pins = Arc::new(Pins::new(
+        DialPlan::new(&cfg.dial_in, &cfg.sip_country_code)?.pin_number(),
+        cfg.pin_digits,
+    ));
     let sip_server = if sip {
-        match runtime.block_on(SipServer::start(cfg, host.clone())) {
+        match runtime.block_on(SipServer::start(cfg, host.clone(), pins.clone())) {
             Ok(s) => Some(s),
             Err(e) => {
                 host.stop();
@@ -195,6 +200,13 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         tls: s.tls,
     });
     let sip_metrics = sip_server.as_ref().map(|s| s.metrics.clone());
+    let sip_control = sip_server.as_ref().map(|s| s.control.clone());
+    let trunks = Arc::new(Trunks::new(
+        &cfg.trunks,
+        &cfg.sip_country_code,
+        &cfg.dial_out_allow,
+        &cfg.dial_out_deny,
+    )?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("confer-api".into())
@@ -204,6 +216,9 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
                     host: host.clone(),
                     shutdown: stop_rx.clone(),
                     sip_metrics,
+                    pins,
+                    sip: sip_control,
+                    trunks,
                 });
                 let mut server_stop = stop_rx.clone();
                 let server = tokio::spawn(

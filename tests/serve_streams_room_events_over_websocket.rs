@@ -6,76 +6,10 @@
 mod leg_harness;
 mod serve_harness;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::time::Duration;
 
-use serde_json::Value;
-use serve_harness::Server;
-
-/// A minimal WebSocket client (RFC 6455): the upgrade, then unmasked server text frames.
-struct Events {
-    reader: BufReader<TcpStream>,
-}
-
-impl Events {
-    fn connect(server: &Server) -> Events {
-        let mut s =
-            TcpStream::connect_timeout(&server.http, Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        write!(
-            s,
-            "GET /v1/events HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            server.http
-        )
-        .expect("send upgrade");
-        let mut reader = BufReader::new(s);
-        let mut status = String::new();
-        reader.read_line(&mut status).expect("status line");
-        assert!(status.starts_with("HTTP/1.1 101"), "{status}");
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("header");
-            if line == "\r\n" {
-                break;
-            }
-        }
-        Events { reader }
-    }
-
-    /// The next text message as JSON.
-    fn next(&mut self) -> Value {
-        loop {
-            let mut head = [0u8; 2];
-            self.reader
-                .read_exact(&mut head)
-                .expect("frame header (no event within 5 s?)");
-            let opcode = head[0] & 0x0F;
-            let len = match head[1] & 0x7F {
-                126 => {
-                    let mut b = [0u8; 2];
-                    self.reader.read_exact(&mut b).expect("length");
-                    u64::from(u16::from_be_bytes(b))
-                }
-                127 => {
-                    let mut b = [0u8; 8];
-                    self.reader.read_exact(&mut b).expect("length");
-                    u64::from_be_bytes(b)
-                }
-                n => u64::from(n),
-            };
-            let mut payload = vec![0u8; usize::try_from(len).expect("small frame")];
-            self.reader.read_exact(&mut payload).expect("payload");
-            match opcode {
-                1 => return serde_json::from_slice(&payload).expect("JSON event"),
-                8 => panic!("the server closed the event stream"),
-                _ => {} // pings and the like
-            }
-        }
-    }
-}
+use serve_harness::{Events, Server};
 
 #[test]
 fn a_websocket_client_sees_a_rooms_life_in_order() {

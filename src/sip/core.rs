@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 
 use confer_engine::leg::{Codec as EngineCodec, OpusParams as EngineOpus};
 use confer_engine::types::PayloadType;
+use confer_pstn_bridge::ivr::{CallerKey, DigitError, DigitInput, HangupReason};
 use confer_pstn_bridge::sdp::{
     self, Codec as SdpCodec, Direction, LocalCapabilities, MediaAddress, NegotiatedMedia, Offer,
     SdpError, SdpSession, SessionDescription,
@@ -74,8 +75,11 @@ use confer_pstn_bridge::sip::{
 };
 use rand::RngCore;
 
-use super::dialplan::DialPlan;
+use super::dialplan::{DialPlan, Route};
+
+mod outbound;
 use super::metrics::{CallEnd, Dropped, SipMetrics};
+pub use outbound::{DialError, DialProgress, DialRequest};
 
 /// How long a call may wait for the media side (room, socket, join) before it is
 /// answered 500: the host answers in milliseconds, so this only catches a stuck one.
@@ -90,11 +94,11 @@ pub type CallId = u64;
 /// What the media side must do for a call. Commands of one call must run in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MediaCommand {
-    /// Find or create the room named `room` and reserve an RTP socket: answer
-    /// [`MediaEvent::Prepared`] or [`MediaEvent::Failed`].
+    /// Find or create the room (or the PIN prompts' room) and reserve an RTP socket:
+    /// answer [`MediaEvent::Prepared`] or [`MediaEvent::Failed`].
     Prepare {
-        /// The room's name.
-        room: String,
+        /// Where the call goes.
+        target: Target,
     },
     /// Join the room with the reserved socket: answer [`MediaEvent::Joined`] or
     /// [`MediaEvent::Failed`].
@@ -104,8 +108,26 @@ pub enum MediaCommand {
         /// On hold.
         held: bool,
     },
+    /// A key the caller pressed, signalled by SIP INFO.
+    Digit(DigitInput),
     /// The call ended: leave the room (or drop the reserved socket). Always last.
     Release,
+}
+
+/// Where a call goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Straight into the room of this name.
+    Room(String),
+    /// Into the room with this id (a call we dial).
+    RoomId(u64),
+    /// To the PIN prompts of a dial-in number.
+    Pin {
+        /// The number dialled, normalised.
+        dialed: String,
+        /// Who calls, for the lock-out after failed PINs.
+        caller: CallerKey,
+    },
 }
 
 /// What the participant is joined with.
@@ -146,6 +168,8 @@ pub enum MediaEvent {
     Joined {
         /// The call.
         call: CallId,
+        /// Its participant.
+        participant: u64,
     },
     /// Prepare or Join failed.
     Failed {
@@ -153,6 +177,13 @@ pub enum MediaEvent {
         call: CallId,
         /// Why.
         reason: MediaFailure,
+    },
+    /// The PIN prompts end the call (wrong PINs, no input, a locked conference, ...).
+    Hangup {
+        /// The call.
+        call: CallId,
+        /// Why.
+        reason: HangupReason,
     },
 }
 
@@ -167,6 +198,15 @@ pub enum Output {
         call: CallId,
         /// The command.
         command: MediaCommand,
+    },
+    /// A dialled call progressed.
+    Dial {
+        /// The call.
+        call: CallId,
+        /// Its room.
+        room: u64,
+        /// What happened.
+        progress: DialProgress,
     },
 }
 
@@ -217,6 +257,8 @@ enum CallState {
     JoiningAfterAck,
     /// Established.
     Confirmed,
+    /// Our INVITE is out (a call we dial); waiting for the final response.
+    Dialing,
 }
 
 #[derive(Debug)]
@@ -244,6 +286,8 @@ struct Call {
     reinvite_tx: Option<TransactionId>,
     /// The entry in `setup_deadlines`, until the setup is over.
     setup_deadline: Option<Instant>,
+    /// A call we dial.
+    outbound: Option<Box<outbound::Outbound>>,
 }
 
 #[derive(Debug)]
@@ -395,8 +439,22 @@ impl<R: RngCore> SipCore<R> {
     pub fn on_media(&mut self, event: MediaEvent, now: Instant) {
         match event {
             MediaEvent::Prepared { call, local } => self.on_prepared(call, local, now),
-            MediaEvent::Joined { call } => self.on_joined(call, now),
+            MediaEvent::Joined { call, participant } => self.on_joined(call, participant, now),
             MediaEvent::Failed { call, reason } => self.on_media_failed(call, reason, now),
+            MediaEvent::Hangup { call, reason } => {
+                tracing::info!(call, %reason, "the PIN prompts end the call");
+                if self.calls.get(&call).is_some_and(|c| c.dialog.is_some()) {
+                    self.hang_up(call, CallEnd::Prompts, now);
+                } else {
+                    self.reject_call(
+                        call,
+                        StatusCode::TEMPORARILY_UNAVAILABLE,
+                        &[],
+                        CallEnd::Prompts,
+                        now,
+                    );
+                }
+            }
         }
         self.drain(now);
     }
@@ -421,6 +479,28 @@ impl<R: RngCore> SipCore<R> {
                 break;
             }
             self.setup_deadlines.pop_first();
+            let dialled = self
+                .calls
+                .get(&call)
+                .and_then(|c| c.outbound.as_ref().map(|_| c.state == CallState::Dialing));
+            match dialled {
+                Some(true) => {
+                    self.dial_timed_out(call, now);
+                    continue;
+                }
+                Some(false) => {
+                    let preparing = self
+                        .calls
+                        .get(&call)
+                        .is_some_and(|c| c.state == CallState::Preparing);
+                    if preparing {
+                        tracing::warn!(call, "media setup took too long");
+                        self.dial_failed(call, 500);
+                    }
+                    continue;
+                }
+                None => {}
+            }
             let stalled = self.calls.get(&call).is_some_and(|c| {
                 matches!(c.state, CallState::Preparing | CallState::Joining { .. })
             });
@@ -443,8 +523,13 @@ impl<R: RngCore> SipCore<R> {
         let ids: Vec<CallId> = self.calls.keys().copied().collect();
         for call in ids {
             let answered = self.calls.get(&call).is_some_and(|c| c.dialog.is_some());
+            let dialled = self.calls.get(&call).is_some_and(|c| c.outbound.is_some());
             if answered {
                 self.hang_up(call, CallEnd::Shutdown, now);
+            } else if dialled {
+                // CANCEL, and forget it: nobody waits for the 487.
+                let _ = self.hang_up_dialled(call, now);
+                self.dial_failed(call, 503);
             } else {
                 let retry = [header(HeaderName::RetryAfter, "60")];
                 self.reject_call(
@@ -499,6 +584,14 @@ impl<R: RngCore> SipCore<R> {
             }
             Event::Ack { request, .. } => self.on_ack(&request, now),
             Event::Response { id, response } => self.on_response(id, &response, now),
+            Event::Timeout { id, .. } | Event::TransportError { id }
+                if self.dialled_by_tx(id).is_some() =>
+            {
+                if let Some(call) = self.dialled_by_tx(id) {
+                    tracing::info!(call, "no final response to our INVITE");
+                    self.dial_failed(call, 408);
+                }
+            }
             Event::Timeout { id, .. } | Event::TransportError { id } => {
                 if let Some((call, purpose)) = self.by_client_tx.remove(&id) {
                     if matches!(purpose, Purpose::Refresh { .. }) {
@@ -613,8 +706,40 @@ impl<R: RngCore> SipCore<R> {
                     self.end_call(call, CallEnd::Bye);
                 }
                 Method::Invite | Method::Update => self.reoffer(call, tx, &req, now),
+                Method::Info => self.on_info(call, tx, &req, now),
                 _ => self.answer(tx, &req, StatusCode::OK, &[], now),
             },
+        }
+    }
+
+    /// INFO in a call: a key press (`application/dtmf-relay`, `application/dtmf`) goes
+    /// to the media side; a body of another type is refused 415 (RFC 6086: INFO
+    /// packages we do not take), a malformed key 400; an empty INFO (a keep-alive) 200.
+    fn on_info(&mut self, call: CallId, tx: TransactionId, req: &Request, now: Instant) {
+        if req.body.is_empty() {
+            return self.answer(tx, req, StatusCode::OK, &[], now);
+        }
+        let content_type = req
+            .headers
+            .get(HeaderName::ContentType)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default();
+        match DigitInput::from_sip_info(&content_type, &req.body) {
+            Ok(digit) => {
+                self.answer(tx, req, StatusCode::OK, &[], now);
+                self.out.push_back(Output::Media {
+                    call,
+                    command: MediaCommand::Digit(digit),
+                });
+            }
+            Err(DigitError::UnsupportedContentType) => {
+                let accept = header(
+                    HeaderName::Accept,
+                    "application/dtmf-relay, application/dtmf",
+                );
+                self.answer(tx, req, StatusCode::UNSUPPORTED_MEDIA_TYPE, &[accept], now);
+            }
+            Err(_) => self.answer(tx, req, StatusCode::BAD_REQUEST, &[], now),
         }
     }
 
@@ -675,8 +800,15 @@ impl<R: RngCore> SipCore<R> {
                 &[header(HeaderName::RetryAfter, "10")],
             );
         }
-        let Some(room) = self.config.dial_plan.room_for(&req.uri).map(str::to_owned) else {
+        let Some(route) = self.config.dial_plan.route_for(&req.uri) else {
             return reject(self, StatusCode::NOT_FOUND, &[]);
+        };
+        let target = match route {
+            Route::Room(room) => Target::Room(room.to_owned()),
+            Route::Pin(dialed) => Target::Pin {
+                dialed,
+                caller: self.config.dial_plan.caller_key(&req, &source),
+            },
         };
         if !req
             .headers
@@ -726,6 +858,11 @@ impl<R: RngCore> SipCore<R> {
         let call = self.next_call;
         self.next_call += 1;
         let to_tag = new_tag(&mut self.rng);
+        let room = match &target {
+            Target::Room(r) => r.clone(),
+            Target::RoomId(id) => format!("room {id}"),
+            Target::Pin { .. } => "(PIN prompts)".to_owned(),
+        };
         tracing::info!(call, room = %room, transport = %source.transport, "incoming call");
         self.calls.insert(
             call,
@@ -748,6 +885,7 @@ impl<R: RngCore> SipCore<R> {
                 peer_allows_update,
                 reinvite_tx: None,
                 setup_deadline: now.checked_add(SETUP_TIMEOUT),
+                outbound: None,
             },
         );
         self.by_invite_tx.insert(tx, call);
@@ -756,7 +894,7 @@ impl<R: RngCore> SipCore<R> {
         }
         self.out.push_back(Output::Media {
             call,
-            command: MediaCommand::Prepare { room },
+            command: MediaCommand::Prepare { target },
         });
     }
 
@@ -767,6 +905,9 @@ impl<R: RngCore> SipCore<R> {
         };
         if call.state != CallState::Preparing {
             return;
+        }
+        if call.outbound.is_some() {
+            return self.on_prepared_outbound(id, local, now);
         }
         call.local_media = Some(local);
         let Ok(address) = MediaAddress::new(local) else {
@@ -824,10 +965,29 @@ impl<R: RngCore> SipCore<R> {
         }
     }
 
-    fn on_joined(&mut self, id: CallId, now: Instant) {
+    fn on_joined(&mut self, id: CallId, participant: u64, now: Instant) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
+        if let Some(out) = call.outbound.as_mut() {
+            if call.state == CallState::JoiningAfterAck {
+                call.state = CallState::Confirmed;
+                out.answered = true;
+                let room = out.request.room;
+                tracing::info!(
+                    call = id,
+                    room,
+                    participant,
+                    "dialled call answered and joined"
+                );
+                self.out.push_back(Output::Dial {
+                    call: id,
+                    room,
+                    progress: DialProgress::Answered { participant },
+                });
+            }
+            return;
+        }
         match std::mem::replace(&mut call.state, CallState::Confirmed) {
             CallState::Joining { answer } => {
                 tracing::info!(call = id, room = %call.room, "caller joined the room");
@@ -848,6 +1008,14 @@ impl<R: RngCore> SipCore<R> {
         if call.dialog.is_some() {
             self.hang_up(id, CallEnd::MediaFailed, now);
             return;
+        }
+        if call.outbound.is_some() {
+            let status = match reason {
+                MediaFailure::Unavailable => 503,
+                MediaFailure::Refused => 480,
+                MediaFailure::Internal => 500,
+            };
+            return self.dial_failed(id, status);
         }
         let status = match reason {
             MediaFailure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -1217,7 +1385,21 @@ impl<R: RngCore> SipCore<R> {
         }
     }
 
+    /// The dialled call whose current INVITE is client transaction `tx`.
+    fn dialled_by_tx(&self, tx: TransactionId) -> Option<CallId> {
+        let &id = self.by_invite_tx.get(&tx)?;
+        let call = self.calls.get(&id)?;
+        (call.outbound.is_some() && call.invite_tx == tx).then_some(id)
+    }
+
     fn on_response(&mut self, tx: TransactionId, response: &Response, now: Instant) {
+        let is_invite = response
+            .headers
+            .cseq()
+            .is_ok_and(|c| c.method == Method::Invite);
+        if is_invite && let Some(id) = self.dialled_by_tx(tx) {
+            return self.on_outbound_response(id, response, now);
+        }
         if response.status.is_provisional() {
             return;
         }
@@ -1371,6 +1553,24 @@ impl<R: RngCore> SipCore<R> {
                 command: MediaCommand::Release,
             });
         }
+        if let Some(out) = &call.outbound {
+            let progress = if out.answered {
+                DialProgress::HungUp
+            } else {
+                DialProgress::Failed {
+                    status: out.status.unwrap_or(match how {
+                        CallEnd::Shutdown => 503,
+                        CallEnd::Cancelled => 487,
+                        _ => 500,
+                    }),
+                }
+            };
+            self.out.push_back(Output::Dial {
+                call: id,
+                room: out.request.room,
+                progress,
+            });
+        }
         self.metrics.call_ended(how);
         tracing::info!(call = id, reason = ?how, "call ended");
     }
@@ -1386,6 +1586,7 @@ mod tests {
     use crate::config::DialIn;
 
     const NUMBER: &str = "+15555550100";
+    const PIN_NUMBER: &str = "+15555550177";
     const OFFER: &str = "v=0\r\no=peer 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n";
     const LOCAL_RTP: &str = "127.0.0.1:20000";
 
@@ -1402,10 +1603,7 @@ mod tests {
     fn core(max_calls: usize) -> SipCore<ChaCha8Rng> {
         let config = CoreConfig {
             dial_plan: DialPlan::new(
-                &[DialIn {
-                    number: NUMBER.into(),
-                    room: "standup".into(),
-                }],
+                &[DialIn::room(NUMBER, "standup"), DialIn::pin(PIN_NUMBER)],
                 "1",
             )
             .unwrap(),
@@ -1440,7 +1638,7 @@ mod tests {
         body: &str,
     ) -> Message {
         let tag = to_tag.map_or(String::new(), |t| format!(";tag={t}"));
-        let ct = if body.is_empty() {
+        let ct = if body.is_empty() || extra.contains("Content-Type") {
             ""
         } else {
             "Content-Type: application/sdp\r\n"
@@ -1464,6 +1662,7 @@ mod tests {
     struct Drained {
         sent: Vec<Message>,
         media: Vec<(CallId, MediaCommand)>,
+        dials: Vec<(CallId, DialProgress)>,
     }
 
     impl Drained {
@@ -1500,9 +1699,79 @@ mod tests {
             match o {
                 Output::Transmit(t) => d.sent.push(parse_datagram(&t.bytes).unwrap()),
                 Output::Media { call, command } => d.media.push((call, command)),
+                Output::Dial { call, progress, .. } => d.dials.push((call, progress)),
             }
         }
         d
+    }
+
+    const TRUNK: &str = "192.0.2.50:5060";
+    const ANSWER: &str = "v=0\r\no=callee 1 1 IN IP4 192.0.2.60\r\ns=-\r\nc=IN IP4 192.0.2.60\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+    fn dial_request(credentials: bool) -> DialRequest {
+        DialRequest {
+            room: 9,
+            uri: "sip:4155550123@carrier.example;user=phone".parse().unwrap(),
+            from: "sip:confer@carrier.example".parse().unwrap(),
+            destination: Peer::udp(TRUNK.parse().unwrap()),
+            credentials: credentials.then(|| confer_pstn_bridge::digest::Credentials {
+                username: "acct".into(),
+                password: "secret".into(),
+            }),
+        }
+    }
+
+    /// Dials, prepares the media: returns the call and the INVITE sent.
+    fn dialled(c: &mut SipCore<ChaCha8Rng>, credentials: bool, now: Instant) -> (CallId, Request) {
+        let call = c.dial(dial_request(credentials), now).unwrap();
+        let d = drain(c);
+        assert_eq!(d.dials, [(call, DialProgress::Trying)]);
+        assert_eq!(
+            d.media,
+            [(
+                call,
+                MediaCommand::Prepare {
+                    target: Target::RoomId(9)
+                }
+            )]
+        );
+        c.on_media(
+            MediaEvent::Prepared {
+                call,
+                local: LOCAL_RTP.parse().unwrap(),
+            },
+            now,
+        );
+        let d = drain(c);
+        let invite = d.sent[0].as_request().expect("the INVITE").clone();
+        assert_eq!(invite.method, Method::Invite);
+        (call, invite)
+    }
+
+    /// The callee's response to `invite`.
+    fn callee(invite: &Request, status: u16, extra: &[(HeaderName, &str)], body: &str) -> Message {
+        let code = StatusCode::new(status).unwrap();
+        let mut r = build_response(
+            &ResponseBasis::from_request(invite),
+            code,
+            code.canonical_reason(),
+            (status > 100).then_some("callee1"),
+        );
+        let _ = r
+            .headers
+            .push(HeaderName::Contact, "<sip:callee@192.0.2.60:5060>");
+        for (h, v) in extra {
+            let _ = r.headers.push(*h, v);
+        }
+        if !body.is_empty() {
+            let _ = r.headers.push(HeaderName::ContentType, "application/sdp");
+            r.body = body.as_bytes().to_vec().into();
+        }
+        Message::Response(r)
+    }
+
+    fn trunk() -> Peer {
+        Peer::udp(TRUNK.parse().unwrap())
     }
 
     /// An INVITE with `body`, the media prepared at LOCAL_RTP; returns the call id and
@@ -1520,7 +1789,7 @@ mod tests {
         assert_eq!(
             cmd,
             MediaCommand::Prepare {
-                room: "standup".into()
+                target: Target::Room("standup".into())
             }
         );
         c.on_media(
@@ -1541,7 +1810,13 @@ mod tests {
             "{:?}",
             d.media
         );
-        c.on_media(MediaEvent::Joined { call }, now);
+        c.on_media(
+            MediaEvent::Joined {
+                call,
+                participant: 1,
+            },
+            now,
+        );
         let d = drain(c);
         let ok = d.response(200);
         let tag = ok.headers.to().unwrap().tag().unwrap().to_owned();
@@ -1564,7 +1839,13 @@ mod tests {
         assert_eq!(spec.codec, EngineCodec::Pcma);
         assert_eq!(spec.telephone_event.map(|p| p.get()), Some(101));
         assert!(!spec.held);
-        c.on_media(MediaEvent::Joined { call }, now);
+        c.on_media(
+            MediaEvent::Joined {
+                call,
+                participant: 1,
+            },
+            now,
+        );
         let d = drain(&mut c);
         let ok = d.response(200);
         assert!(ok.headers.to().unwrap().tag().is_some());
@@ -1663,12 +1944,285 @@ mod tests {
     }
 
     #[test]
+    fn a_key_sent_by_info_reaches_the_media_and_other_info_bodies_are_refused() {
+        let mut c = core(10);
+        let now = t0();
+        let (call, tag) = answered_call(&mut c, "", now);
+        let relay = "Content-Type: application/dtmf-relay\r\n";
+        c.on_message(
+            request(
+                "INFO",
+                2,
+                "info1",
+                Some(&tag),
+                relay,
+                "Signal=5\r\nDuration=160\r\n",
+            ),
+            peer(),
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [200]);
+        let digit = DigitInput::from_sip_info("application/dtmf-relay", b"Signal=5\r\n").unwrap();
+        assert_eq!(d.media, [(call, MediaCommand::Digit(digit))]);
+        // Another package's body: 415 with what we accept; a broken key: 400.
+        let json = "Content-Type: application/json\r\n";
+        c.on_message(
+            request("INFO", 3, "info2", Some(&tag), json, "{}"),
+            peer(),
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [415]);
+        assert!(d.media.is_empty());
+        assert_eq!(
+            d.response(415).headers.get(HeaderName::Accept),
+            Some("application/dtmf-relay, application/dtmf")
+        );
+        c.on_message(
+            request("INFO", 4, "info3", Some(&tag), relay, "Signal=X\r\n"),
+            peer(),
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [400]);
+        assert!(d.media.is_empty());
+        // An empty INFO is a keep-alive.
+        c.on_message(request("INFO", 5, "info4", Some(&tag), "", ""), peer(), now);
+        assert_eq!(drain(&mut c).statuses(), [200]);
+        assert_eq!(c.calls(), 1);
+    }
+
+    #[test]
+    fn a_pin_number_sends_the_caller_to_the_prompts_and_their_hangup_is_a_bye() {
+        let mut c = core(10);
+        let now = t0();
+        let text = format!(
+            "INVITE sip:{PIN_NUMBER}@127.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKpin1;rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:+15555550123@192.0.2.10>;tag=caller1\r\n\
+             To: <sip:{PIN_NUMBER}@127.0.0.1>\r\n\
+             Call-ID: pin-1@192.0.2.10\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:caller@192.0.2.10:5070>\r\n\
+             Content-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{OFFER}",
+            OFFER.len()
+        );
+        c.on_message(parse_datagram(text.as_bytes()).unwrap(), peer(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [100]);
+        let (call, cmd) = d.media.first().cloned().expect("a Prepare");
+        assert_eq!(
+            cmd,
+            MediaCommand::Prepare {
+                target: Target::Pin {
+                    dialed: PIN_NUMBER.into(),
+                    // The calling number, normalised, is who gets locked out.
+                    caller: CallerKey::Number("+15555550123".into()),
+                }
+            }
+        );
+        c.on_media(
+            MediaEvent::Prepared {
+                call,
+                local: LOCAL_RTP.parse().unwrap(),
+            },
+            now,
+        );
+        drain(&mut c);
+        c.on_media(
+            MediaEvent::Joined {
+                call,
+                participant: 1,
+            },
+            now,
+        );
+        assert_eq!(drain(&mut c).statuses(), [200]);
+        c.on_media(
+            MediaEvent::Hangup {
+                call,
+                reason: HangupReason::TooManyAttempts,
+            },
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.requests(), ["BYE"]);
+        assert_eq!(d.media, [(call, MediaCommand::Release)]);
+        assert_eq!(c.calls(), 0);
+    }
+
+    #[test]
+    fn a_dialled_call_offers_our_media_rings_answers_joins_and_hangs_up() {
+        let mut c = core(10);
+        let now = t0();
+        let (call, invite) = dialled(&mut c, false, now);
+        assert_eq!(
+            invite.uri.to_string(),
+            "sip:4155550123@carrier.example;user=phone"
+        );
+        let offer = String::from_utf8_lossy(&invite.body).into_owned();
+        assert!(offer.contains("m=audio 20000 RTP/AVP"), "{offer}");
+        c.on_message(callee(&invite, 180, &[], ""), trunk(), now);
+        c.on_message(callee(&invite, 183, &[], ""), trunk(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.dials, [(call, DialProgress::Ringing)], "ringing once");
+        c.on_message(callee(&invite, 200, &[], ANSWER), trunk(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.requests(), ["ACK"]);
+        let Some((_, MediaCommand::Join(spec))) = d.media.first() else {
+            panic!("no join: {:?}", d.media);
+        };
+        assert_eq!(spec.remote, "192.0.2.60:41000".parse().unwrap());
+        assert_eq!(spec.codec, EngineCodec::Pcmu);
+        c.on_media(
+            MediaEvent::Joined {
+                call,
+                participant: 44,
+            },
+            now,
+        );
+        assert_eq!(
+            drain(&mut c).dials,
+            [(call, DialProgress::Answered { participant: 44 })]
+        );
+        // A retransmitted 200 gets the same ACK again, and nothing else happens.
+        c.on_message(callee(&invite, 200, &[], ANSWER), trunk(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.requests(), ["ACK"]);
+        assert!(d.dials.is_empty() && d.media.is_empty());
+        // The API hangs up: BYE, the media goes, hung up.
+        c.hang_up_dialled(call, now).unwrap();
+        let d = drain(&mut c);
+        assert_eq!(d.requests(), ["BYE"]);
+        assert_eq!(d.media, [(call, MediaCommand::Release)]);
+        assert_eq!(d.dials, [(call, DialProgress::HungUp)]);
+        assert_eq!(c.calls(), 0);
+    }
+
+    #[test]
+    fn a_challenge_is_answered_once_with_the_next_cseq_and_a_busy_callee_fails_the_call() {
+        let mut c = core(10);
+        let now = t0();
+        let (call, invite) = dialled(&mut c, true, now);
+        let challenge =
+            "Digest realm=\"carrier.example\", nonce=\"abc123\", algorithm=SHA-256, qop=\"auth\"";
+        c.on_message(
+            callee(
+                &invite,
+                407,
+                &[(HeaderName::ProxyAuthenticate, challenge)],
+                "",
+            ),
+            trunk(),
+            now,
+        );
+        let d = drain(&mut c);
+        // The 407 is acknowledged by its transaction; a new INVITE carries the answer.
+        let again = d
+            .sent
+            .iter()
+            .filter_map(Message::as_request)
+            .find(|r| r.method == Method::Invite)
+            .expect("the INVITE again")
+            .clone();
+        assert_eq!(again.headers.cseq().unwrap().seq, 2);
+        assert_eq!(
+            again.headers.get(HeaderName::CallId),
+            invite.headers.get(HeaderName::CallId)
+        );
+        let auth = again
+            .headers
+            .get(HeaderName::ProxyAuthorization)
+            .expect("answered");
+        assert!(
+            auth.contains("username=\"acct\"") && auth.contains("SHA-256"),
+            "{auth}"
+        );
+        // The same nonce again, not stale: the credentials are wrong; no third INVITE.
+        c.on_message(
+            callee(
+                &again,
+                407,
+                &[(HeaderName::ProxyAuthenticate, challenge)],
+                "",
+            ),
+            trunk(),
+            now,
+        );
+        let d = drain(&mut c);
+        assert!(!d.requests().contains(&"INVITE".to_owned()));
+        assert_eq!(d.dials, [(call, DialProgress::Failed { status: 407 })]);
+        assert_eq!(d.media, [(call, MediaCommand::Release)]);
+        // A fresh call to a busy callee.
+        let (call, invite) = dialled(&mut c, false, now);
+        c.on_message(callee(&invite, 486, &[], ""), trunk(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.dials, [(call, DialProgress::Failed { status: 486 })]);
+        assert_eq!(c.calls(), 0);
+    }
+
+    #[test]
+    fn hanging_up_before_the_answer_cancels_and_an_unanswered_call_times_out() {
+        let mut c = core(10);
+        let now = t0();
+        let (call, invite) = dialled(&mut c, false, now);
+        c.on_message(callee(&invite, 180, &[], ""), trunk(), now);
+        drain(&mut c);
+        c.hang_up_dialled(call, now).unwrap();
+        assert_eq!(drain(&mut c).requests(), ["CANCEL"]);
+        c.on_message(callee(&invite, 487, &[], ""), trunk(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.dials, [(call, DialProgress::Failed { status: 487 })]);
+        assert_eq!(c.calls(), 0);
+        // Ringing past the answer deadline: CANCEL, and the call fails as a timeout.
+        let (call, invite) = dialled(&mut c, false, now);
+        c.on_message(callee(&invite, 180, &[], ""), trunk(), now);
+        drain(&mut c);
+        let later = now + outbound::DIAL_TIMEOUT + Duration::from_secs(1);
+        c.handle_timeout(later);
+        assert!(drain(&mut c).requests().contains(&"CANCEL".to_owned()));
+        c.on_message(callee(&invite, 487, &[], ""), trunk(), later);
+        let d = drain(&mut c);
+        assert_eq!(d.dials, [(call, DialProgress::Failed { status: 408 })]);
+        // Nobody answers at all (no response): Timer B fails the call 408.
+        let (call, _) = dialled(&mut c, false, now);
+        c.handle_timeout(now + Duration::from_secs(40));
+        let d = drain(&mut c);
+        assert_eq!(d.dials, [(call, DialProgress::Failed { status: 408 })]);
+        assert_eq!(c.calls(), 0);
+    }
+
+    #[test]
+    fn an_answer_after_our_cancel_is_acknowledged_and_hung_up() {
+        let mut c = core(10);
+        let now = t0();
+        let (call, invite) = dialled(&mut c, false, now);
+        c.on_message(callee(&invite, 180, &[], ""), trunk(), now);
+        drain(&mut c);
+        c.hang_up_dialled(call, now).unwrap();
+        drain(&mut c);
+        c.on_message(callee(&invite, 200, &[], ANSWER), trunk(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.requests(), ["ACK", "BYE"]);
+        assert_eq!(d.dials, [(call, DialProgress::Failed { status: 487 })]);
+        assert_eq!(c.calls(), 0);
+    }
+
+    #[test]
     fn a_2xx_never_acknowledged_ends_with_bye_and_the_participant_leaves() {
         let mut c = core(10);
         let now = t0();
         let (call, d) = start_call(&mut c, OFFER, "", now);
         assert_eq!(d.commands().len(), 1);
-        c.on_media(MediaEvent::Joined { call }, now);
+        c.on_media(
+            MediaEvent::Joined {
+                call,
+                participant: 1,
+            },
+            now,
+        );
         assert_eq!(drain(&mut c).statuses(), [200]);
         let mut t;
         let mut retransmitted = 0;
@@ -1857,7 +2411,13 @@ mod tests {
             panic!("{:?}", d.media)
         };
         assert_eq!(spec.codec, EngineCodec::Pcma);
-        c.on_media(MediaEvent::Joined { call }, now);
+        c.on_media(
+            MediaEvent::Joined {
+                call,
+                participant: 1,
+            },
+            now,
+        );
         assert!(drain(&mut c).sent.is_empty());
     }
 

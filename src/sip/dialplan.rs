@@ -1,4 +1,7 @@
-//! The dial plan: which dialled number leads into which room.
+//! The dial plan: which dialled number leads into which room, or to the PIN prompts.
+//!
+//! A number leads straight into a named room (`room = "standup"`), or to the PIN prompts
+//! (`pin = true`): the caller enters the PIN of a room made through the control API.
 //!
 //! Numbers are compared after normalisation with `confer_pstn_bridge::numbers` (not as
 //! strings): `+1 555 555 0100`, `15555550100` and `tel:+15555550100` in the configuration
@@ -9,19 +12,33 @@
 
 use std::collections::HashMap;
 
+use confer_pstn_bridge::ivr::CallerKey;
 use confer_pstn_bridge::numbers::{NationalContext, Number, normalize};
-use confer_pstn_bridge::sip::Uri;
+use confer_pstn_bridge::sip::transaction::Peer;
+use confer_pstn_bridge::sip::{Request, Uri};
 
 use crate::config::DialIn;
 
 /// Longest room name accepted in the dial plan.
 const MAX_ROOM_NAME: usize = 128;
 
-/// Normalised number -> room name.
+/// Where a number leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// Into the room of this name.
+    Room(&'a str),
+    /// To the PIN prompts; the number dialled, normalised.
+    Pin(String),
+}
+
+/// Normalised number -> room name (`None`: the PIN prompts).
 #[derive(Debug, Clone)]
 pub struct DialPlan {
     context: NationalContext,
-    rooms: HashMap<Number, String>,
+    rooms: HashMap<Number, Option<String>>,
+    /// The first PIN number of the configuration: the one rooms made through the API
+    /// give out.
+    pin_number: Option<Number>,
 }
 
 /// The plan of a country code (see the module docs).
@@ -42,10 +59,27 @@ impl DialPlan {
         normalize("+15555550100", &context)
             .map_err(|e| anyhow::anyhow!("sip_country_code {country_code:?}: {e}"))?;
         let mut rooms = HashMap::new();
+        let mut pin_number = None;
         for e in entries {
             let number = normalize(&e.number, &context)
                 .map_err(|err| anyhow::anyhow!("dial_in number {:?}: {err}", e.number))?;
             let name = e.room.trim();
+            if e.pin {
+                if !name.is_empty() {
+                    anyhow::bail!(
+                        "dial_in number {:?} has both a room and pin = true: choose one",
+                        e.number
+                    );
+                }
+                if rooms.insert(number.clone(), None).is_some() {
+                    anyhow::bail!(
+                        "dial_in number {:?} is listed twice (as {number})",
+                        e.number
+                    );
+                }
+                pin_number.get_or_insert(number);
+                continue;
+            }
             if name.is_empty()
                 || name.chars().count() > MAX_ROOM_NAME
                 || name.chars().any(char::is_control)
@@ -57,26 +91,69 @@ impl DialPlan {
                     e.number
                 );
             }
-            if rooms.insert(number.clone(), name.to_owned()).is_some() {
+            if rooms
+                .insert(number.clone(), Some(name.to_owned()))
+                .is_some()
+            {
                 anyhow::bail!(
                     "dial_in number {:?} is listed twice (as {number})",
                     e.number
                 );
             }
         }
-        Ok(DialPlan { context, rooms })
+        Ok(DialPlan {
+            context,
+            rooms,
+            pin_number,
+        })
     }
 
-    /// The room a Request-URI dials: the user part of a SIP URI or the number of a tel
-    /// URI, normalised; `None` when it is not a configured number.
-    pub fn room_for(&self, uri: &Uri) -> Option<&str> {
+    /// The number in a URI: the user part of a SIP URI or the number of a tel URI,
+    /// normalised.
+    fn number(&self, uri: &Uri) -> Option<Number> {
         let dialled = match uri {
             Uri::Sip(u) => u.user()?.to_str()?.into_owned(),
             Uri::Tel(t) => t.number().to_owned(),
             Uri::Other(_) => return None,
         };
-        let number = normalize(&dialled, &self.context).ok()?;
-        self.rooms.get(&number).map(String::as_str)
+        normalize(&dialled, &self.context).ok()
+    }
+
+    /// Where a Request-URI leads; `None` when it is not a configured number.
+    pub fn route_for(&self, uri: &Uri) -> Option<Route<'_>> {
+        let number = self.number(uri)?;
+        match self.rooms.get(&number)? {
+            Some(room) => Some(Route::Room(room)),
+            None => Some(Route::Pin(number.to_string())),
+        }
+    }
+
+    /// The room a Request-URI dials straight into.
+    #[cfg(test)]
+    pub fn room_for(&self, uri: &Uri) -> Option<&str> {
+        match self.route_for(uri)? {
+            Route::Room(r) => Some(r),
+            Route::Pin(_) => None,
+        }
+    }
+
+    /// The number that rooms made through the API give out with their PIN.
+    pub fn pin_number(&self) -> Option<String> {
+        self.pin_number.as_ref().map(ToString::to_string)
+    }
+
+    /// Who calls, for the lock-out after failed PINs: the calling number (From) when it
+    /// is one, else the signalling's source address. (A caller can forge From, and so
+    /// start afresh; keying every call on the address instead would lock out everyone
+    /// behind one PSTN gateway after a single caller's mistakes.)
+    pub fn caller_key(&self, req: &Request, source: &Peer) -> CallerKey {
+        req.headers
+            .from()
+            .ok()
+            .and_then(|f| self.number(&f.uri))
+            .map_or(CallerKey::Address(source.addr.ip()), |n| {
+                CallerKey::Number(n.to_string())
+            })
     }
 
     /// Configured numbers.
@@ -92,14 +169,8 @@ mod tests {
     fn plan() -> DialPlan {
         DialPlan::new(
             &[
-                DialIn {
-                    number: "+1 (555) 555-0100".into(),
-                    room: "standup".into(),
-                },
-                DialIn {
-                    number: "4242".into(),
-                    room: "retro".into(),
-                },
+                DialIn::room("+1 (555) 555-0100", "standup"),
+                DialIn::room("4242", "retro"),
             ],
             "1",
         )
@@ -125,6 +196,36 @@ mod tests {
     }
 
     #[test]
+    fn a_pin_number_routes_to_the_prompts_and_is_the_one_rooms_give_out() {
+        let p = DialPlan::new(
+            &[
+                DialIn::room("4242", "retro"),
+                DialIn::pin("+1 555 555 0199"),
+                DialIn::pin("4243"),
+            ],
+            "1",
+        )
+        .unwrap();
+        assert_eq!(
+            p.route_for(&uri("sip:15555550199@confer")),
+            Some(Route::Pin("+15555550199".into()))
+        );
+        assert_eq!(
+            p.route_for(&uri("sip:4243@h")),
+            Some(Route::Pin("4243".into()))
+        );
+        assert_eq!(p.route_for(&uri("sip:4242@h")), Some(Route::Room("retro")));
+        // The first PIN number of the configuration.
+        assert_eq!(p.pin_number().as_deref(), Some("+15555550199"));
+        let both = DialIn {
+            number: "4244".into(),
+            room: "x".into(),
+            pin: true,
+        };
+        assert!(DialPlan::new(&[both], "1").is_err());
+    }
+
+    #[test]
     fn names_and_unknown_numbers_match_nothing() {
         let p = plan();
         assert_eq!(p.room_for(&uri("sip:standup@confer")), None);
@@ -135,26 +236,14 @@ mod tests {
     #[test]
     fn a_number_listed_twice_or_a_bad_entry_is_refused() {
         let twice = [
-            DialIn {
-                number: "+15555550100".into(),
-                room: "a".into(),
-            },
-            DialIn {
-                number: "15555550100".into(),
-                room: "b".into(),
-            },
+            DialIn::room("+15555550100", "a"),
+            DialIn::room("15555550100", "b"),
         ];
         let e = DialPlan::new(&twice, "1").unwrap_err().to_string();
         assert!(e.contains("listed twice"), "{e}");
-        let bad = [DialIn {
-            number: "call me".into(),
-            room: "a".into(),
-        }];
+        let bad = [DialIn::room("call me", "a")];
         assert!(DialPlan::new(&bad, "1").is_err());
-        let no_room = [DialIn {
-            number: "+15555550100".into(),
-            room: " ".into(),
-        }];
+        let no_room = [DialIn::room("+15555550100", " ")];
         assert!(DialPlan::new(&no_room, "1").is_err());
         assert!(DialPlan::new(&[], "0x").is_err());
     }

@@ -1,4 +1,5 @@
-//! The media side of SIP calls: runs the core's [`MediaCommand`]s against the [`Host`].
+//! The media side of SIP calls: runs the core's [`MediaCommand`]s against the [`Host`],
+//! and the PIN prompts.
 //!
 //! Why a task per call: a call's commands must run in order (prepare, join, hold,
 //! release) while the core task never waits on the host. Each call gets a small task fed
@@ -8,8 +9,29 @@
 //! closes (the core dropped the call, or the server stops), so no participant outlives
 //! its call.
 //!
-//! Once the caller is in its room, the host hands the task the keys its caller presses
-//! (RFC 4733, [`JoinOptions::keys`]): they drive the in-call controls.
+//! # A call to a room's number
+//!
+//! The caller joins the room at once. The host hands the task the keys its caller
+//! presses (RFC 4733, [`JoinOptions::signals`]; SIP INFO comes as
+//! [`MediaCommand::Digit`]): they drive the in-call controls (`*6` mute, `*4`/`*7`
+//! volume, `*0` the participant count, spoken to the caller alone).
+//!
+//! # A call to a PIN number
+//!
+//! The caller first joins a room of its own (internal: not listed, no events), muted,
+//! where it hears only the prompts played to it ([`Host::play_to`]); a
+//! [`confer_pstn_bridge::ivr::Ivr`] runs the dialogue: prompts, digits from RFC 4733,
+//! SIP INFO or, without RFC 4733, tones detected in its audio; three tries; the lock-out
+//! across calls ([`Lockouts`], shared by all calls); the PIN looked up in [`Pins`] and the
+//! room's state (locked, full, waiting for its moderator). An admitted caller is moved
+//! into the room with the same socket, leg and participant id
+//! ([`Host::move_participant`]): the phone notices nothing. The IVR's hang-ups (too many
+//! tries, no input, locked out) go to the core as [`MediaEvent::Hangup`] (a BYE). The
+//! PIN is never logged: [`Pin`](confer_pstn_bridge::ivr::Pin) and the digits hide
+//! themselves in `Debug`, and nothing here prints them.
+//!
+//! Rooms that ask for it (`announce_joins`) hear "a participant joined/left" when a caller
+//! comes or goes.
 //!
 //! Rooms are found by name (one made through the API counts) or created on the first
 //! call; the name-to-id cache is bounded by the dial plan and checked before use, so a
@@ -18,35 +40,63 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use confer_codecs::dtmf::DtmfDigit;
-use confer_conference::room::RoomError;
+use confer_conference::room::{Clip, PLAYBACK_QUEUE_LEN, ROOM_RATE, RoomError};
 use confer_pstn_bridge::ivr::{
-    ControlAction, ControlMap, ControlSequence, DEFAULT_SEQUENCE_TIMEOUT, InCallControls,
+    Admission, CallInfo, CallerKey, ControlAction, ControlMap, DigitInput, DigitSource,
+    InCallControls, Ivr, IvrConfig, IvrOutput, Lockouts, PinCheck, PinVerdict, PlayerConfig,
+    PlayerStatus, PromptId, PromptPlayer, PromptQueue, Prompts, RoomRef,
 };
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
-use super::core::{CallId, MediaCommand, MediaEvent, MediaFailure, MediaSpec};
+use super::core::{CallId, MediaCommand, MediaEvent, MediaFailure, MediaSpec, Target};
 use super::metrics::SipMetrics;
-use crate::host::{Host, HostError, JoinOptions, JoinSpec, ParticipantUpdate, RoomSpec, RtpSocket};
+use super::pins::Pins;
+use crate::host::{
+    Host, HostError, JoinOptions, JoinSpec, MoveSpec, ParticipantUpdate, RoomSpec, RtpSocket,
+    Signal,
+};
 
 /// Commands queued per call (a call issues a handful in its life).
 const CALL_QUEUE: usize = 16;
-/// Keys queued per call (a person presses a few a second).
-const KEY_QUEUE: usize = 16;
+/// Signals queued per call (a person presses a few keys a second).
+const SIGNAL_QUEUE: usize = 16;
 
 type RoomCache = Arc<Mutex<HashMap<String, u64>>>;
 
-/// Runs media commands (see the module docs).
-pub struct MediaDriver {
+/// What every call's task shares.
+struct Shared {
     host: Host,
     rooms: RoomCache,
-    calls: HashMap<CallId, mpsc::Sender<MediaCommand>>,
     events: mpsc::Sender<MediaEvent>,
-    tasks: JoinSet<()>,
     metrics: Arc<SipMetrics>,
+    pins: Arc<Pins>,
+    /// Failed PINs per caller, across calls.
+    lockouts: std::sync::Mutex<Lockouts>,
+    /// The prompts at the room rate.
+    prompts: Prompts,
+    ivr: IvrConfig,
+}
+
+/// What the PIN prompts need besides the host.
+pub struct PromptSetup {
+    /// The live rooms' PINs.
+    pub pins: Arc<Pins>,
+    /// Lock-out limits.
+    pub lockouts: Lockouts,
+    /// The prompts, decoded at [`ROOM_RATE`].
+    pub prompts: Prompts,
+    /// Digits of a PIN: an entry of this many digits ends by itself.
+    pub pin_digits: usize,
+}
+
+/// Runs media commands (see the module docs).
+pub struct MediaDriver {
+    shared: Arc<Shared>,
+    calls: HashMap<CallId, mpsc::Sender<MediaCommand>>,
+    tasks: JoinSet<()>,
 }
 
 fn failure(e: &HostError) -> MediaFailure {
@@ -63,15 +113,47 @@ fn failure(e: &HostError) -> MediaFailure {
 
 impl MediaDriver {
     /// A driver whose results go to `events`.
-    pub fn new(host: Host, events: mpsc::Sender<MediaEvent>, metrics: Arc<SipMetrics>) -> Self {
-        MediaDriver {
-            host,
-            rooms: RoomCache::default(),
+    pub fn new(
+        host: Host,
+        events: mpsc::Sender<MediaEvent>,
+        metrics: Arc<SipMetrics>,
+        setup: PromptSetup,
+    ) -> anyhow::Result<Self> {
+        let ivr = IvrConfig {
+            max_pin_len: setup.pin_digits,
+            controls: ControlMap::default(),
+            ..IvrConfig::default()
+        };
+        // Checked once here rather than failing every call.
+        Ivr::new(
+            ivr.clone(),
+            CallInfo {
+                caller: CallerKey::Number(String::new()),
+                dialed: String::new(),
+                rfc4733_negotiated: true,
+            },
+            &setup.lockouts,
+            Instant::now(),
+        )
+        .map_err(|e| anyhow::anyhow!("PIN prompts: {e}"))?;
+        anyhow::ensure!(
+            setup.prompts.sample_rate() == ROOM_RATE,
+            "the prompts must be decoded at {ROOM_RATE} Hz"
+        );
+        Ok(MediaDriver {
+            shared: Arc::new(Shared {
+                host,
+                rooms: RoomCache::default(),
+                events,
+                metrics,
+                pins: setup.pins,
+                lockouts: std::sync::Mutex::new(setup.lockouts),
+                prompts: setup.prompts,
+                ivr,
+            }),
             calls: HashMap::new(),
-            events,
             tasks: JoinSet::new(),
-            metrics,
-        }
+        })
     }
 
     /// Queues `command` for `call` (starting its task on the first one).
@@ -86,14 +168,8 @@ impl MediaDriver {
             None if release => return,
             None => {
                 let (tx, rx) = mpsc::channel(CALL_QUEUE);
-                self.tasks.spawn(call_media(
-                    self.host.clone(),
-                    self.rooms.clone(),
-                    call,
-                    rx,
-                    self.events.clone(),
-                    self.metrics.clone(),
-                ));
+                let task = CallMedia::new(self.shared.clone(), call);
+                self.tasks.spawn(task.run(rx));
                 self.calls.insert(call, tx.clone());
                 tx
             }
@@ -101,7 +177,10 @@ impl MediaDriver {
         if sender.try_send(command).is_err() {
             // A call's queue is never this long; if it is, the call cannot be served.
             tracing::error!(call, "media command queue full: releasing the call's media");
-            self.metrics.task_errors.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .metrics
+                .task_errors
+                .fetch_add(1, Ordering::Relaxed);
             self.calls.remove(&call);
             return;
         }
@@ -114,7 +193,10 @@ impl MediaDriver {
     fn count_panic(&self, r: Result<(), tokio::task::JoinError>) {
         if let Err(e) = r {
             tracing::error!("a call's media task failed: {e}");
-            self.metrics.task_errors.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .metrics
+                .task_errors
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -166,130 +248,542 @@ async fn resolve_room(host: &Host, rooms: &RoomCache, name: &str) -> Result<u64,
     Ok(info.id)
 }
 
-/// One call's media, in command order (see the module docs).
-async fn call_media(
-    host: Host,
-    rooms: RoomCache,
-    call: CallId,
-    mut commands: mpsc::Receiver<MediaCommand>,
-    events: mpsc::Sender<MediaEvent>,
-    metrics: Arc<SipMetrics>,
-) {
-    let mut room = None;
-    let mut socket: Option<RtpSocket> = None;
-    let mut participant = None;
-    let error = |what: &str, e: &HostError| {
-        tracing::warn!(call, "{what}: {e}");
-        metrics.task_errors.fetch_add(1, Ordering::Relaxed);
-    };
-    // Keys the caller presses in the room (RFC 4733) drive the in-call controls; the host
-    // sends them here once the caller is in.
-    let (keys_tx, mut keys_rx) = mpsc::channel(KEY_QUEUE);
-    let mut keys_tx = Some(keys_tx);
-    let mut controls = InCallControls::new(in_call_controls(), DEFAULT_SEQUENCE_TIMEOUT);
-    let mut keys = CallerKeys::default();
+/// `queue` rendered at the room rate, with the player's pauses between prompts.
+fn render(prompts: &Prompts, queue: &PromptQueue) -> Option<Clip> {
+    let mut player = PromptPlayer::new(ROOM_RATE, PlayerConfig::default()).ok()?;
+    player.play(queue).ok()?;
+    let chunk = ROOM_RATE as usize / 50;
+    let mut out = Vec::new();
+    let mut frame = vec![0.0; chunk];
     loop {
-        let command = tokio::select! {
-            command = commands.recv() => match command {
-                Some(c) => c,
-                None => break,
-            },
-            Some(digit) = keys_rx.recv(), if participant.is_some() => {
-                let action = controls.handle_digit(digit, std::time::Instant::now());
-                if let (Some(action), Some(r), Some(p)) = (action, room, participant)
-                    && let Err(e) = host.update(r, p, keys.apply(action)).await
-                {
-                    error("applying an in-call control", &e);
-                }
-                continue;
+        match player.fill(prompts, &mut frame).ok()? {
+            PlayerStatus::Playing => out.extend_from_slice(&frame),
+            PlayerStatus::Finished => {
+                out.extend_from_slice(&frame);
+                break;
             }
-        };
-        let reply = match command {
-            MediaCommand::Prepare { room: name } => {
-                let prepared = match resolve_room(&host, &rooms, &name).await {
-                    Ok(id) => {
-                        room = Some(id);
-                        host.reserve_rtp()
-                    }
-                    Err(e) => Err(e),
-                };
-                match prepared {
-                    Ok(s) => {
-                        let local = s.local_addr();
-                        socket = Some(s);
-                        Some(MediaEvent::Prepared { call, local })
-                    }
-                    Err(e) => {
-                        error("preparing the media", &e);
-                        Some(MediaEvent::Failed {
-                            call,
-                            reason: failure(&e),
-                        })
-                    }
-                }
-            }
-            MediaCommand::Join(spec) => Some(
-                match join(&host, room, &mut socket, spec, keys_tx.take()).await {
-                    Ok(p) => {
-                        participant = Some(p);
-                        MediaEvent::Joined { call }
-                    }
-                    Err(e) => {
-                        error("joining the room", &e);
-                        MediaEvent::Failed {
-                            call,
-                            reason: failure(&e),
-                        }
-                    }
-                },
-            ),
-            MediaCommand::Hold { held } => {
-                keys.held = held;
-                if let (Some(r), Some(p)) = (room, participant) {
-                    let update = ParticipantUpdate {
-                        muted: Some(keys.muted()),
-                        deaf: Some(held),
-                        ..ParticipantUpdate::default()
-                    };
-                    if let Err(e) = host.update(r, p, update).await {
-                        error("holding the participant", &e);
-                    }
-                }
-                None
-            }
-            MediaCommand::Release => break,
-        };
-        if let Some(ev) = reply
-            && events.send(ev).await.is_err()
-        {
-            // The core has stopped: release below.
-            break;
+            PlayerStatus::Idle => break,
         }
     }
-    if let (Some(r), Some(p)) = (room, participant) {
-        match host.leave(r, p).await {
-            Ok(()) => tracing::debug!(call, room = r, participant = p, "caller left the room"),
-            // The room was deleted (or the engine stopped) with the participant in it.
-            Err(HostError::UnknownRoom(_) | HostError::UnknownParticipant { .. }) => {}
-            Err(HostError::Room(RoomError::UnknownParticipant(_))) => {}
-            Err(e) => error("leaving the room", &e),
+    Some(out.into())
+}
+
+/// The PIN prompts of a call to a PIN number.
+struct PinCall {
+    ivr: Ivr,
+    /// The call's own room (deleted once the caller is admitted, or at the end).
+    lobby: u64,
+    /// Keys arrive by RFC 4733 (else tones are detected in the caller's audio).
+    rfc4733: bool,
+}
+
+/// One call's media (see the module docs).
+struct CallMedia {
+    shared: Arc<Shared>,
+    call: CallId,
+    /// The room the participant is in (or will join).
+    room: Option<u64>,
+    socket: Option<RtpSocket>,
+    participant: Option<u64>,
+    /// For a call to a PIN number, before `Join`: who calls and what was dialled.
+    pin_target: Option<(String, CallerKey)>,
+    pin: Option<PinCall>,
+    /// In-call controls of a call straight into a room.
+    controls: InCallControls,
+    keys: CallerKeys,
+    /// The room announces this caller's arrival and departure.
+    announced: bool,
+    /// The clips last handed to the host, kept so that the last reference (and the
+    /// free) is here, not on the media worker that played them.
+    clips: std::collections::VecDeque<Clip>,
+}
+
+impl CallMedia {
+    fn new(shared: Arc<Shared>, call: CallId) -> Self {
+        let controls = InCallControls::new(
+            shared.ivr.controls.clone(),
+            shared.ivr.control_sequence_timeout,
+        );
+        CallMedia {
+            shared,
+            call,
+            room: None,
+            socket: None,
+            participant: None,
+            pin_target: None,
+            pin: None,
+            controls,
+            keys: CallerKeys::default(),
+            announced: false,
+            clips: std::collections::VecDeque::with_capacity(PLAYBACK_QUEUE_LEN),
+        }
+    }
+
+    fn error(&self, what: &str, e: &HostError) {
+        tracing::warn!(call = self.call, "{what}: {e}");
+        self.shared
+            .metrics
+            .task_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>) {
+        let (signals_tx, mut signals) = mpsc::channel(SIGNAL_QUEUE);
+        let mut signals_tx = Some(signals_tx);
+        loop {
+            let deadline = self.pin.as_ref().and_then(|p| p.ivr.poll_timeout());
+            let command = tokio::select! {
+                command = commands.recv() => match command {
+                    Some(c) => c,
+                    None => break,
+                },
+                Some(signal) = signals.recv(), if self.participant.is_some() => {
+                    self.on_signal(signal).await;
+                    continue;
+                }
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    if let Some(p) = self.pin.as_mut() {
+                        p.ivr.handle_timeout(Instant::now());
+                    }
+                    self.drive_ivr().await;
+                    continue;
+                }
+            };
+            let reply = match command {
+                MediaCommand::Prepare { target } => Some(self.prepare(target).await),
+                MediaCommand::Join(spec) => Some(self.join(spec, signals_tx.take()).await),
+                MediaCommand::Hold { held } => {
+                    self.hold(held).await;
+                    None
+                }
+                MediaCommand::Digit(input) => {
+                    self.on_digit(input).await;
+                    None
+                }
+                MediaCommand::Release => break,
+            };
+            if let Some(ev) = reply
+                && self.shared.events.send(ev).await.is_err()
+            {
+                // The core has stopped: release below.
+                break;
+            }
+        }
+        self.release().await;
+    }
+
+    async fn prepare(&mut self, target: Target) -> MediaEvent {
+        let call = self.call;
+        let host = &self.shared.host;
+        let room = match target {
+            Target::Room(name) => resolve_room(host, &self.shared.rooms, &name).await,
+            Target::RoomId(id) => host.room(id).await.map(|info| info.id),
+            Target::Pin { dialed, caller } => {
+                self.pin_target = Some((dialed, caller));
+                host.create_room(RoomSpec {
+                    name: format!("pin-prompts-{call}"),
+                    max_participants: Some(1),
+                    internal: true,
+                    ..RoomSpec::default()
+                })
+                .await
+                .map(|info| info.id)
+            }
+        };
+        let prepared = match room {
+            Ok(id) => {
+                self.room = Some(id);
+                host.reserve_rtp()
+            }
+            Err(e) => Err(e),
+        };
+        match prepared {
+            Ok(s) => {
+                let local = s.local_addr();
+                self.socket = Some(s);
+                MediaEvent::Prepared { call, local }
+            }
+            Err(e) => {
+                self.error("preparing the media", &e);
+                MediaEvent::Failed {
+                    call,
+                    reason: failure(&e),
+                }
+            }
+        }
+    }
+
+    async fn join(&mut self, spec: MediaSpec, signals: Option<mpsc::Sender<Signal>>) -> MediaEvent {
+        let call = self.call;
+        let Some(room) = self.room else {
+            return MediaEvent::Failed {
+                call,
+                reason: MediaFailure::Internal,
+            };
+        };
+        let prompts = self.pin_target.is_some();
+        let rfc4733 = spec.telephone_event.is_some();
+        self.keys.held = spec.held;
+        let joined = self
+            .shared
+            .host
+            .join_with(
+                room,
+                JoinSpec {
+                    rtp_address: spec.remote,
+                    codec: spec.codec,
+                    audio_level_extension: None,
+                    denoise: false,
+                    // Nobody hears a caller at its PIN prompts (there is nobody else).
+                    muted: spec.held || prompts,
+                    deaf: spec.held,
+                    moderator: false,
+                },
+                JoinOptions {
+                    socket: self.socket.take(),
+                    telephone_event: spec.telephone_event,
+                    signals,
+                    inband_dtmf: prompts && !rfc4733,
+                },
+            )
+            .await;
+        let participant = match joined {
+            Ok(p) => p.id,
+            Err(e) => {
+                self.error("joining the room", &e);
+                return MediaEvent::Failed {
+                    call,
+                    reason: failure(&e),
+                };
+            }
+        };
+        self.participant = Some(participant);
+        if let Some((dialed, caller)) = self.pin_target.take() {
+            let now = Instant::now();
+            let ivr = {
+                let lockouts = lock(&self.shared.lockouts);
+                Ivr::new(
+                    self.shared.ivr.clone(),
+                    CallInfo {
+                        caller,
+                        dialed,
+                        rfc4733_negotiated: rfc4733,
+                    },
+                    &lockouts,
+                    now,
+                )
+            };
+            match ivr {
+                Ok(ivr) => {
+                    self.pin = Some(PinCall {
+                        ivr,
+                        lobby: room,
+                        rfc4733,
+                    });
+                    self.drive_ivr().await;
+                }
+                Err(e) => {
+                    // The configuration was checked when the driver started.
+                    tracing::error!(call, "PIN prompts: {e}");
+                    return MediaEvent::Failed {
+                        call,
+                        reason: MediaFailure::Internal,
+                    };
+                }
+            }
+        } else {
+            self.arrived(room).await;
+        }
+        MediaEvent::Joined { call, participant }
+    }
+
+    /// The caller is in `room`: announce it if the room asks for that.
+    async fn arrived(&mut self, room: u64) {
+        match self.shared.host.room(room).await {
+            Ok(info) if info.announce_joins => {
+                self.announced = true;
+                self.announce(room, PromptId::ParticipantJoined).await;
+            }
+            Ok(_) => {}
+            Err(e) => self.error("reading the room", &e),
+        }
+    }
+
+    async fn announce(&mut self, room: u64, prompt: PromptId) {
+        let Some(clip) = self.rendered(&PromptQueue::one(prompt)) else {
+            return;
+        };
+        if let Err(e) = self.shared.host.announce(room, clip).await {
+            self.error("announcing to the room", &e);
+        }
+    }
+
+    /// `queue` rendered, and kept (see `clips`).
+    fn rendered(&mut self, queue: &PromptQueue) -> Option<Clip> {
+        let clip = render(&self.shared.prompts, queue)?;
+        if self.clips.len() == PLAYBACK_QUEUE_LEN {
+            self.clips.pop_front();
+        }
+        self.clips.push_back(clip.clone());
+        Some(clip)
+    }
+
+    async fn hold(&mut self, held: bool) {
+        self.keys.held = held;
+        if let (Some(r), Some(p)) = (self.room, self.participant) {
+            let update = ParticipantUpdate {
+                muted: Some(self.keys.muted() || self.in_prompts()),
+                deaf: Some(held),
+                ..ParticipantUpdate::default()
+            };
+            if let Err(e) = self.shared.host.update(r, p, update).await {
+                self.error("holding the participant", &e);
+            }
+        }
+    }
+
+    /// Still at the PIN prompts (not yet in the conference).
+    fn in_prompts(&self) -> bool {
+        self.pin
+            .as_ref()
+            .is_some_and(|p| self.room == Some(p.lobby))
+    }
+
+    async fn on_signal(&mut self, signal: Signal) {
+        match signal {
+            Signal::Key(digit) => {
+                let source = match &self.pin {
+                    Some(p) if !p.rfc4733 => DigitSource::InBand,
+                    _ => DigitSource::Rfc4733,
+                };
+                self.on_digit(DigitInput { digit, source }).await;
+            }
+            Signal::PlaybackFinished => {
+                if let Some(p) = self.pin.as_mut() {
+                    p.ivr.handle_playback_finished(Instant::now());
+                    self.drive_ivr().await;
+                }
+            }
+        }
+    }
+
+    async fn on_digit(&mut self, input: DigitInput) {
+        let now = Instant::now();
+        if let Some(p) = self.pin.as_mut() {
+            p.ivr.handle_digit(input, now);
+            self.drive_ivr().await;
+            return;
+        }
+        if let Some(action) = self.controls.handle_digit(input.digit, now)
+            && let Some(prompt) = self.control(action).await
+        {
+            self.play(prompt).await;
+        }
+    }
+
+    /// Carries out an in-call control; returns what to say to the caller.
+    async fn control(&mut self, action: ControlAction) -> Option<PromptQueue> {
+        let (room, participant) = (self.room?, self.participant?);
+        let host = &self.shared.host;
+        if action == ControlAction::AnnounceCount {
+            return match host.room(room).await {
+                Ok(info) => Some(PromptQueue::participant_count(
+                    u32::try_from(info.participants).unwrap_or(u32::MAX),
+                )),
+                Err(e) => {
+                    self.error("counting the participants", &e);
+                    None
+                }
+            };
+        }
+        let update = self.keys.apply(action);
+        if let Err(e) = host.update(room, participant, update).await {
+            self.error("applying an in-call control", &e);
+            return None;
+        }
+        match action {
+            ControlAction::ToggleMute => Some(PromptQueue::one(if self.keys.self_muted {
+                PromptId::Muted
+            } else {
+                PromptId::Unmuted
+            })),
+            _ => None,
+        }
+    }
+
+    async fn play(&mut self, prompt: PromptQueue) {
+        let (Some(room), Some(participant)) = (self.room, self.participant) else {
+            return;
+        };
+        if let Some(clip) = self.rendered(&prompt)
+            && let Err(e) = self.shared.host.play_to(room, participant, clip).await
+        {
+            self.error("playing a prompt", &e);
+        }
+    }
+
+    /// Carries out what the PIN prompts ask for, until they ask nothing more.
+    async fn drive_ivr(&mut self) {
+        loop {
+            let Some(output) = self.pin.as_mut().and_then(|p| p.ivr.poll_output()) else {
+                return;
+            };
+            match output {
+                IvrOutput::Play(queue) => self.play(queue).await,
+                IvrOutput::StopPlayback => {
+                    if let (Some(r), Some(p)) = (self.room, self.participant)
+                        && let Err(e) = self.shared.host.stop_playback(r, p).await
+                    {
+                        self.error("stopping a prompt", &e);
+                    }
+                }
+                IvrOutput::CheckPin(check) => {
+                    let verdict = self.check_pin(&check).await;
+                    let now = Instant::now();
+                    if let Some(p) = self.pin.as_mut() {
+                        let mut lockouts = lock(&self.shared.lockouts);
+                        if let Err(e) =
+                            p.ivr
+                                .handle_pin_result(check.ticket, verdict, &mut lockouts, now)
+                        {
+                            tracing::warn!(call = self.call, "PIN result: {e}");
+                        }
+                    }
+                }
+                IvrOutput::JoinRoom(RoomRef(room)) => self.admit(room).await,
+                IvrOutput::Control(action) => {
+                    if let Some(prompt) = self.control(action).await
+                        && let Some(p) = self.pin.as_mut()
+                        && let Err(e) = p.ivr.announce(prompt, Instant::now())
+                    {
+                        tracing::debug!(call = self.call, "in-call prompt: {e}");
+                    }
+                }
+                IvrOutput::Hangup(reason) => {
+                    let ev = MediaEvent::Hangup {
+                        call: self.call,
+                        reason,
+                    };
+                    if self.shared.events.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the PIN opens: looked up, then the room's state.
+    async fn check_pin(&self, check: &PinCheck) -> PinVerdict {
+        let Some(room) = self.shared.pins.lookup(check.pin.expose()) else {
+            tracing::info!(call = self.call, "a PIN that opens no room");
+            return PinVerdict::Rejected;
+        };
+        match self.shared.host.room(room).await {
+            Ok(info) if info.locked => PinVerdict::ConferenceLocked,
+            Ok(info) if info.participants >= info.max_participants => PinVerdict::ConferenceFull,
+            Ok(info) => PinVerdict::Accepted(Admission {
+                room: RoomRef(room),
+                first_participant: info.participants == 0,
+                wait_for_moderator: info.waiting_for_moderator,
+            }),
+            Err(HostError::UnknownRoom(_)) => {
+                // Deleted without its PIN being freed: it opens nothing now.
+                self.shared.pins.release(room);
+                PinVerdict::Rejected
+            }
+            Err(e) => {
+                self.error("reading the PIN's room", &e);
+                PinVerdict::Unavailable
+            }
+        }
+    }
+
+    /// Moves the admitted caller from its prompts' room into `room`.
+    async fn admit(&mut self, room: u64) {
+        let (Some(lobby), Some(participant)) =
+            (self.pin.as_ref().map(|p| p.lobby), self.participant)
+        else {
+            return;
+        };
+        let spec = MoveSpec {
+            muted: self.keys.muted(),
+            deaf: self.keys.held,
+            inband_dtmf: self.pin.as_ref().is_some_and(|p| !p.rfc4733),
+        };
+        let host = self.shared.host.clone();
+        match host.move_participant(lobby, participant, room, spec).await {
+            Ok(_) => {
+                tracing::info!(call = self.call, room, "caller admitted by PIN");
+                self.room = Some(room);
+                if let Err(e) = host.delete_room(lobby).await {
+                    self.error("deleting the PIN prompts' room", &e);
+                }
+                self.arrived(room).await;
+            }
+            Err(e) => {
+                self.error("moving the caller into its room", &e);
+                let reason = match e {
+                    HostError::Room(RoomError::Locked) => {
+                        confer_pstn_bridge::ivr::HangupReason::ConferenceLocked
+                    }
+                    HostError::Room(RoomError::Full(_)) => {
+                        confer_pstn_bridge::ivr::HangupReason::ConferenceFull
+                    }
+                    _ => confer_pstn_bridge::ivr::HangupReason::ServiceUnavailable,
+                };
+                let _ = self
+                    .shared
+                    .events
+                    .send(MediaEvent::Hangup {
+                        call: self.call,
+                        reason,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// The call ended: the participant leaves (announced if it was), the prompts' room
+    /// goes.
+    async fn release(mut self) {
+        let host = self.shared.host.clone();
+        if let Some(p) = self.pin.as_mut() {
+            p.ivr.handle_call_ended();
+        }
+        if let (Some(r), Some(p)) = (self.room, self.participant) {
+            match host.leave(r, p).await {
+                Ok(()) => {
+                    tracing::debug!(call = self.call, room = r, participant = p, "caller left")
+                }
+                // The room was deleted (or the engine stopped) with the participant in it.
+                Err(HostError::UnknownRoom(_) | HostError::UnknownParticipant { .. }) => {}
+                Err(HostError::Room(RoomError::UnknownParticipant(_))) => {}
+                Err(e) => self.error("leaving the room", &e),
+            }
+            if self.announced {
+                self.announce(r, PromptId::ParticipantLeft).await;
+            }
+        }
+        if let Some(lobby) = self.pin.as_ref().map(|p| p.lobby)
+            && self.room == Some(lobby)
+            && let Err(e) = host.delete_room(lobby).await
+            && !matches!(e, HostError::UnknownRoom(_))
+        {
+            self.error("deleting the PIN prompts' room", &e);
         }
     }
 }
 
-/// The in-call keys: `*6` mutes or unmutes the caller, `*4` and `*7` lower and raise what
-/// it hears by 3 dB (a participant count, `*0` elsewhere, needs a prompt played to one
-/// participant, which rooms cannot do yet).
-fn in_call_controls() -> ControlMap {
-    let entries = [
-        ("*6", ControlAction::ToggleMute),
-        ("*4", ControlAction::VolumeDown),
-        ("*7", ControlAction::VolumeUp),
-    ]
-    .into_iter()
-    .filter_map(|(keys, action)| ControlSequence::parse(keys).ok().map(|k| (k, action)));
-    // Fixed, unambiguous sequences: the empty map is only a fallback that cannot happen.
-    ControlMap::new(entries).unwrap_or_else(|_| ControlMap::empty())
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The lock-out table stays consistent across a panic (whole-entry updates).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the caller's keys and the call's hold state make of the participant.
@@ -312,7 +806,7 @@ impl CallerKeys {
         self.held || self.self_muted
     }
 
-    /// The update `action` calls for (`AnnounceCount` is not in the map).
+    /// The update `action` calls for (`AnnounceCount` changes nothing).
     fn apply(&mut self, action: ControlAction) -> ParticipantUpdate {
         let mut update = ParticipantUpdate::default();
         match action {
@@ -334,34 +828,4 @@ impl CallerKeys {
         }
         update
     }
-}
-
-async fn join(
-    host: &Host,
-    room: Option<u64>,
-    socket: &mut Option<RtpSocket>,
-    spec: MediaSpec,
-    keys: Option<mpsc::Sender<DtmfDigit>>,
-) -> Result<u64, HostError> {
-    let room = room.ok_or(HostError::Stopped)?;
-    let info = host
-        .join_with(
-            room,
-            JoinSpec {
-                rtp_address: spec.remote,
-                codec: spec.codec,
-                audio_level_extension: None,
-                denoise: false,
-                muted: spec.held,
-                deaf: spec.held,
-                moderator: false,
-            },
-            JoinOptions {
-                socket: socket.take(),
-                telephone_event: spec.telephone_event,
-                keys,
-            },
-        )
-        .await?;
-    Ok(info.id)
 }

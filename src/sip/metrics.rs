@@ -68,10 +68,14 @@ pub enum CallEnd {
     MediaFailed,
     /// confer stopped.
     Shutdown,
+    /// The PIN prompts hung up (wrong PINs, no input, a locked or full conference).
+    Prompts,
+    /// A call we dialled was not answered (busy, declined, no answer, unreachable).
+    Unanswered,
 }
 
 impl CallEnd {
-    const ALL: [CallEnd; 7] = [
+    const ALL: [CallEnd; 9] = [
         CallEnd::Bye,
         CallEnd::Cancelled,
         CallEnd::Rejected,
@@ -79,6 +83,8 @@ impl CallEnd {
         CallEnd::SessionExpired,
         CallEnd::MediaFailed,
         CallEnd::Shutdown,
+        CallEnd::Prompts,
+        CallEnd::Unanswered,
     ];
 
     fn label(self) -> &'static str {
@@ -90,6 +96,8 @@ impl CallEnd {
             CallEnd::SessionExpired => "session_expired",
             CallEnd::MediaFailed => "media_failed",
             CallEnd::Shutdown => "shutdown",
+            CallEnd::Prompts => "prompts",
+            CallEnd::Unanswered => "unanswered",
         }
     }
 }
@@ -124,7 +132,7 @@ pub struct SipMetrics {
     sent: [AtomicU64; 3],
     /// Messages that could not be sent (no connection, socket error, full queue).
     pub send_errors: AtomicU64,
-    dropped: [AtomicU64; 7],
+    dropped: [AtomicU64; Dropped::ALL.len()],
     /// Requests answered with an error by the listener before any transaction (400, 501,
     /// 505, 513, ... as `inspect` decides), and 503s for an overloaded core.
     pub rejected: AtomicU64,
@@ -148,9 +156,11 @@ pub struct SipMetrics {
     pub keepalives: AtomicU64,
     /// Calls now (from INVITE to the end).
     pub calls: AtomicU64,
-    /// Calls answered 200.
+    /// Calls answered 200 (by us, or by whom we dialled).
     pub calls_answered: AtomicU64,
-    call_ends: [AtomicU64; 7],
+    /// Calls we dialled.
+    pub calls_dialled: AtomicU64,
+    call_ends: [AtomicU64; CallEnd::ALL.len()],
     /// Live transactions.
     pub transactions: AtomicU64,
     /// Live dialogs.
@@ -298,8 +308,14 @@ impl SipMetrics {
         family(
             "confer_sip_calls_answered_total",
             "counter",
-            "SIP calls answered 200.",
+            "SIP calls answered 200 (by confer, or by whom it dialled).",
             &plain(&self.calls_answered),
+        );
+        family(
+            "confer_sip_calls_dialled_total",
+            "counter",
+            "SIP calls confer placed (dial-out).",
+            &plain(&self.calls_dialled),
         );
         let ends: Vec<_> = CallEnd::ALL
             .iter()

@@ -46,25 +46,29 @@ use confer_pstn_bridge::sip::dialog::SessionTimerConfig;
 use confer_pstn_bridge::sip::transaction::new_tag;
 use confer_pstn_bridge::sip::transaction::{Peer, TimerConfig, TransactionConfig, Transmit};
 use confer_pstn_bridge::sip::{
-    Capabilities, Disposition, DropReason, FrameError, HeaderName, Message, Method, Param,
-    Rejection, Request, ResponseBasis, StatusCode, StreamFramer, Token, Transport, build_response,
-    inspect,
+    Capabilities, Disposition, DropReason, FrameError, HeaderName, MediaType, Message, Method,
+    Param, Rejection, Request, ResponseBasis, StatusCode, StreamFramer, Token, Transport,
+    build_response, inspect,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 
+use super::core::{CallId, DialError, DialProgress, DialRequest};
 use super::core::{CoreConfig, LocalAddrs, Output, SipCore};
 use super::dialplan::DialPlan;
 use super::limits::{RateLimiter, Verdict};
-use super::media::MediaDriver;
+use super::media::{MediaDriver, PromptSetup};
 use super::metrics::{Dropped, SipMetrics, Wire};
+use super::pins::Pins;
 use crate::config::Config;
-use crate::host::Host;
+use crate::host::{EventMsg, Host};
+use confer_conference::room::ROOM_RATE;
+use confer_pstn_bridge::ivr::{LockoutConfig, Lockouts, Prompts};
 
 /// Messages queued from the transports to the core task.
 const CORE_QUEUE: usize = 4096;
@@ -180,6 +184,15 @@ pub fn capabilities() -> Capabilities {
             Method::Update,
         ],
         supported: vec!["timer".into()],
+        // SDP, and the keys of SIP INFO (the core answers each INFO by its type).
+        accept: [
+            ("application", "sdp"),
+            ("application", "dtmf-relay"),
+            ("application", "dtmf"),
+        ]
+        .into_iter()
+        .filter_map(|(t, s)| MediaType::new(t, s).ok())
+        .collect(),
         ..Capabilities::default()
     }
 }
@@ -194,13 +207,59 @@ pub struct SipServer {
     pub tls: Option<SocketAddr>,
     /// The counters.
     pub metrics: Arc<SipMetrics>,
+    /// Places and hangs up calls (the control API's handle).
+    pub control: SipControl,
     stop: watch::Sender<bool>,
     core: JoinHandle<()>,
 }
 
+/// What the control API asks of the SIP core.
+enum Control {
+    Dial {
+        request: Box<DialRequest>,
+        reply: oneshot::Sender<Result<CallId, DialError>>,
+    },
+    HangUp {
+        call: CallId,
+        reply: oneshot::Sender<Result<(), DialError>>,
+    },
+}
+
+/// Control requests queued for the core.
+const CONTROL_QUEUE: usize = 256;
+
+/// The control API's handle on the SIP core: places calls and hangs them up.
+#[derive(Clone)]
+pub struct SipControl {
+    tx: mpsc::Sender<Control>,
+}
+
+impl SipControl {
+    /// Places `request`; its progress comes as `dial_*` events.
+    pub async fn dial(&self, request: DialRequest) -> Result<CallId, DialError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Control::Dial {
+                request: Box::new(request),
+                reply,
+            })
+            .map_err(|_| DialError::Busy)?;
+        rx.await.map_err(|_| DialError::Busy)?
+    }
+
+    /// Hangs up a dialled call (CANCEL before the answer, BYE after).
+    pub async fn hang_up(&self, call: CallId) -> Result<(), DialError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Control::HangUp { call, reply })
+            .map_err(|_| DialError::Busy)?;
+        rx.await.map_err(|_| DialError::Busy)?
+    }
+}
+
 impl SipServer {
     /// Binds the sockets of `cfg` and starts serving; calls join rooms of `host`.
-    pub async fn start(cfg: &Config, host: Host) -> anyhow::Result<SipServer> {
+    pub async fn start(cfg: &Config, host: Host, pins: Arc<Pins>) -> anyhow::Result<SipServer> {
         use anyhow::Context;
         let udp = UdpSocket::bind(cfg.sip_listen)
             .await
@@ -319,13 +378,35 @@ impl SipServer {
             );
         }
         let (media_tx, media_rx) = mpsc::channel(cfg.sip_max_calls.saturating_mul(4).max(64));
-        let media = MediaDriver::new(host, media_tx, metrics.clone());
-        let core = tokio::spawn(run_core(core, core_rx, media_rx, media, shared, stop_rx));
+        let setup = PromptSetup {
+            pins,
+            lockouts: Lockouts::new(LockoutConfig::default())
+                .map_err(|e| anyhow::anyhow!("PIN lock-out: {e}"))?,
+            prompts: Prompts::embedded(ROOM_RATE)
+                .map_err(|e| anyhow::anyhow!("the PIN prompts' audio: {e}"))?,
+            pin_digits: cfg.pin_digits,
+        };
+        let events = host.clone();
+        let media = MediaDriver::new(host, media_tx, metrics.clone(), setup)?;
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let core = tokio::spawn(run_core(
+            core,
+            Inputs {
+                inbound: core_rx,
+                media_results: media_rx,
+                control: control_rx,
+            },
+            media,
+            events,
+            shared,
+            stop_rx,
+        ));
         Ok(SipServer {
             udp: udp_addr,
             tcp: tcp_addr,
             tls: tls_addr,
             metrics,
+            control: SipControl { tx: control_tx },
             stop,
             core,
         })
@@ -375,14 +456,47 @@ fn transmit(shared: &Shared, t: Transmit) -> bool {
     ok
 }
 
+/// What the core task listens to.
+struct Inputs {
+    inbound: mpsc::Receiver<(Message, Peer)>,
+    media_results: mpsc::Receiver<super::core::MediaEvent>,
+    control: mpsc::Receiver<Control>,
+}
+
+/// The event of a dialled call's progress.
+fn dial_event(call: CallId, room: u64, progress: DialProgress) -> EventMsg {
+    let (kind, participant, status) = match progress {
+        DialProgress::Trying => ("dial_trying", None, None),
+        DialProgress::Ringing => ("dial_ringing", None, None),
+        DialProgress::Answered { participant } => ("dial_answered", Some(participant), None),
+        DialProgress::Failed { status } => ("dial_failed", None, Some(status)),
+        DialProgress::HungUp => ("dial_hung_up", None, None),
+    };
+    EventMsg {
+        room,
+        kind,
+        participant,
+        reason: None,
+        digit: None,
+        call: Some(call),
+        status,
+        media_time_ms: None,
+    }
+}
+
 async fn run_core(
     mut core: SipCore<StdRng>,
-    mut inbound: mpsc::Receiver<(Message, Peer)>,
-    mut media_results: mpsc::Receiver<super::core::MediaEvent>,
+    inputs: Inputs,
     mut media: MediaDriver,
+    events: Host,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Inputs {
+        mut inbound,
+        mut media_results,
+        mut control,
+    } = inputs;
     let flush = |core: &mut SipCore<StdRng>, media: &mut MediaDriver| {
         while let Some(o) = core.poll_output() {
             match o {
@@ -395,6 +509,11 @@ async fn run_core(
                     }
                 }
                 Output::Media { call, command } => media.run(call, command),
+                Output::Dial {
+                    call,
+                    room,
+                    progress,
+                } => events.publish(dial_event(call, room, progress)),
             }
         }
     };
@@ -412,6 +531,14 @@ async fn run_core(
                 None => break,
             },
             Some(e) = media_results.recv() => core.on_media(e, now()),
+            Some(c) = control.recv() => match c {
+                Control::Dial { request, reply } => {
+                    let _ = reply.send(core.dial(*request, now()));
+                }
+                Control::HangUp { call, reply } => {
+                    let _ = reply.send(core.hang_up_dialled(call, now()));
+                }
+            },
             () = sleep => core.handle_timeout(now()),
             _ = stop.changed() => break,
         }

@@ -24,6 +24,8 @@ use serde_json::Value;
 /// `confer serve` running on a private RTP range and an ephemeral HTTP port.
 pub struct Server {
     child: Child,
+    /// What the process wrote to stderr (its log) so far.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
     /// The control API's address, from the ready line.
     pub http: SocketAddr,
     /// The ready line.
@@ -42,7 +44,8 @@ impl Server {
             .env("CONFER_RTP_PORT_MIN", base.to_string())
             .env("CONFER_RTP_PORT_MAX", (base + rtp_ports - 1).to_string())
             .env("CONFER_MEDIA_WORKERS", "2")
-            .stdout(Stdio::piped());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -56,15 +59,37 @@ impl Server {
                 panic!("no ready line: {other:?}");
             }
         };
-        // Keep draining stdout so the process never blocks on a full pipe.
+        // Keep draining stdout so the process never blocks on a full pipe; keep the log.
         std::thread::spawn(move || for _ in lines.by_ref() {});
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
         let http = ready
             .split("control API http://")
             .nth(1)
             .and_then(|s| s.split([',', ' ']).next())
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no control API address in {ready:?}"));
-        Server { child, http, ready }
+        Server {
+            child,
+            log,
+            http,
+            ready,
+        }
+    }
+
+    /// The process's log (stderr) so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Still running.
@@ -276,4 +301,69 @@ pub async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
     })
     .await;
     outputs.into_iter().flatten().collect()
+}
+
+/// A minimal WebSocket client (RFC 6455): the upgrade, then unmasked server text frames.
+pub struct Events {
+    reader: BufReader<TcpStream>,
+}
+
+impl Events {
+    /// Connects to `GET /v1/events`.
+    pub fn connect(server: &Server) -> Events {
+        let mut s =
+            TcpStream::connect_timeout(&server.http, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /v1/events HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.http
+        )
+        .expect("send upgrade");
+        let mut reader = BufReader::new(s);
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status line");
+        assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" {
+                break;
+            }
+        }
+        Events { reader }
+    }
+
+    /// The next text message as JSON.
+    pub fn next(&mut self) -> Value {
+        loop {
+            let mut head = [0u8; 2];
+            self.reader
+                .read_exact(&mut head)
+                .expect("frame header (no event within 5 s?)");
+            let opcode = head[0] & 0x0F;
+            let len = match head[1] & 0x7F {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.reader.read_exact(&mut b).expect("length");
+                    u64::from(u16::from_be_bytes(b))
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.reader.read_exact(&mut b).expect("length");
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; usize::try_from(len).expect("small frame")];
+            self.reader.read_exact(&mut payload).expect("payload");
+            match opcode {
+                1 => return serde_json::from_slice(&payload).expect("JSON event"),
+                8 => panic!("the server closed the event stream"),
+                _ => {} // pings and the like
+            }
+        }
+    }
 }

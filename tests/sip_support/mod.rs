@@ -302,6 +302,8 @@ pub struct Captured {
     pub to: SocketAddr,
     /// UDP payload.
     pub payload: Vec<u8>,
+    /// When the capture read it (`None` for packets read from a file).
+    pub at: Option<Instant>,
 }
 
 /// Copies of the IPv4 UDP datagrams sent to a port, read from a raw socket (Linux
@@ -336,9 +338,10 @@ impl RtpCapture {
                 let Ok(n) = raw.recv(&mut buf) else {
                     continue;
                 };
-                if let Some(c) = parse_ipv4_udp(&buf[..n])
+                if let Some(mut c) = parse_ipv4_udp(&buf[..n])
                     && c.to.port() == port
                 {
+                    c.at = Some(Instant::now());
                     out.push(c);
                 }
             }
@@ -367,6 +370,7 @@ fn parse_ipv4_udp(p: &[u8]) -> Option<Captured> {
         from: SocketAddr::new(ip(&p[12..16]), port(&udp[0..2])),
         to: SocketAddr::new(ip(&p[16..20]), port(&udp[2..4])),
         payload: p.get(ihl + 8..ihl + len.max(8))?.to_vec(),
+        at: None,
     })
 }
 
@@ -430,10 +434,19 @@ pub fn pcap_rtp_payloads(file: &std::path::Path, pt: u8) -> Vec<Vec<u8>> {
 
 /// G.711 A-law payloads decoded and upsampled to 48 kHz floats.
 pub fn decode_alaw_48k(payloads: &[Vec<u8>]) -> Vec<f32> {
+    decode_g711_48k(payloads, confer_codecs::g711::alaw_to_linear)
+}
+
+/// G.711 mu-law payloads decoded and upsampled to 48 kHz floats.
+pub fn decode_ulaw_48k(payloads: &[Vec<u8>]) -> Vec<f32> {
+    decode_g711_48k(payloads, confer_codecs::g711::ulaw_to_linear)
+}
+
+fn decode_g711_48k(payloads: &[Vec<u8>], law: fn(u8) -> i16) -> Vec<f32> {
     let pcm: Vec<f32> = payloads
         .iter()
         .flatten()
-        .map(|&c| f32::from(confer_codecs::g711::alaw_to_linear(c)) / 32768.0)
+        .map(|&c| f32::from(law(c)) / 32768.0)
         .collect();
     crate::leg_harness::resample_all(&pcm, 8000, 48_000)
 }
@@ -483,4 +496,79 @@ pub fn run_bounded(
         err.join().unwrap_or_default()
     );
     (status, text)
+}
+
+/// Writes RTP packets as a classic pcap file (Ethernet, IPv4, UDP from 127.0.0.1:6000 to
+/// 127.0.0.1:6001), one packet per `(at, rtp bytes)`, for sipp's `play_pcap_audio`
+/// (which replays the UDP payloads with the capture's timing).
+pub fn write_rtp_pcap(file: &std::path::Path, packets: &[(Duration, Vec<u8>)]) {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&65_535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    for (at, rtp) in packets {
+        let udp_len = 8 + rtp.len();
+        let ip_len = 20 + udp_len;
+        let frame_len = 14 + ip_len;
+        out.extend_from_slice(&(at.as_secs() as u32).to_le_bytes());
+        out.extend_from_slice(&at.subsec_micros().to_le_bytes());
+        out.extend_from_slice(&(frame_len as u32).to_le_bytes());
+        out.extend_from_slice(&(frame_len as u32).to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&(ip_len as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
+        let sum = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum::<u32>();
+        let folded = (sum & 0xffff) + (sum >> 16);
+        let check = !((folded & 0xffff) + (folded >> 16)) as u16;
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
+        out.extend_from_slice(&ip);
+        out.extend_from_slice(&6000u16.to_be_bytes());
+        out.extend_from_slice(&6001u16.to_be_bytes());
+        out.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(rtp);
+    }
+    std::fs::write(file, out).expect("write the pcap");
+}
+
+/// RFC 4733 key presses as RTP packets (payload type `pt`, 8 kHz): for each key 100 ms
+/// of event packets every 20 ms, three end packets, then 200 ms of nothing. The first
+/// press starts `lead` into the file.
+pub fn rfc4733_presses(keys: &str, pt: u8, lead: Duration) -> Vec<(Duration, Vec<u8>)> {
+    let mut packets = Vec::new();
+    let (mut seq, mut at) = (4000u16, lead);
+    for (i, key) in keys.chars().enumerate() {
+        let event = match key {
+            '0'..='9' => key as u8 - b'0',
+            '*' => 10,
+            '#' => 11,
+            other => panic!("no RFC 4733 event for {other:?}"),
+        };
+        let ts = 16_000u32 + i as u32 * 8000;
+        for k in 0..8u16 {
+            let end = k >= 5;
+            let duration = (k.min(5) + 1) * 160;
+            let mut p = vec![0x80, if k == 0 { 0x80 | pt } else { pt }];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&ts.to_be_bytes());
+            p.extend_from_slice(&0x5eed_4733u32.to_be_bytes());
+            p.extend_from_slice(&[event, if end { 0x80 | 10 } else { 10 }]);
+            p.extend_from_slice(&duration.to_be_bytes());
+            packets.push((at, p));
+            seq = seq.wrapping_add(1);
+            if !end || k == 7 {
+                at += Duration::from_millis(20);
+            }
+        }
+        at += Duration::from_millis(200);
+    }
+    packets
 }

@@ -94,6 +94,10 @@ use timer::TimerQueue;
 pub struct TransactionId(u64);
 
 impl TransactionId {
+    /// A handle no transaction has (ids start at 1): a placeholder for a request not
+    /// sent yet.
+    pub const NONE: TransactionId = TransactionId(0);
+
     /// The number inside (for logs).
     pub fn as_u64(self) -> u64 {
         self.0
