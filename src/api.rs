@@ -480,7 +480,21 @@ async fn hang_up(
 }
 
 async fn list_trunks(State(s): State<ApiState>) -> ApiResult {
-    ok(StatusCode::OK, &json!({ "trunks": s.trunks.names() }))
+    let registrations = s
+        .sip_metrics
+        .as_ref()
+        .map(|m| m.trunks())
+        .unwrap_or_default();
+    let trunks: Vec<_> = s
+        .trunks
+        .names()
+        .into_iter()
+        .map(|name| {
+            let registration = registrations.iter().find(|r| r.trunk == name);
+            json!({ "name": name, "registration": registration })
+        })
+        .collect();
+    ok(StatusCode::OK, &json!({ "trunks": trunks }))
 }
 
 async fn leave(

@@ -78,6 +78,7 @@ use rand::RngCore;
 use super::dialplan::{DialPlan, Route};
 
 mod outbound;
+mod register;
 use super::metrics::{CallEnd, Dropped, SipMetrics};
 pub use outbound::{DialError, DialProgress, DialRequest};
 
@@ -242,6 +243,8 @@ pub struct CoreConfig {
     pub local: LocalAddrs,
     /// The `Server` / `User-Agent` value.
     pub agent: String,
+    /// Registrations to keep at trunks.
+    pub registrations: Vec<super::trunks::TrunkRegistration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -293,6 +296,8 @@ struct Call {
 #[derive(Debug)]
 enum Purpose {
     Bye,
+    /// A REGISTER of the trunk registration with this index.
+    Register(usize),
     /// A session refresh; for a re-INVITE, its offer and, once a 2xx came, the ACK
     /// (sent again for every retransmitted 2xx).
     Refresh {
@@ -315,6 +320,7 @@ pub struct SipCore<R> {
     out: VecDeque<Output>,
     rng: R,
     metrics: Arc<SipMetrics>,
+    registrations: Vec<register::Registered>,
 }
 
 fn header(h: HeaderName, v: impl Into<String>) -> (HeaderName, String) {
@@ -381,6 +387,7 @@ impl<R: RngCore> SipCore<R> {
             out: VecDeque::new(),
             rng,
             metrics,
+            registrations: Vec::new(),
         }
     }
 
@@ -401,6 +408,7 @@ impl<R: RngCore> SipCore<R> {
             self.layer.next_timeout(),
             self.dialogs.next_timeout(),
             self.setup_deadlines.first().map(|(at, _)| *at),
+            self.registration_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -462,6 +470,7 @@ impl<R: RngCore> SipCore<R> {
     /// Fires what is due at `now` (spurious calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
+        self.registration_timers(now);
         for (id, timer) in self.dialogs.handle_timeout(now) {
             let Some(&call) = self.by_dialog.get(&id) else {
                 continue;
@@ -520,6 +529,7 @@ impl<R: RngCore> SipCore<R> {
 
     /// Ends every call: BYE for answered ones, 503 for the others; media released.
     pub fn shutdown(&mut self, now: Instant) {
+        self.unregister_all(now);
         let ids: Vec<CallId> = self.calls.keys().copied().collect();
         for call in ids {
             let answered = self.calls.get(&call).is_some_and(|c| c.dialog.is_some());
@@ -590,6 +600,14 @@ impl<R: RngCore> SipCore<R> {
                 if let Some(call) = self.dialled_by_tx(id) {
                     tracing::info!(call, "no final response to our INVITE");
                     self.dial_failed(call, 408);
+                }
+            }
+            Event::Timeout { id, .. } | Event::TransportError { id }
+                if matches!(self.by_client_tx.get(&id), Some((_, Purpose::Register(_)))) =>
+            {
+                if let Some((_, Purpose::Register(i))) = self.by_client_tx.remove(&id) {
+                    let timed_out = matches!(event, Event::Timeout { .. });
+                    self.on_register_result(i, None, timed_out, now);
                 }
             }
             Event::Timeout { id, .. } | Event::TransportError { id } => {
@@ -1403,6 +1421,12 @@ impl<R: RngCore> SipCore<R> {
         if response.status.is_provisional() {
             return;
         }
+        if let Some((_, Purpose::Register(_))) = self.by_client_tx.get(&tx) {
+            if let Some((_, Purpose::Register(i))) = self.by_client_tx.remove(&tx) {
+                self.on_register_result(i, Some(response), false, now);
+            }
+            return;
+        }
         if let Some((id, Purpose::Refresh { ack: Some(ack), .. })) = self.by_client_tx.get(&tx) {
             // A retransmitted 2xx of our re-INVITE: the same ACK again (RFC 3261 §13.2.2.4).
             if response.status.is_success()
@@ -1620,6 +1644,7 @@ mod tests {
                 tls: None,
             },
             agent: "confer/test".into(),
+            registrations: Vec::new(),
         };
         SipCore::new(
             config,

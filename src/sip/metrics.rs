@@ -167,6 +167,31 @@ pub struct SipMetrics {
     pub dialogs: AtomicU64,
     /// Errors of SIP tasks (logged as well): a failed socket, a media command that failed.
     pub task_errors: AtomicU64,
+    /// The trunks' registrations, as the core last saw them.
+    trunks: std::sync::Mutex<Vec<TrunkStatus>>,
+}
+
+/// A trunk registration as the API and metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrunkStatus {
+    /// The trunk.
+    pub trunk: String,
+    /// `registering`, `registered`, `backoff` (a failure; retrying), `failed` (retrying
+    /// cannot help: wrong credentials, a permanent refusal), `unregistered`.
+    pub state: &'static str,
+    /// Why the last attempt failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// Seconds until the binding lapses (registered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
+    /// The status of the last final response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// Bindings granted.
+    pub successes: u64,
+    /// Failed attempts.
+    pub failures: u64,
 }
 
 fn index<T: PartialEq>(all: &[T], v: &T) -> usize {
@@ -193,6 +218,19 @@ impl SipMetrics {
     /// Counts a call's end.
     pub fn call_ended(&self, how: CallEnd) {
         self.call_ends[index(&CallEnd::ALL, &how)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the trunks' registration states.
+    pub fn set_trunks(&self, states: Vec<TrunkStatus>) {
+        *self.trunks.lock().unwrap_or_else(|e| e.into_inner()) = states;
+    }
+
+    /// The trunks' registration states.
+    pub fn trunks(&self) -> Vec<TrunkStatus> {
+        self.trunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Prometheus text.
@@ -345,6 +383,27 @@ impl SipMetrics {
             "counter",
             "Errors of SIP tasks (see the log).",
             &plain(&self.task_errors),
+        );
+        let trunks = self.trunks();
+        let label =
+            |t: &TrunkStatus| format!("{{trunk=\"{}\"}}", t.trunk.replace(['"', '\\', '\n'], "_"));
+        family(
+            "confer_sip_trunk_registered",
+            "gauge",
+            "1 while the trunk's registration is valid.",
+            &trunks
+                .iter()
+                .map(|t| (label(t), u64::from(t.state == "registered")))
+                .collect::<Vec<_>>(),
+        );
+        family(
+            "confer_sip_trunk_registration_failures_total",
+            "counter",
+            "Failed registration attempts per trunk.",
+            &trunks
+                .iter()
+                .map(|t| (label(t), t.failures))
+                .collect::<Vec<_>>(),
         );
         out
     }

@@ -65,6 +65,7 @@ use super::limits::{RateLimiter, Verdict};
 use super::media::{MediaDriver, PromptSetup};
 use super::metrics::{Dropped, SipMetrics, Wire};
 use super::pins::Pins;
+use super::trunks::Trunks;
 use crate::config::Config;
 use crate::host::{EventMsg, Host};
 use confer_conference::room::ROOM_RATE;
@@ -349,6 +350,13 @@ impl SipServer {
                 tls: tls_addr.map(|a| a.port()),
             },
             agent: shared.agent.clone(),
+            registrations: Trunks::new(
+                &cfg.trunks,
+                &cfg.sip_country_code,
+                &cfg.dial_out_allow,
+                &cfg.dial_out_deny,
+            )?
+            .registrations()?,
         };
         tracing::info!(
             numbers = core_config.dial_plan.len(),
@@ -497,6 +505,7 @@ async fn run_core(
         mut media_results,
         mut control,
     } = inputs;
+    core.start_registrations(now());
     let flush = |core: &mut SipCore<StdRng>, media: &mut MediaDriver| {
         while let Some(o) = core.poll_output() {
             match o {
@@ -517,6 +526,7 @@ async fn run_core(
             }
         }
     };
+    flush(&mut core, &mut media);
     loop {
         let deadline = core.next_timeout();
         let sleep = async {

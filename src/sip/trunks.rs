@@ -51,6 +51,32 @@ pub struct TrunkConfig {
     /// Rewrites of E.164 numbers into the trunk's dial strings, first match wins.
     #[serde(default)]
     pub to_trunk: Vec<RewriteConfig>,
+    /// Keep a registration at the trunk (REGISTER `sip:<domain>` for
+    /// `sip:<username>@<domain>`, refreshed before it lapses, backoff on failure).
+    #[serde(default)]
+    pub register: bool,
+    /// The registration's requested lifetime, seconds (default 3600).
+    #[serde(default)]
+    pub register_expires: Option<u32>,
+}
+
+/// A registration to keep (a trunk with `register = true`).
+#[derive(Debug, Clone)]
+pub struct TrunkRegistration {
+    /// The trunk's name.
+    pub trunk: String,
+    /// `sip:<domain>`.
+    pub registrar: Uri,
+    /// `sip:<username or caller_id>@<domain>`.
+    pub aor: Uri,
+    /// Our Contact's user part.
+    pub contact_user: String,
+    /// Where the REGISTERs go.
+    pub destination: Peer,
+    /// The trunk's credentials.
+    pub credentials: Option<Credentials>,
+    /// Requested lifetime.
+    pub expires: std::time::Duration,
 }
 
 /// A rewrite rule (see `confer_pstn_bridge::numbers::RewriteRule`): a number matching
@@ -162,6 +188,9 @@ impl Trunks {
             if t.username.is_some() != t.password.is_some() {
                 anyhow::bail!("trunk {:?}: username and password go together", t.name);
             }
+            if t.register_expires == Some(0) {
+                anyhow::bail!("trunk {:?}: register_expires must be at least 1 s", t.name);
+            }
             let numbering = TrunkNumbering {
                 to_trunk: t
                     .to_trunk
@@ -198,6 +227,41 @@ impl Trunks {
     /// The trunks' names.
     pub fn names(&self) -> Vec<String> {
         self.trunks.iter().map(|t| t.config.name.clone()).collect()
+    }
+
+    /// The registrations to keep.
+    pub fn registrations(&self) -> anyhow::Result<Vec<TrunkRegistration>> {
+        self.trunks
+            .iter()
+            .filter(|t| t.config.register)
+            .map(|t| {
+                let c = &t.config;
+                let user = c
+                    .username
+                    .clone()
+                    .or_else(|| c.caller_id.clone())
+                    .unwrap_or_else(|| "confer".to_owned());
+                let uri = |s: String| {
+                    s.parse::<Uri>()
+                        .map_err(|e| anyhow::anyhow!("trunk {:?} registration: {s}: {e}", c.name))
+                };
+                Ok(TrunkRegistration {
+                    trunk: c.name.clone(),
+                    registrar: uri(format!("sip:{}", t.domain))?,
+                    aor: uri(format!("sip:{user}@{}", t.domain))?,
+                    contact_user: user,
+                    destination: t.peer.clone(),
+                    credentials: c
+                        .username
+                        .clone()
+                        .zip(c.password.clone())
+                        .map(|(username, password)| Credentials { username, password }),
+                    expires: std::time::Duration::from_secs(u64::from(
+                        c.register_expires.unwrap_or(3600),
+                    )),
+                })
+            })
+            .collect()
     }
 
     fn trunk(&self, name: Option<&str>) -> Result<&Trunk, PlanError> {
@@ -285,6 +349,8 @@ mod tests {
                 strip: 2,
                 prepend: String::new(),
             }],
+            register: false,
+            register_expires: None,
         }
     }
 
