@@ -838,6 +838,7 @@ struct NewMember {
     task: tokio::task::AbortHandle,
     signals: Option<tokio::sync::mpsc::Sender<Signal>>,
     inband_dtmf: bool,
+    peer: tokio::sync::watch::Sender<SocketAddr>,
 }
 
 /// A participant between two rooms ([`Host::move_participant`]): its leg and everything
@@ -925,6 +926,12 @@ enum Command {
     Announce {
         room: u64,
         clip: Clip,
+        reply: Reply<()>,
+    },
+    SetRemote {
+        room: u64,
+        participant: u64,
+        remote: SocketAddr,
         reply: Reply<()>,
     },
     Detach {
@@ -1294,9 +1301,10 @@ impl Host {
         )?;
         let (prod, cons) = HeapRb::<Datagram>::new(RX_QUEUE_LEN).split();
         let counters = Arc::new(SocketCounters::default());
+        let (peer, peer_rx) = tokio::sync::watch::channel(spec.rtp_address);
         let task = tokio::spawn(receive(
             recv_socket,
-            spec.rtp_address,
+            peer_rx,
             prod,
             counters.clone(),
             self.inner.metrics.clone(),
@@ -1314,6 +1322,7 @@ impl Host {
             task: task.clone(),
             signals: options.signals,
             inband_dtmf: options.inband_dtmf,
+            peer,
         });
         let r = self
             .call(worker, |reply| Command::Join {
@@ -1348,6 +1357,30 @@ impl Host {
         self.call(worker, |reply| Command::StopPlayback {
             room,
             participant,
+            reply,
+        })
+        .await
+    }
+
+    /// Points a participant's media at `remote` (the peer moved it, e.g. by re-INVITE):
+    /// we send there from now on, and accept only its datagrams.
+    pub async fn set_remote(
+        &self,
+        room: u64,
+        participant: u64,
+        remote: SocketAddr,
+    ) -> Result<(), HostError> {
+        if remote.is_ipv4() != self.inner.media_ip.is_ipv4() {
+            return Err(HostError::AddressFamily {
+                rtp: remote,
+                media: self.inner.media_ip,
+            });
+        }
+        let worker = self.worker_of(room)?;
+        self.call(worker, |reply| Command::SetRemote {
+            room,
+            participant,
+            remote,
             reply,
         })
         .await
@@ -1508,13 +1541,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A participant's receive task: arrival times, source filter, queue to the worker.
 async fn receive(
     socket: AsyncFd<StdUdpSocket>,
-    peer: SocketAddr,
+    mut peer_rx: tokio::sync::watch::Receiver<SocketAddr>,
     mut queue: HeapProd<Datagram>,
     counters: Arc<SocketCounters>,
     metrics: Arc<Metrics>,
 ) {
     // One byte more than we accept, so an oversized datagram is seen, not truncated.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut peer = *peer_rx.borrow_and_update();
     loop {
         let Ok(mut ready) = socket.readable().await else {
             // The reactor is gone (runtime shutting down).
@@ -1526,6 +1560,10 @@ async fn receive(
             match r {
                 Ok((len, from)) => {
                     metrics.datagrams_received.fetch_add(1, Ordering::Relaxed);
+                    // The peer moved its media (a re-INVITE): a version check per datagram.
+                    if peer_rx.has_changed().unwrap_or(false) {
+                        peer = *peer_rx.borrow_and_update();
+                    }
                     if from != peer {
                         counters.foreign.fetch_add(1, Ordering::Relaxed);
                         metrics.drop_foreign_source.fetch_add(1, Ordering::Relaxed);
@@ -1568,6 +1606,8 @@ struct Member {
     signals: Option<tokio::sync::mpsc::Sender<Signal>>,
     /// See [`JoinOptions::inband_dtmf`].
     inband_dtmf: bool,
+    /// The address the receive task accepts (and `spec.rtp_address` the one we send to).
+    peer: tokio::sync::watch::Sender<SocketAddr>,
 }
 
 impl Drop for Member {
@@ -2567,6 +2607,31 @@ impl Worker {
                 let r = self.with_participant(room, participant, |r, pid| r.stop_playback(pid));
                 let _ = reply.send(r);
             }
+            Command::SetRemote {
+                room,
+                participant,
+                remote,
+                reply,
+            } => {
+                let r = self
+                    .rooms
+                    .get_mut(&room)
+                    .ok_or(HostError::UnknownRoom(room))
+                    .and_then(|e| {
+                        let pid = e
+                            .by_api
+                            .get(&participant)
+                            .ok_or(HostError::UnknownParticipant { room, participant })?;
+                        let m = e
+                            .members
+                            .get_mut(pid)
+                            .ok_or(HostError::UnknownParticipant { room, participant })?;
+                        m.spec.rtp_address = remote;
+                        m.peer.send_replace(remote);
+                        Ok(())
+                    });
+                let _ = reply.send(r);
+            }
             Command::Announce { room, clip, reply } => {
                 let r = match self.rooms.get_mut(&room) {
                     Some(e) => e.room.announce(clip).map_err(HostError::from),
@@ -2738,6 +2803,7 @@ impl Worker {
             task: n.task,
             signals: n.signals,
             inband_dtmf: n.inband_dtmf,
+            peer: n.peer,
         };
         self.adopt(room, Moving { member, leg: n.leg }, spec, now)
             .map_err(|(e, _)| e)

@@ -1,7 +1,8 @@
-//! How dial-in calls end, seen from the caller's side of the wire (a minimal UAC over
-//! UDP, TLS for one test): a 200 never acknowledged ends with our BYE and the participant
-//! leaves; at shutdown every caller gets a BYE before the process exits; an unknown
-//! number gets 404; SIP over TLS answers OPTIONS and carries a call.
+//! How dial-in calls go and end, seen from the caller's side of the wire (a minimal UAC
+//! over UDP, TLS for one test): a 200 never acknowledged ends with our BYE and the
+//! participant leaves; at shutdown every caller gets a BYE before the process exits; an
+//! unknown number gets 404; a re-INVITE that moves the caller's media moves the room's
+//! audio and the accepted source with it; SIP over TLS answers OPTIONS and carries a call.
 
 #[path = "../engine/tests/leg_harness/mod.rs"]
 mod leg_harness;
@@ -25,19 +26,35 @@ fn invite(
     call_id: &str,
     rtp: SocketAddr,
 ) -> Vec<u8> {
+    invite_with(transport, from, number, call_id, rtp, None)
+}
+
+/// The INVITE, or with `ok` (the 200 of the first) a re-INVITE in its dialog (CSeq 2).
+fn invite_with(
+    transport: &str,
+    from: SocketAddr,
+    number: &str,
+    call_id: &str,
+    rtp: SocketAddr,
+    ok: Option<&[u8]>,
+) -> Vec<u8> {
+    let version = if ok.is_some() { 2 } else { 1 };
     let sdp = format!(
-        "v=0\r\no=uac 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {}\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+        "v=0\r\no=uac 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {}\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
         rtp.ip(),
         rtp.port()
     );
+    let to = ok.map_or(format!("<sip:{number}@127.0.0.1>"), |ok| {
+        header_of(ok, "To").expect("To")
+    });
     format!(
         "INVITE sip:{number}@127.0.0.1 SIP/2.0\r\n\
-         Via: SIP/2.0/{transport} {from};branch=z9hG4bK-{call_id}-1;rport\r\n\
+         Via: SIP/2.0/{transport} {from};branch=z9hG4bK-{call_id}-{version};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <sip:uac@127.0.0.1>;tag=uac-{call_id}\r\n\
-         To: <sip:{number}@127.0.0.1>\r\n\
+         To: {to}\r\n\
          Call-ID: {call_id}\r\n\
-         CSeq: 1 INVITE\r\n\
+         CSeq: {version} INVITE\r\n\
          Contact: <sip:uac@{from};transport={}>\r\n\
          Content-Type: application/sdp\r\n\
          Content-Length: {}\r\n\r\n{sdp}",
@@ -50,14 +67,17 @@ fn invite(
 /// The ACK of the 200 `ok` to our INVITE.
 fn ack(transport: &str, from: SocketAddr, ok: &[u8], call_id: &str) -> Vec<u8> {
     let to = header_of(ok, "To").expect("To");
+    let cseq = header_of(ok, "CSeq")
+        .and_then(|c| c.split_whitespace().next().map(str::to_owned))
+        .expect("CSeq");
     format!(
         "ACK sip:confer@127.0.0.1 SIP/2.0\r\n\
-         Via: SIP/2.0/{transport} {from};branch=z9hG4bK-{call_id}-ack;rport\r\n\
+         Via: SIP/2.0/{transport} {from};branch=z9hG4bK-{call_id}-ack{cseq};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <sip:uac@127.0.0.1>;tag=uac-{call_id}\r\n\
          To: {to}\r\n\
          Call-ID: {call_id}\r\n\
-         CSeq: 1 ACK\r\n\
+         CSeq: {cseq} ACK\r\n\
          Content-Length: 0\r\n\r\n"
     )
     .into_bytes()
@@ -189,6 +209,86 @@ fn at_shutdown_every_caller_gets_a_bye_and_an_unknown_number_gets_404() {
     assert!(exit.success(), "{exit:?}");
     let bye = waiter.join().expect("waiter").expect("a BYE at shutdown");
     assert_eq!(header_of(&bye, "Call-ID").as_deref(), Some("bye-1"));
+}
+
+/// Datagrams `socket` receives within `wait`.
+fn count_datagrams(socket: &UdpSocket, wait: Duration) -> usize {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    let mut n = 0;
+    while Instant::now() < deadline {
+        if socket.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_re_invite_that_moves_the_media_moves_the_room_audio_and_the_accepted_source() {
+    let s = SipServer::start(3, 4, &[("CONFER_DIAL_IN", &format!("{NUMBER}=moves"))]);
+    let room = s.server.create_room(r#"{"name":"moves"}"#);
+    let client = UdpClient::bind("127.0.0.1:0", s.udp);
+    let a = UdpSocket::bind("127.0.0.1:0").expect("rtp a");
+    let b = UdpSocket::bind("127.0.0.1:0").expect("rtp b");
+    let (a_addr, b_addr) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+    client.send(&invite("UDP", client.addr(), NUMBER, "move-1", a_addr));
+    let (status, ok) = client.final_response(Duration::from_secs(3)).expect("200");
+    assert_eq!(status, 200);
+    client.send(&ack("UDP", client.addr(), &ok, "move-1"));
+    assert!(
+        count_datagrams(&a, Duration::from_millis(500)) >= 10,
+        "RTP to a"
+    );
+
+    client.send(&invite_with(
+        "UDP",
+        client.addr(),
+        NUMBER,
+        "move-1",
+        b_addr,
+        Some(&ok),
+    ));
+    let (status, ok2) = client
+        .final_response(Duration::from_secs(3))
+        .expect("answered");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&ok2));
+    client.send(&ack("UDP", client.addr(), &ok2, "move-1"));
+    // The room's audio now goes to b, and no longer to a.
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = count_datagrams(&a, Duration::from_millis(100));
+    assert!(
+        count_datagrams(&b, Duration::from_millis(500)) >= 10,
+        "RTP to b"
+    );
+    assert_eq!(
+        count_datagrams(&a, Duration::from_millis(300)),
+        0,
+        "RTP still to a"
+    );
+    // And only b's datagrams are taken as the caller's.
+    let ids = sip_support::room_participants(&s, room);
+    let path = format!("/v1/rooms/{room}/participants/{}", ids[0]);
+    let (_, p) = s.server.request("GET", &path, None);
+    let local: SocketAddr = p["local_rtp_address"]
+        .as_str()
+        .and_then(|x| x.parse().ok())
+        .expect("local_rtp_address");
+    let before = p["datagrams_received"].as_u64().unwrap_or(0);
+    for _ in 0..5 {
+        b.send_to(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1], local)
+            .expect("send b");
+        a.send_to(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2], local)
+            .expect("send a");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, p) = s.server.request("GET", &path, None);
+    assert_eq!(p["datagrams_received"].as_u64(), Some(before + 5), "{p}");
+    assert_eq!(p["datagrams_foreign"], 5, "{p}");
+    assert_eq!(p["rtp_address"], b_addr.to_string(), "{p}");
 }
 
 /// A self-signed certificate for 127.0.0.1 and its key, written to `dir`.

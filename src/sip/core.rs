@@ -31,8 +31,9 @@
 //!    or unusable answer ends the call with BYE).
 //! 3. In the dialog: BYE ends the call; re-INVITE and UPDATE are answered (hold and
 //!    resume: while the caller holds us, its participant is muted and deaf; a re-offer
-//!    that moves the caller's media address or changes codec is refused with 488, the
-//!    call keeping its media); OPTIONS and INFO get 200; session timers are renegotiated
+//!    that moves the caller's media address moves the participant's
+//!    ([`MediaCommand::Remote`]); one that changes codec or address family is refused
+//!    with 488, the call keeping its media); OPTIONS and INFO get 200; session timers are renegotiated
 //!    on every refresh.
 //! 4. The media leg is released ([`MediaCommand::Release`], always the last command of a
 //!    call) on every end: BYE, CANCEL (487), a setup that fails or stalls
@@ -111,6 +112,8 @@ pub enum MediaCommand {
     },
     /// A key the caller pressed, signalled by SIP INFO.
     Digit(DigitInput),
+    /// The peer moved its media: send to (and accept from) this address.
+    Remote(SocketAddr),
     /// The call ended: leave the room (or drop the reserved socket). Always last.
     Release,
 }
@@ -1213,16 +1216,13 @@ impl<R: RngCore> SipCore<R> {
                 .and_then(|o| sdp::answer(&o, &current_only, address, &mut trial));
             match result {
                 Ok(a) => {
-                    let moved = a
-                        .media
-                        .remote_rtp
-                        .is_some_and(|r| Some(r) != call.remote_media);
-                    if moved {
+                    let moved = a.media.remote_rtp.filter(|r| Some(*r) != call.remote_media);
+                    if moved.is_some_and(|r| r.is_ipv4() != local.is_ipv4()) {
                         let w = header(
                             HeaderName::Warning,
                             format!(
-                                "{} {agent} \"confer cannot move an established call's media\"",
-                                399
+                                "{} {agent} \"the media cannot move to another address family\"",
+                                300
                             ),
                         );
                         self.answer_in_dialog(
@@ -1239,6 +1239,16 @@ impl<R: RngCore> SipCore<R> {
                     call.sdp = trial;
                     held = Some(a.media.held_by_peer());
                     body = Some(a.sdp.to_sdp());
+                    if let Some(remote) = moved {
+                        // The peer moved its media (a PBX re-anchoring, a transfer): the
+                        // participant follows, its leg and socket unchanged.
+                        tracing::info!(call = id, %remote, "the caller moved its media");
+                        call.remote_media = Some(remote);
+                        self.out.push_back(Output::Media {
+                            call: id,
+                            command: MediaCommand::Remote(remote),
+                        });
+                    }
                 }
                 Err(e) => {
                     let w = sdp_warning(&e, agent);
@@ -2398,13 +2408,54 @@ mod tests {
     }
 
     #[test]
-    fn a_re_offer_that_moves_the_media_is_refused_and_the_call_goes_on() {
+    fn a_re_offer_that_moves_the_media_moves_the_participant_and_one_changing_codec_is_refused() {
         let mut c = core(10);
         let now = t0();
-        let (_, tag) = answered_call(&mut c, "", now);
-        let moved = OFFER.replace("m=audio 40000", "m=audio 40002");
+        let (call, tag) = answered_call(&mut c, "", now);
+        let moved = OFFER
+            .replace("m=audio 40000", "m=audio 40002")
+            .replace("c=IN IP4 192.0.2.10", "c=IN IP4 192.0.2.11");
         c.on_message(
             request("UPDATE", 2, "upd", Some(&tag), "", &moved),
+            peer(),
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [200]);
+        assert_eq!(
+            d.media,
+            [(
+                call,
+                MediaCommand::Remote("192.0.2.11:40002".parse().unwrap())
+            )]
+        );
+        // The same address again moves nothing.
+        c.on_message(
+            request("UPDATE", 3, "upd2", Some(&tag), "", &moved),
+            peer(),
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [200]);
+        assert!(d.media.is_empty());
+        // Another codec (PCMU instead of PCMA) cannot be taken by the leg: 488.
+        let pcmu = moved
+            .replace("RTP/AVP 8 101", "RTP/AVP 0 101")
+            .replace("8 PCMA", "0 PCMU");
+        c.on_message(
+            request("UPDATE", 4, "upd3", Some(&tag), "", &pcmu),
+            peer(),
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [488]);
+        assert!(d.media.is_empty());
+        // Another address family: 488, the call goes on.
+        let v6 = OFFER
+            .replace("c=IN IP4 192.0.2.10", "c=IN IP6 2001:db8::10")
+            .replace("IN IP4 192.0.2.10", "IN IP6 2001:db8::10");
+        c.on_message(
+            request("UPDATE", 5, "upd4", Some(&tag), "", &v6),
             peer(),
             now,
         );
@@ -2413,7 +2464,7 @@ mod tests {
         assert!(d.media.is_empty());
         assert_eq!(c.calls(), 1);
         c.on_message(
-            request("OPTIONS", 3, "opt", Some(&tag), "", ""),
+            request("OPTIONS", 6, "opt", Some(&tag), "", ""),
             peer(),
             now,
         );

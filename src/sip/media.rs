@@ -360,6 +360,14 @@ impl CallMedia {
                     self.on_digit(input).await;
                     None
                 }
+                MediaCommand::Remote(remote) => {
+                    if let (Some(r), Some(p)) = (self.room, self.participant)
+                        && let Err(e) = self.shared.host.set_remote(r, p, remote).await
+                    {
+                        self.error("moving the participant's media", &e);
+                    }
+                    None
+                }
                 MediaCommand::Release => break,
             };
             if let Some(ev) = reply
