@@ -1692,8 +1692,8 @@ impl Room {
                     p.leg
                         .send_frame_timed(&self.scratch, now, &mut self.packet, timer.as_mut())
                 } else if !hears {
-                    p.leg.skip_frame();
-                    Ok(0)
+                    // A packet longer than a frame, partly gathered, leaves now.
+                    p.leg.skip_frame_flush(&mut self.packet)
                 } else {
                     match self
                         .groups
@@ -1701,10 +1701,7 @@ impl Room {
                         .and_then(|g| Some(&g.payload[..g.payload_len?]))
                     {
                         Some(payload) => p.leg.send_payload(payload, now, &mut self.packet),
-                        None => {
-                            p.leg.skip_frame();
-                            Ok(0)
-                        }
+                        None => p.leg.skip_frame_flush(&mut self.packet),
                     }
                 };
                 match r {

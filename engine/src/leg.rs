@@ -22,8 +22,11 @@
 //!   conference participant that is not mixed): the jitter buffer keeps its schedule and
 //!   its counters, nothing is decoded. The `_timed` variants lap a [`StageTimer`].
 //! - [`MediaLeg::send_frame`] once per tick with one engine-rate frame to send: it returns
-//!   the length of the (S)RTP packet written to `out`, or 0 when Opus DTX suppressed it.
-//!   [`MediaLeg::skip_frame`] when there is nothing to send: the media clock still advances.
+//!   the length of the (S)RTP packet written to `out`, or 0 when no packet goes out this
+//!   tick (Opus DTX suppressed the frame, or it was gathered into a packet of several
+//!   frames: see *Packet time*).
+//!   [`MediaLeg::skip_frame_flush`] when there is nothing to send: the media clock still
+//!   advances, and a partly gathered packet goes out ([`MediaLeg::skip_frame`] drops it).
 //!   [`MediaLeg::send_payload`] instead of `send_frame` when the frame was encoded elsewhere
 //!   (a conference mix encoded once and sent to many listeners): only packetized here.
 //! - [`MediaLeg::poll_rtcp`] every tick (or at [`MediaLeg::next_rtcp_at`]): a compound
@@ -59,10 +62,49 @@
 //!
 //! Engine-rate PCM is resampled to the codec rate, encoded, and packetized with the codec's
 //! payload type, a sequence number and timestamp that start at random values and advance by
-//! one packet and one frame, the marker bit on the first packet of a talkspurt, and,
-//! when configured, the RFC 6464 audio level (level and VAD flag of the frame) as a one-byte
-//! header extension. Frames that Opus DTX reduces to 1-2 bytes are not sent (RFC 7587 allows
-//! it; the receiver conceals or plays comfort noise), but their time passes.
+//! one per packet and by the packet's duration, the marker bit on the first packet of a
+//! talkspurt, and, when configured, the RFC 6464 audio level (level and VAD flag of the
+//! frame) as a one-byte header extension. Frames that Opus DTX reduces to 1-2 bytes are not
+//! sent (RFC 7587 allows it; the receiver conceals or plays comfort noise), but their time
+//! passes.
+//!
+//! # Packet time
+//!
+//! The engine ticks every `frame_ms` (10 or 20 ms), but a peer may want longer packets
+//! (`a=ptime:40` from a PBX or a carrier, Opus with `maxptime`). With
+//! [`LegConfig::ptime_ms`] a whole number N of frames (at most [`MAX_PTIME_MS`]), the send
+//! path gathers N frames and writes one packet on every N-th call; the calls in between
+//! return 0. A packet carries its first frame's timestamp, the marker when it starts a
+//! talkspurt, and one RFC 6464 level: the mean power of its frames, with the voice flag if
+//! any frame had it (no level when a frame came without one, as shared payloads do). The
+//! RTCP sender report counts packets and payload octets as sent, and maps its RTP time
+//! from the last frame of the last packet sent.
+//!
+//! G.711 frames are concatenated (N * 160 bytes at 20 ms). Opus frames stay 10/20 ms
+//! frames, encoded one per tick (a shared payload is encoded once for many listeners, a
+//! tick at a time, so encoding one long frame is not an option), and libopus's
+//! repacketizer joins them into one RFC 6716 section 3.2 packet (code 1, 2 or 3). Only
+//! frames with the same TOC configuration (mode, bandwidth, frame size, channels) can
+//! share a packet: a frame whose TOC differs (libopus changed mode or bandwidth, or a
+//! shared payload follows the leg's own encode) ends the packet early and starts the next
+//! one, as does a frame that would take the packet past [`MAX_ENCODED_PAYLOAD`]. Such a
+//! packet holds fewer frames; the receiver reads its duration from the TOC byte, and the
+//! next packet's timestamp still follows on.
+//!
+//! A talkspurt's end sends what was gathered, since a short last packet is valid for both
+//! codecs: an Opus DTX frame, or [`MediaLeg::skip_frame_flush`], writes the partial packet
+//! and marks the next one. [`MediaLeg::skip_frame`] has no buffer to write into, so it
+//! drops a partial packet (counted in [`LegStats::unsent_frames`]): callers that set a
+//! packet time should use `skip_frame_flush`. [`MediaLeg::flush`] writes a partial packet
+//! without a pause (before a BYE, or a hold). The leg sends no telephone-events itself.
+//!
+//! 120 ms is the longest one Opus packet may be (RFC 6716 section 3.2.5), and the limit is
+//! taken for G.711 too: 960 bytes of payload, a datagram well under a 1500-byte MTU with
+//! headers, the level extension and an SRTP tag (200 ms would be 1600 bytes and fragment).
+//! [`fit_packet_time`] turns a peer's `a=ptime`/`a=maxptime` into a valid value.
+//!
+//! The receive path does not depend on the packet time: the jitter buffer decodes whatever
+//! duration a packet holds (up to 120 ms) and plays it out one frame per tick.
 //!
 //! # RTCP
 //!
@@ -113,6 +155,9 @@ pub const MAX_DATAGRAM: usize = 2048;
 /// Largest Opus payload the encoder may produce, so that a packet stays under a 1500-byte
 /// MTU with headers, the audio level extension and the SRTP tag.
 pub const MAX_ENCODED_PAYLOAD: usize = 1200;
+/// The longest packet time a leg sends ([`LegConfig::ptime_ms`]): the most one Opus packet
+/// may hold (RFC 6716 section 3.2.5), and for G.711 a 960-byte payload, well under the MTU.
+pub const MAX_PTIME_MS: u32 = 120;
 /// Events kept for [`MediaLeg::poll_event`]; more are dropped and counted.
 pub const EVENT_QUEUE_LEN: usize = 64;
 /// RFC 3550 6.3.1: the randomised interval is divided by e - 3/2 to compensate for the
@@ -217,8 +262,13 @@ pub struct LegConfig {
     pub initial_seq: Option<u16>,
     /// Our first RTP timestamp; `None` draws it.
     pub initial_timestamp: Option<u32>,
-    /// The engine's frame clock: 10 or 20 ms. Also our packet time.
+    /// The engine's frame clock: 10 or 20 ms. Also our packet time, unless `ptime_ms` sets
+    /// a longer one.
     pub frame_ms: u32,
+    /// Our packet time in ms, when the peer wants packets longer than a frame (`a=ptime`):
+    /// a whole multiple of `frame_ms`, at most [`MAX_PTIME_MS`]; `None` sends one packet
+    /// per frame. See the module docs (*Packet time*) and [`fit_packet_time`].
+    pub ptime_ms: Option<u32>,
     /// The engine's sample rate (48 kHz); frames in and out are at this rate.
     pub engine_rate: u32,
     /// Noise suppression (RNNoise) on received audio; needs a 48 kHz engine and adds 10 ms.
@@ -248,6 +298,7 @@ impl Default for LegConfig {
             initial_seq: None,
             initial_timestamp: None,
             frame_ms: 20,
+            ptime_ms: None,
             engine_rate: 48_000,
             denoise: false,
             audio_level_extension: None,
@@ -297,6 +348,22 @@ pub enum LegError {
     /// Caller: the configuration is unusable.
     #[error("bad leg configuration: {0}")]
     BadConfig(&'static str),
+    /// Caller: [`LegConfig::ptime_ms`] is not a whole number of frames, or is longer than
+    /// [`MAX_PTIME_MS`].
+    #[error(
+        "packet time of {ptime_ms} ms: it must be a multiple of the {frame_ms} ms frame, at most {MAX_PTIME_MS} ms"
+    )]
+    BadPtime {
+        /// The packet time asked for.
+        ptime_ms: u32,
+        /// The leg's frame duration.
+        frame_ms: u32,
+    },
+    /// Caller: a payload given to [`MediaLeg::send_payload`], on a leg that gathers several
+    /// frames per packet, that is not one frame of the leg's codec and frame duration (or
+    /// is larger than [`MAX_ENCODED_PAYLOAD`]).
+    #[error("payload cannot join a packet of several frames: {0}")]
+    BadPayload(&'static str),
     /// Caller: a PCM frame of the wrong length.
     #[error("frame of {got} samples, the leg works in frames of {expected}")]
     BadFrame {
@@ -503,6 +570,9 @@ pub struct LegStats {
     pub rtcp_packets_sent: u64,
     /// Frames Opus DTX suppressed.
     pub dtx_frames: u64,
+    /// Frames gathered for a packet of several frames that never went out: dropped by
+    /// [`MediaLeg::skip_frame`], or in a packet that could not be written.
+    pub unsent_frames: u64,
     /// RFC 3550 packets expected from the active source.
     pub packets_expected: u64,
     /// RFC 3550 cumulative loss of the active source (negative with duplicates).
@@ -664,6 +734,119 @@ impl LegEncoder {
     }
 }
 
+/// The frames of the packet being gathered, when a packet holds several frames (see the
+/// module docs, *Packet time*). Every buffer is allocated with the leg.
+struct Gather {
+    /// Frames per packet (2 or more).
+    frames: usize,
+    /// The gathered frames' payloads, back to back.
+    data: Box<[u8]>,
+    /// End of each gathered frame in `data`.
+    ends: Box<[usize]>,
+    /// Frames gathered so far.
+    count: usize,
+    /// Opus: the TOC byte of the gathered frames without its frame-count code; a frame must
+    /// match it to join them.
+    toc: u8,
+    /// RTP timestamp of the first gathered frame: the packet's.
+    first_ts: u32,
+    /// Timestamp and send time of the latest gathered frame (the sender report's clock).
+    last: (u32, Instant),
+    /// The frames' summed linear power and voice flag, for the packet's RFC 6464 level;
+    /// `None` when a frame came without a level.
+    level: Option<(f64, bool)>,
+    /// Opus: libopus's repacketizer, and the packet it writes.
+    repacketizer: Option<::opus::Repacketizer>,
+    packed: Box<[u8]>,
+}
+
+impl Gather {
+    /// Whether a frame of `len` bytes with TOC `toc` can join the gathered ones.
+    fn fits(&self, len: usize, toc: u8) -> bool {
+        let Some(last) = self.count.checked_sub(1) else {
+            return true;
+        };
+        if self.repacketizer.is_none() {
+            // G.711 frames have one size, and `data` holds a packet of them.
+            return true;
+        }
+        // A code 3 packet: TOC, frame count, a length of at most 2 bytes per frame, the
+        // frames without their own TOC bytes (so this bound is not tight).
+        toc == self.toc && self.ends[last] + len + 2 + 2 * (self.count + 1) <= self.packed.len()
+    }
+
+    /// Adds a frame (checked by `fits`, or the first of a packet).
+    fn push(&mut self, payload: &[u8], toc: u8, ts: u32, now: Instant, level: Option<AudioLevel>) {
+        let start = match self.count.checked_sub(1) {
+            Some(last) => self.ends[last],
+            None => {
+                self.first_ts = ts;
+                self.toc = toc;
+                self.level = Some((0.0, false));
+                0
+            }
+        };
+        let end = start + payload.len();
+        self.data[start..end].copy_from_slice(payload);
+        self.ends[self.count] = end;
+        self.count += 1;
+        self.last = (ts, now);
+        self.level = self.level.zip(level).map(|((power, voice), l)| {
+            (
+                power + 10f64.powf(-f64::from(l.level()) / 10.0),
+                voice || l.voice(),
+            )
+        });
+    }
+
+    /// The packet's RFC 6464 level: the mean power of its frames.
+    fn packet_level(&self) -> Option<AudioLevel> {
+        let (power, voice) = self.level?;
+        let mean = power / self.count.max(1) as f64;
+        Some(AudioLevel::from_dbov((10.0 * mean.log10()) as f32, voice))
+    }
+
+    /// The payload of the gathered frames as one packet.
+    fn payload(&mut self) -> Result<&[u8], LegError> {
+        let Some(last) = self.count.checked_sub(1) else {
+            return Ok(&[]);
+        };
+        let used = self.ends[last];
+        let rp = match &mut self.repacketizer {
+            // G.711 (frames back to back), or a lone Opus frame as it was encoded.
+            None => return Ok(&self.data[..used]),
+            Some(_) if self.count == 1 => return Ok(&self.data[..used]),
+            Some(rp) => rp,
+        };
+        let mut state = rp.begin();
+        let mut start = 0;
+        for &end in &self.ends[..self.count] {
+            state.cat(&self.data[start..end]).map_err(opus_error)?;
+            start = end;
+        }
+        let n = state.out(&mut self.packed).map_err(opus_error)?;
+        Ok(&self.packed[..n])
+    }
+
+    fn clear(&mut self) {
+        self.count = 0;
+    }
+}
+
+fn opus_error(e: ::opus::Error) -> LegError {
+    LegError::Codec(e.into())
+}
+
+/// The packet time (for [`LegConfig::ptime_ms`]) to send to a peer that asks for `wanted_ms`
+/// (its `a=ptime`, or `a=maxptime` when that is lower) on a leg whose frame clock is
+/// `frame_ms`: the longest whole number of frames within `wanted_ms` and [`MAX_PTIME_MS`],
+/// at least one frame. `fit_packet_time(20, 30)` is 20, `fit_packet_time(10, 30)` is 30,
+/// `fit_packet_time(20, 200)` is 120.
+pub fn fit_packet_time(frame_ms: u32, wanted_ms: u32) -> u32 {
+    let frame = frame_ms.max(1);
+    (wanted_ms.min(MAX_PTIME_MS) / frame).max(1) * frame
+}
+
 /// The peer's stream being played.
 struct Source {
     ssrc: Ssrc,
@@ -723,6 +906,7 @@ struct Counters {
     rtp_bytes_sent: u64,
     rtcp_sent: u64,
     dtx_frames: u64,
+    unsent_frames: u64,
     source_changes: u64,
     dtmf_events: u64,
     events_dropped: u64,
@@ -776,6 +960,9 @@ pub struct MediaLeg {
     tx_payload: Vec<u8>,
     tx_plain: Vec<u8>,
     tx_vad: Vad,
+    /// The packet being gathered when a packet holds several frames; `None` for one
+    /// frame per packet.
+    gather: Option<Box<Gather>>,
     audio_level_extension: Option<u8>,
     local_ssrc: Ssrc,
     next_seq: u16,
@@ -871,6 +1058,33 @@ impl MediaLeg {
                 )
             }
         };
+        let frames_per_packet = config
+            .ptime_ms
+            .map_or(1, |p| (p / config.frame_ms) as usize);
+        let gather = if frames_per_packet > 1 {
+            let (capacity, repacketizer) = match config.codec {
+                Codec::Opus(_) => (
+                    MAX_ENCODED_PAYLOAD,
+                    Some(::opus::Repacketizer::new().map_err(opus_error)?),
+                ),
+                // One byte per sample; within MAX_ENCODED_PAYLOAD at MAX_PTIME_MS.
+                Codec::Pcmu | Codec::Pcma => (codec_frame * frames_per_packet, None),
+            };
+            Some(Box::new(Gather {
+                frames: frames_per_packet,
+                data: vec![0; capacity].into_boxed_slice(),
+                ends: vec![0; frames_per_packet].into_boxed_slice(),
+                count: 0,
+                toc: 0,
+                first_ts: 0,
+                last: (0, now),
+                level: None,
+                repacketizer,
+                packed: vec![0; capacity].into_boxed_slice(),
+            }))
+        } else {
+            None
+        };
         let jitter_cfg = JitterConfig {
             clock_rate: codec_hz,
             frame_ms: config.frame_ms,
@@ -922,6 +1136,7 @@ impl MediaLeg {
             tx_payload: vec![0; MAX_ENCODED_PAYLOAD],
             tx_plain: vec![0; MAX_DATAGRAM],
             tx_vad: Vad::new(config.engine_rate, VadConfig::default())?,
+            gather,
             audio_level_extension: config.audio_level_extension,
             local_ssrc,
             next_seq,
@@ -968,6 +1183,12 @@ impl MediaLeg {
     /// The engine frame period (the tick of `poll_frame` and `send_frame`).
     pub fn frame_duration(&self) -> Duration {
         Duration::from_millis(u64::from(self.frame_ms))
+    }
+
+    /// The duration of the packets we send: [`LegConfig::ptime_ms`], or one frame.
+    pub fn packet_duration(&self) -> Duration {
+        let frames = self.gather.as_ref().map_or(1, |g| g.frames);
+        self.frame_duration() * frames as u32
     }
 
     /// When [`poll_rtcp`](Self::poll_rtcp) will next produce a report.
@@ -1454,7 +1675,10 @@ impl MediaLeg {
     }
 
     /// Encodes and packetizes one engine-rate frame sent at `now` into `out`; returns the
-    /// packet length, or 0 when Opus DTX suppressed the frame.
+    /// packet length, or 0 when no packet goes out this tick: Opus DTX suppressed the frame,
+    /// or the frame was gathered into a packet of several frames ([`LegConfig::ptime_ms`];
+    /// that packet goes out with its last frame). An error means the packet that could not
+    /// be written is lost; the frame's time has passed.
     pub fn send_frame(
         &mut self,
         pcm: &[f32],
@@ -1486,7 +1710,7 @@ impl MediaLeg {
         lap(&mut timer, Stage::Encode);
         // Taken out for the call (an empty `Vec` does not allocate) and put back.
         let payload = std::mem::take(&mut self.tx_payload);
-        let r = self.packetize(&payload[..n], Some(level), now, out);
+        let r = self.send_encoded(&payload[..n], Some(level), now, out);
         self.tx_payload = payload;
         lap(&mut timer, Stage::Send);
         r
@@ -1494,21 +1718,43 @@ impl MediaLeg {
 
     /// Packetizes (and protects) one frame's payload that was encoded elsewhere (a mix
     /// encoded once for many listeners) with this leg's SSRC, sequence number and
-    /// timestamp, sent at `now`, into `out`; returns the packet length, or 0 when it is an
-    /// Opus DTX frame (1-2 bytes) on a leg with DTX. The payload must be one frame of this
-    /// leg's codec and frame duration, encoded with its negotiated settings; the leg
-    /// cannot check that. No audio level extension is written: the leg never saw the PCM.
+    /// timestamp, sent at `now`, into `out`; returns the packet length, or 0 when no packet
+    /// goes out this tick: an Opus DTX frame (1-2 bytes) on a leg with DTX, or a frame
+    /// gathered into a packet of several frames ([`LegConfig::ptime_ms`]).
+    ///
+    /// The payload must be one frame of this leg's codec and frame duration, encoded with
+    /// its negotiated settings. With one frame per packet the leg cannot check that; when
+    /// it gathers frames it must read them, and refuses ([`LegError::BadPayload`], nothing
+    /// advanced) a payload that is not one frame's duration of Opus, or not one frame of
+    /// G.711 samples. No audio level extension is written: the leg never saw the PCM.
     pub fn send_payload(
         &mut self,
         payload: &[u8],
         now: Instant,
         out: &mut [u8],
     ) -> Result<usize, LegError> {
-        self.packetize(payload, None, now, out)
+        self.send_encoded(payload, None, now, out)
     }
 
-    /// The send path after encoding: DTX suppression, RTP header, SRTP, counters. The
-    /// frame's time passes whether or not a packet goes out.
+    /// One frame's payload: packetized at once, or gathered.
+    fn send_encoded(
+        &mut self,
+        payload: &[u8],
+        level: Option<AudioLevel>,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<usize, LegError> {
+        // Taken out for the call (moving a `Box` does not allocate) and put back.
+        let Some(mut gather) = self.gather.take() else {
+            return self.packetize(payload, level, now, out);
+        };
+        let r = self.gather_frame(&mut gather, payload, level, now, out);
+        self.gather = Some(gather);
+        r
+    }
+
+    /// The send path after encoding, one frame per packet: DTX suppression, RTP header,
+    /// SRTP, counters. The frame's time passes whether or not a packet goes out.
     fn packetize(
         &mut self,
         payload: &[u8],
@@ -1523,6 +1769,95 @@ impl MediaLeg {
             self.marker_next = true;
             return Ok(0);
         }
+        self.write_rtp(payload, ts, level, (ts, now), out)
+    }
+
+    /// The send path after encoding, several frames per packet: the frame joins the
+    /// gathered ones, and the packet goes out when it is full, when the frame cannot join
+    /// it (it then starts the next), or at a DTX frame (the talkspurt ends).
+    fn gather_frame(
+        &mut self,
+        g: &mut Gather,
+        payload: &[u8],
+        level: Option<AudioLevel>,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<usize, LegError> {
+        let dtx = self.dtx && payload.len() <= DTX_MAX_BYTES;
+        // Checked before anything moves: a payload that cannot join is the caller's error.
+        let toc = if dtx { 0 } else { self.gather_toc(payload)? };
+        let ts = self.next_ts;
+        self.next_ts = ts.wrapping_add(self.codec_frame as u32);
+        if dtx {
+            self.counters.dtx_frames += 1;
+            let r = self.write_gathered(g, out);
+            self.marker_next = true;
+            return r;
+        }
+        let mut r = Ok(0);
+        if !g.fits(payload.len(), toc) {
+            r = self.write_gathered(g, out);
+        }
+        g.push(payload, toc, ts, now, level);
+        // After an early write this frame is alone, and a packet holds at least two.
+        if g.count == g.frames {
+            r = self.write_gathered(g, out);
+        }
+        r
+    }
+
+    /// The TOC byte (without its frame-count code) that a payload must share with the
+    /// frames it joins (0 for G.711), once the payload is seen to be one frame.
+    fn gather_toc(&self, payload: &[u8]) -> Result<u8, LegError> {
+        if !matches!(self.codec, Codec::Opus(_)) {
+            return if payload.len() == self.codec_frame {
+                Ok(0)
+            } else {
+                Err(LegError::BadPayload("not one frame of G.711 samples"))
+            };
+        }
+        if payload.len() > MAX_ENCODED_PAYLOAD {
+            return Err(LegError::BadPayload(
+                "an Opus payload larger than MAX_ENCODED_PAYLOAD",
+            ));
+        }
+        let info = opus::parse_packet(payload)
+            .map_err(|_| LegError::BadPayload("not a valid Opus packet"))?;
+        if info.samples(self.codec_rate.hz()) != self.codec_frame {
+            return Err(LegError::BadPayload(
+                "an Opus payload of another duration than the frame",
+            ));
+        }
+        Ok(info.toc & !3)
+    }
+
+    /// Writes the gathered frames as one packet, if any; they are gone either way.
+    fn write_gathered(&mut self, g: &mut Gather, out: &mut [u8]) -> Result<usize, LegError> {
+        if g.count == 0 {
+            return Ok(0);
+        }
+        let (first_ts, last, level) = (g.first_ts, g.last, g.packet_level());
+        let frames = g.count as u64;
+        let r = g
+            .payload()
+            .and_then(|payload| self.write_rtp(payload, first_ts, level, last, out));
+        g.clear();
+        if r.is_err() {
+            self.counters.unsent_frames += frames;
+        }
+        r
+    }
+
+    /// Writes (and protects) one RTP packet with timestamp `ts`; `last` is the timestamp
+    /// and send time of its last frame, for the sender report.
+    fn write_rtp(
+        &mut self,
+        payload: &[u8],
+        ts: u32,
+        level: Option<AudioLevel>,
+        last: (u32, Instant),
+        out: &mut [u8],
+    ) -> Result<usize, LegError> {
         let level = level.map(|l| [l.to_byte()]);
         let ext;
         let extensions: &[RtpExtension<'_>] = match (self.audio_level_extension, &level) {
@@ -1553,17 +1888,44 @@ impl MediaLeg {
         self.next_seq = self.next_seq.wrapping_add(1);
         self.marker_next = false;
         self.sender.on_sent(payload.len());
-        self.last_sent = Some((ts, now));
+        self.last_sent = Some(last);
         self.counters.rtp_sent += 1;
         self.counters.rtp_bytes_sent += len as u64;
         Ok(len)
     }
 
+    /// Writes the frames gathered so far as one (shorter) packet into `out` now, without
+    /// a pause in the media clock (before a BYE or a hold); returns its length, 0 when
+    /// nothing was gathered (always with one frame per packet).
+    pub fn flush(&mut self, out: &mut [u8]) -> Result<usize, LegError> {
+        let Some(mut gather) = self.gather.take() else {
+            return Ok(0);
+        };
+        let r = self.write_gathered(&mut gather, out);
+        self.gather = Some(gather);
+        r
+    }
+
     /// Lets one frame of media time pass without sending (nothing to send this tick); the
-    /// next packet starts a talkspurt.
+    /// next packet starts a talkspurt. A packet partly gathered ([`LegConfig::ptime_ms`])
+    /// is dropped, having nowhere to go: counted in [`LegStats::unsent_frames`]. Use
+    /// [`skip_frame_flush`](Self::skip_frame_flush) to send it instead.
     pub fn skip_frame(&mut self) {
+        if let Some(g) = self.gather.as_mut() {
+            self.counters.unsent_frames += g.count as u64;
+            g.clear();
+        }
         self.next_ts = self.next_ts.wrapping_add(self.codec_frame as u32);
         self.marker_next = true;
+    }
+
+    /// [`skip_frame`](Self::skip_frame), sending the partly gathered packet first (the
+    /// talkspurt's last packet, shorter than the packet time) into `out`; returns its
+    /// length, 0 when there was none. With one frame per packet it is `skip_frame`.
+    pub fn skip_frame_flush(&mut self, out: &mut [u8]) -> Result<usize, LegError> {
+        let r = self.flush(out);
+        self.skip_frame();
+        r
     }
 
     /// A compound RTCP report (SR or RR, SDES CNAME) into `out` when the report interval
@@ -1666,6 +2028,7 @@ impl MediaLeg {
             rtp_bytes_sent: c.rtp_bytes_sent,
             rtcp_packets_sent: c.rtcp_sent,
             dtx_frames: c.dtx_frames,
+            unsent_frames: c.unsent_frames,
             packets_expected: src.map_or(0, |s| s.stats.expected()),
             packets_lost: src.map_or(0, |s| s.stats.cumulative_lost()),
             jitter_ms: src.map_or(0.0, |s| s.stats.jitter_ms()),
@@ -1695,6 +2058,14 @@ fn lap(timer: &mut Option<&mut StageTimer>, stage: Stage) {
 fn validate(c: &LegConfig) -> Result<(), LegError> {
     if c.frame_ms != 10 && c.frame_ms != 20 {
         return Err(LegError::BadConfig("frame_ms must be 10 or 20"));
+    }
+    if let Some(ptime_ms) = c.ptime_ms
+        && (ptime_ms == 0 || !ptime_ms.is_multiple_of(c.frame_ms) || ptime_ms > MAX_PTIME_MS)
+    {
+        return Err(LegError::BadPtime {
+            ptime_ms,
+            frame_ms: c.frame_ms,
+        });
     }
     if !resample::RATES.contains(&c.engine_rate) {
         return Err(LegError::BadConfig("engine_rate is not a supported rate"));
