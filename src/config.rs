@@ -92,6 +92,9 @@ pub struct Config {
     pub dial_out_allow: Vec<String>,
     /// E.164 prefixes dial-out may not reach (`CONFER_DIAL_OUT_DENY`).
     pub dial_out_deny: Vec<String>,
+    /// Which SIP calls are taken: `any` (default: dial-in numbers are public) or `trunks`
+    /// (only from a trunk's address or with a trunk's inbound credentials).
+    pub sip_inbound: String,
 }
 
 /// One dial-in number and the room it leads to (created on the first call).
@@ -162,6 +165,7 @@ impl Default for Config {
             trunks: Vec::new(),
             dial_out_allow: Vec::new(),
             dial_out_deny: Vec::new(),
+            sip_inbound: "any".to_owned(),
         }
     }
 }
@@ -284,6 +288,9 @@ impl Config {
         if let Some(v) = get("CONFER_DIAL_OUT_DENY") {
             self.dial_out_deny = list(v);
         }
+        if let Some(v) = get("CONFER_SIP_INBOUND") {
+            self.sip_inbound = v;
+        }
         if let Some(v) = get("CONFER_DIAL_IN") {
             self.dial_in = parse_dial_in(&v)
                 .map_err(|e| anyhow::anyhow!("environment variable CONFER_DIAL_IN={v:?}: {e}"))?;
@@ -368,6 +375,12 @@ impl Config {
             );
         }
         crate::sip::DialPlan::new(&self.dial_in, &self.sip_country_code)?;
+        if !matches!(self.sip_inbound.as_str(), "any" | "trunks") {
+            bail!(
+                "sip_inbound must be \"any\" or \"trunks\", not {:?}",
+                self.sip_inbound
+            );
+        }
         if !(4..=12).contains(&self.pin_digits) {
             bail!("pin_digits must be 4..=12, not {}", self.pin_digits);
         }

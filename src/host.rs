@@ -83,7 +83,9 @@ use confer_conference::room::{
     Clip, LeaveReason, ParticipantConfig, ParticipantId, ParticipantStats, RecordSink, Room,
     RoomConfig, RoomError, RoomEventKind,
 };
-use confer_engine::leg::{Codec, LegConfig, LegError, MAX_DATAGRAM, MediaLeg, StageTimes};
+use confer_engine::leg::{
+    Codec, LegConfig, LegError, MAX_DATAGRAM, MediaLeg, StageTimes, fit_packet_time,
+};
 use confer_engine::types::PayloadType;
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
@@ -665,6 +667,9 @@ pub struct JoinOptions {
     pub signals: Option<tokio::sync::mpsc::Sender<Signal>>,
     /// Detect DTMF tones in what the participant sends (phones without RFC 4733).
     pub inband_dtmf: bool,
+    /// The packet time to send at, ms: whole frames, at most 120
+    /// ([`confer_engine::leg::fit_packet_time`] makes any value so); `None` is one frame.
+    pub ptime_ms: Option<u32>,
 }
 
 /// What the host tells whoever drives a participant ([`JoinOptions::signals`]).
@@ -1292,6 +1297,10 @@ impl Host {
                 denoise: spec.denoise,
                 audio_level_extension: spec.audio_level_extension,
                 telephone_event: options.telephone_event,
+                ptime_ms: options
+                    .ptime_ms
+                    .map(|p| fit_packet_time(self.inner.frame_ms, p))
+                    .filter(|&p| p > self.inner.frame_ms),
                 ..LegConfig::default()
             },
             None,

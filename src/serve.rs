@@ -177,8 +177,19 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         DialPlan::new(&cfg.dial_in, &cfg.sip_country_code)?.pin_number(),
         cfg.pin_digits,
     ));
+    let trunks = Arc::new(Trunks::new(
+        &cfg.trunks,
+        &cfg.sip_country_code,
+        &cfg.dial_out_allow,
+        &cfg.dial_out_deny,
+    )?);
     let sip_server = if sip {
-        match runtime.block_on(SipServer::start(cfg, host.clone(), pins.clone())) {
+        match runtime.block_on(SipServer::start(
+            cfg,
+            host.clone(),
+            pins.clone(),
+            trunks.clone(),
+        )) {
             Ok(s) => Some(s),
             Err(e) => {
                 host.stop();
@@ -201,12 +212,6 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
     });
     let sip_metrics = sip_server.as_ref().map(|s| s.metrics.clone());
     let sip_control = sip_server.as_ref().map(|s| s.control.clone());
-    let trunks = Arc::new(Trunks::new(
-        &cfg.trunks,
-        &cfg.sip_country_code,
-        &cfg.dial_out_allow,
-        &cfg.dial_out_deny,
-    )?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("confer-api".into())

@@ -291,6 +291,59 @@ fn a_re_invite_that_moves_the_media_moves_the_room_audio_and_the_accepted_source
     assert_eq!(p["rtp_address"], b_addr.to_string(), "{p}");
 }
 
+#[test]
+fn a_caller_asking_for_40_ms_packets_gets_them_and_the_answer_says_so() {
+    let s = SipServer::start(4, 4, &[("CONFER_DIAL_IN", &format!("{NUMBER}=ptime"))]);
+    let client = UdpClient::bind("127.0.0.1:0", s.udp);
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    let plain = String::from_utf8(invite(
+        "UDP",
+        client.addr(),
+        NUMBER,
+        "ptime-1",
+        rtp.local_addr().expect("bound"),
+    ))
+    .expect("text");
+    let (head, body) = plain.split_once("\r\n\r\n").expect("a body");
+    let body = format!("{body}a=ptime:40\r\n");
+    let head = head
+        .lines()
+        .map(|l| {
+            if l.starts_with("Content-Length") {
+                format!("Content-Length: {}", body.len())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    client.send(format!("{head}\r\n\r\n{body}").as_bytes());
+    let (status, ok) = client.final_response(Duration::from_secs(3)).expect("200");
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&ok).contains("a=ptime:40"),
+        "{}",
+        String::from_utf8_lossy(&ok)
+    );
+    client.send(&ack("UDP", client.addr(), &ok, "ptime-1"));
+    rtp.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 1500];
+    let mut stamps = Vec::new();
+    for _ in 0..10 {
+        let (n, _) = rtp.recv_from(&mut buf).expect("RTP from the room");
+        if buf[1] & 0x7f != 0 {
+            continue; // RTCP
+        }
+        assert_eq!(n, 12 + 320, "40 ms of PCMU per packet");
+        stamps.push(u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]));
+    }
+    assert!(stamps.len() >= 5);
+    for w in stamps.windows(2) {
+        assert_eq!(w[1].wrapping_sub(w[0]), 320, "{stamps:?}");
+    }
+}
+
 /// A self-signed certificate for 127.0.0.1 and its key, written to `dir`.
 fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
     let key = rcgen::KeyPair::generate().expect("key");

@@ -580,6 +580,19 @@ fn the_offered_ptime_is_honoured_and_stated_in_the_answer() {
 }
 
 #[test]
+fn on_a_20_ms_frame_clock_only_whole_frames_are_answered() {
+    let caps = LocalCapabilities::default().with_frame_ms(20).unwrap();
+    // The Cisco gateway asks for 30 ms: 20 is the longest whole number of frames below.
+    let a = answer_with(CISCO_IOS_GW, &caps).unwrap();
+    assert_eq!(a.media.ptime_ms, 20);
+    assert_eq!(a.sdp.media[0].ptime, Some(20));
+    let text = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nc=IN IP4 1.2.3.4\r\n\
+                m=audio 4000 RTP/AVP 0\r\na=ptime:40\r\n";
+    assert_eq!(answer_with(text, &caps).unwrap().media.ptime_ms, 40);
+    assert!(LocalCapabilities::default().with_frame_ms(30).is_err());
+}
+
+#[test]
 fn an_opus_ptime_we_cannot_frame_falls_to_the_largest_below_it() {
     let text = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nc=IN IP4 1.2.3.4\r\n\
                 m=audio 4000 RTP/AVP 96\r\na=rtpmap:96 opus/48000/2\r\na=ptime:30\r\n";

@@ -72,15 +72,17 @@ use confer_pstn_bridge::sip::transaction::{
 };
 use confer_pstn_bridge::sip::{
     HeaderName, Host as SipHost, Message, Method, Request, Response, ResponseBasis, StatusCode,
-    Transport, build_response,
+    Transport, Uri, build_response,
 };
 use rand::RngCore;
 
 use super::dialplan::{DialPlan, Route};
 
+mod inbound;
 mod outbound;
 mod register;
 use super::metrics::{CallEnd, Dropped, SipMetrics};
+pub use inbound::InboundPolicy;
 pub use outbound::{DialError, DialProgress, DialRequest};
 
 /// How long a call may wait for the media side (room, socket, join) before it is
@@ -145,6 +147,8 @@ pub struct MediaSpec {
     pub telephone_event: Option<PayloadType>,
     /// Joins on hold (muted and deaf).
     pub held: bool,
+    /// The packet time we send at (the SDP states it), ms.
+    pub ptime_ms: u32,
 }
 
 /// Why the media side could not serve a call.
@@ -248,6 +252,10 @@ pub struct CoreConfig {
     pub agent: String,
     /// Registrations to keep at trunks.
     pub registrations: Vec<super::trunks::TrunkRegistration>,
+    /// The trunks (inbound recognition; dial-out is planned by the API).
+    pub trunks: Arc<super::trunks::Trunks>,
+    /// Which calls are taken.
+    pub inbound: InboundPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -324,6 +332,8 @@ pub struct SipCore<R> {
     rng: R,
     metrics: Arc<SipMetrics>,
     registrations: Vec<register::Registered>,
+    /// Digest for trunks' calls, made on first use.
+    inbound_auth: Option<inbound::InboundAuth>,
 }
 
 fn header(h: HeaderName, v: impl Into<String>) -> (HeaderName, String) {
@@ -367,6 +377,7 @@ fn media_spec(m: &NegotiatedMedia, family_v4: bool) -> Option<MediaSpec> {
             .telephone_event
             .and_then(|t| PayloadType::new(t.receive_payload_type).ok()),
         held: m.held_by_peer(),
+        ptime_ms: m.ptime_ms,
     })
 }
 
@@ -391,6 +402,7 @@ impl<R: RngCore> SipCore<R> {
             rng,
             metrics,
             registrations: Vec::new(),
+            inbound_auth: None,
         }
     }
 
@@ -821,15 +833,35 @@ impl<R: RngCore> SipCore<R> {
                 &[header(HeaderName::RetryAfter, "10")],
             );
         }
-        let Some(route) = self.config.dial_plan.route_for(&req.uri) else {
+        let trunk = match self.recognise(tx, &req, &source, now) {
+            inbound::Caller::Answered => return,
+            inbound::Caller::Trunk(t) => Some(t),
+            inbound::Caller::Anyone => None,
+        };
+        // A trunk's numbers are read with its rules first.
+        let user = |uri: &Uri| match uri {
+            Uri::Sip(u) => u.user().and_then(|u| u.to_str()).map(|u| u.into_owned()),
+            Uri::Tel(t) => Some(t.number().to_owned()),
+            Uri::Other(_) => None,
+        };
+        let from_trunk = |uri: &Uri| {
+            let t = trunk.as_deref()?;
+            self.config.trunks.number_from(t, &user(uri)?)
+        };
+        let route = match from_trunk(&req.uri) {
+            Some(number) => self.config.dial_plan.route_for_number(&number),
+            None => self.config.dial_plan.route_for(&req.uri),
+        };
+        let Some(route) = route else {
             return reject(self, StatusCode::NOT_FOUND, &[]);
+        };
+        let caller = match req.headers.from().ok().and_then(|f| from_trunk(&f.uri)) {
+            Some(number) => CallerKey::Number(number),
+            None => self.config.dial_plan.caller_key(&req, &source),
         };
         let target = match route {
             Route::Room(room) => Target::Room(room.to_owned()),
-            Route::Pin(dialed) => Target::Pin {
-                dialed,
-                caller: self.config.dial_plan.caller_key(&req, &source),
-            },
+            Route::Pin(dialed) => Target::Pin { dialed, caller },
         };
         if !req
             .headers
@@ -884,7 +916,7 @@ impl<R: RngCore> SipCore<R> {
             Target::RoomId(id) => format!("room {id}"),
             Target::Pin { .. } => "(PIN prompts)".to_owned(),
         };
-        tracing::info!(call, room = %room, transport = %source.transport, "incoming call");
+        tracing::info!(call, room = %room, transport = %source.transport, trunk = ?trunk, "incoming call");
         self.calls.insert(
             call,
             Call {
@@ -1635,6 +1667,14 @@ mod tests {
     }
 
     fn core(max_calls: usize) -> SipCore<ChaCha8Rng> {
+        core_with(max_calls, &[], InboundPolicy::Any)
+    }
+
+    fn core_with(
+        max_calls: usize,
+        trunks: &[crate::sip::TrunkConfig],
+        inbound: InboundPolicy,
+    ) -> SipCore<ChaCha8Rng> {
         let config = CoreConfig {
             dial_plan: DialPlan::new(
                 &[DialIn::room(NUMBER, "standup"), DialIn::pin(PIN_NUMBER)],
@@ -1655,6 +1695,8 @@ mod tests {
             },
             agent: "confer/test".into(),
             registrations: Vec::new(),
+            trunks: Arc::new(crate::sip::Trunks::new(trunks, "1", &[], &[]).unwrap()),
+            inbound,
         };
         SipCore::new(
             config,
@@ -2243,6 +2285,126 @@ mod tests {
         assert_eq!(d.requests(), ["ACK", "BYE"]);
         assert_eq!(d.dials, [(call, DialProgress::Failed { status: 487 })]);
         assert_eq!(c.calls(), 0);
+    }
+
+    /// A trunk at 192.0.2.10 (where `peer()` sends from) whose numbers come as `00...`.
+    fn trunk_config(address: &str, credentials: bool) -> crate::sip::TrunkConfig {
+        let toml = format!(
+            "name = \"carrier\"\naddress = \"{address}\"\n{}\
+             [[from_trunk]]\npattern = \"00\"\nstrip = 2\nprepend = \"+\"\n",
+            if credentials {
+                "inbound_username = \"in\"\ninbound_password = \"pw\"\n"
+            } else {
+                ""
+            }
+        );
+        toml::from_str(&toml).unwrap()
+    }
+
+    fn invite_to(user: &str, cseq: u32, extra: &str) -> Message {
+        let mut m = request("INVITE", cseq, &format!("in{cseq}"), None, extra, OFFER);
+        if let Message::Request(r) = &mut m {
+            r.uri = format!("sip:{user}@127.0.0.1").parse().unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn a_trunks_call_is_recognised_by_address_and_its_numbers_read_with_its_rules() {
+        let mut c = core_with(
+            10,
+            &[trunk_config("192.0.2.10:5060", false)],
+            InboundPolicy::TrunksOnly,
+        );
+        let now = t0();
+        // 0015555550100 is +1 555 555 0100 only by the trunk's rule.
+        c.on_message(invite_to("0015555550100", 1, ""), peer(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [100]);
+        assert!(matches!(
+            d.commands().first(),
+            Some(MediaCommand::Prepare { target: Target::Room(r) }) if r == "standup"
+        ));
+        // From elsewhere, with trunks only: 403, and nothing prepared.
+        let mut c = core_with(
+            10,
+            &[trunk_config("192.0.2.99:5060", false)],
+            InboundPolicy::TrunksOnly,
+        );
+        c.on_message(invite_to(NUMBER, 1, ""), peer(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [100, 403]);
+        assert!(d.media.is_empty());
+        // With "any", the same call is an anonymous caller, numbers read plainly.
+        let mut c = core_with(
+            10,
+            &[trunk_config("192.0.2.99:5060", false)],
+            InboundPolicy::Any,
+        );
+        c.on_message(invite_to("0015555550100", 1, ""), peer(), now);
+        assert_eq!(drain(&mut c).statuses(), [100, 404]);
+    }
+
+    #[test]
+    fn a_trunk_without_a_known_address_authenticates_its_calls_with_digest() {
+        use confer_pstn_bridge::digest::{
+            AuthChallenge, Credentials, DigestClient, DigestRequest, parse_challenge, strongest,
+        };
+        let mut c = core_with(
+            10,
+            &[trunk_config("192.0.2.99:5060", true)],
+            InboundPolicy::TrunksOnly,
+        );
+        let now = t0();
+        c.on_message(invite_to(NUMBER, 1, ""), peer(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [100, 401]);
+        let offered: Vec<AuthChallenge> = d
+            .response(401)
+            .headers
+            .get_all(HeaderName::WwwAuthenticate)
+            .filter_map(|v| parse_challenge(v).ok())
+            .collect();
+        assert_eq!(offered.len(), 2, "SHA-256 and MD5");
+        let mut client = DigestClient::new(strongest(&offered).unwrap().clone()).unwrap();
+        let uri = format!("sip:{NUMBER}@127.0.0.1");
+        let answer = |client: &mut DigestClient, password: &str| {
+            client
+                .authorize(
+                    &Credentials {
+                        username: "in".into(),
+                        password: password.into(),
+                    },
+                    &DigestRequest {
+                        method: "INVITE",
+                        uri: &uri,
+                        body: b"",
+                    },
+                    &mut ChaCha8Rng::seed_from_u64(3),
+                )
+                .unwrap()
+                .to_string()
+        };
+        // A wrong password: 403.
+        let wrong = answer(&mut client, "nope");
+        c.on_message(
+            invite_to(NUMBER, 2, &format!("Authorization: {wrong}\r\n")),
+            peer(),
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [100, 403]);
+        assert!(d.media.is_empty());
+        // The right one: the call goes on.
+        let right = answer(&mut client, "pw");
+        c.on_message(
+            invite_to(NUMBER, 3, &format!("Authorization: {right}\r\n")),
+            Peer::udp("192.0.2.10:5071".parse().unwrap()),
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [100]);
+        assert_eq!(d.commands().len(), 1, "prepared");
     }
 
     #[test]

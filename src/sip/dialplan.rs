@@ -121,7 +121,15 @@ impl DialPlan {
 
     /// Where a Request-URI leads; `None` when it is not a configured number.
     pub fn route_for(&self, uri: &Uri) -> Option<Route<'_>> {
-        let number = self.number(uri)?;
+        self.route(self.number(uri)?)
+    }
+
+    /// Where a number (as a trunk's rules made it) leads.
+    pub fn route_for_number(&self, number: &str) -> Option<Route<'_>> {
+        self.route(normalize(number, &self.context).ok()?)
+    }
+
+    fn route(&self, number: Number) -> Option<Route<'_>> {
         match self.rooms.get(&number)? {
             Some(room) => Some(Route::Room(room)),
             None => Some(Route::Pin(number.to_string())),

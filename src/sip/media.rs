@@ -452,6 +452,7 @@ impl CallMedia {
                     telephone_event: spec.telephone_event,
                     signals,
                     inband_dtmf: prompts && !rfc4733,
+                    ptime_ms: Some(spec.ptime_ms),
                 },
             )
             .await;

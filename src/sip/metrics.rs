@@ -160,6 +160,10 @@ pub struct SipMetrics {
     pub calls_answered: AtomicU64,
     /// Calls we dialled.
     pub calls_dialled: AtomicU64,
+    /// Calls refused 403 for not coming from a trunk (or failing its credentials).
+    pub auth_refused: AtomicU64,
+    /// Digest challenges (401) sent to callers.
+    pub auth_challenges: AtomicU64,
     call_ends: [AtomicU64; CallEnd::ALL.len()],
     /// Live transactions.
     pub transactions: AtomicU64,
@@ -348,6 +352,18 @@ impl SipMetrics {
             "counter",
             "SIP calls answered 200 (by confer, or by whom it dialled).",
             &plain(&self.calls_answered),
+        );
+        family(
+            "confer_sip_unauthenticated_refused_total",
+            "counter",
+            "Calls refused 403: not from a trunk, or wrong trunk credentials.",
+            &plain(&self.auth_refused),
+        );
+        family(
+            "confer_sip_auth_challenges_total",
+            "counter",
+            "Digest challenges (401) sent to callers.",
+            &plain(&self.auth_challenges),
         );
         family(
             "confer_sip_calls_dialled_total",

@@ -58,7 +58,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 
-use super::core::{CallId, DialError, DialProgress, DialRequest};
+use super::core::{CallId, DialError, DialProgress, DialRequest, InboundPolicy};
 use super::core::{CoreConfig, LocalAddrs, Output, SipCore};
 use super::dialplan::DialPlan;
 use super::limits::{RateLimiter, Verdict};
@@ -260,7 +260,12 @@ impl SipControl {
 
 impl SipServer {
     /// Binds the sockets of `cfg` and starts serving; calls join rooms of `host`.
-    pub async fn start(cfg: &Config, host: Host, pins: Arc<Pins>) -> anyhow::Result<SipServer> {
+    pub async fn start(
+        cfg: &Config,
+        host: Host,
+        pins: Arc<Pins>,
+        trunks: Arc<Trunks>,
+    ) -> anyhow::Result<SipServer> {
         use anyhow::Context;
         let udp = UdpSocket::bind(cfg.sip_listen)
             .await
@@ -323,6 +328,7 @@ impl SipServer {
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let media_caps = LocalCapabilities::new(&[SdpCodec::Pcmu, SdpCodec::Pcma, SdpCodec::Opus])
             .and_then(|c| c.with_ptime(cfg.frame_ms))
+            .and_then(|c| c.with_frame_ms(cfg.frame_ms))
             .map_err(|e| anyhow::anyhow!("SDP capabilities: {e}"))?;
         let core_config = CoreConfig {
             dial_plan: DialPlan::new(&cfg.dial_in, &cfg.sip_country_code)?,
@@ -350,13 +356,12 @@ impl SipServer {
                 tls: tls_addr.map(|a| a.port()),
             },
             agent: shared.agent.clone(),
-            registrations: Trunks::new(
-                &cfg.trunks,
-                &cfg.sip_country_code,
-                &cfg.dial_out_allow,
-                &cfg.dial_out_deny,
-            )?
-            .registrations()?,
+            registrations: trunks.registrations()?,
+            inbound: match cfg.sip_inbound.as_str() {
+                "trunks" => InboundPolicy::TrunksOnly,
+                _ => InboundPolicy::Any,
+            },
+            trunks,
         };
         tracing::info!(
             numbers = core_config.dial_plan.len(),

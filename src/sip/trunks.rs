@@ -58,6 +58,20 @@ pub struct TrunkConfig {
     /// The registration's requested lifetime, seconds (default 3600).
     #[serde(default)]
     pub register_expires: Option<u32>,
+    /// Source addresses whose calls come from this trunk (default: the address's IP).
+    #[serde(default)]
+    pub inbound_from: Vec<std::net::IpAddr>,
+    /// Credentials the trunk answers our digest challenge with, for calls from addresses
+    /// not in `inbound_from`.
+    #[serde(default)]
+    pub inbound_username: Option<String>,
+    /// See `inbound_username`.
+    #[serde(default)]
+    pub inbound_password: Option<String>,
+    /// Rewrites of the numbers the trunk sends (calling and called) before they are
+    /// normalised, first match wins.
+    #[serde(default)]
+    pub from_trunk: Vec<RewriteConfig>,
 }
 
 /// A registration to keep (a trunk with `register = true`).
@@ -119,6 +133,28 @@ struct Trunk {
     peer: Peer,
     domain: String,
     rewriter: TrunkRewriter,
+    /// Where its calls come from.
+    inbound_from: Vec<std::net::IpAddr>,
+}
+
+/// What a trunk that authenticates its calls with digest uses.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InboundCredentials {
+    /// The trunk.
+    pub trunk: String,
+    /// Its username.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for InboundCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundCredentials")
+            .field("trunk", &self.trunk)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The configured trunks and policy (see the module docs).
@@ -191,17 +227,24 @@ impl Trunks {
             if t.register_expires == Some(0) {
                 anyhow::bail!("trunk {:?}: register_expires must be at least 1 s", t.name);
             }
-            let numbering = TrunkNumbering {
-                to_trunk: t
-                    .to_trunk
-                    .iter()
+            if t.inbound_username.is_some() != t.inbound_password.is_some() {
+                anyhow::bail!(
+                    "trunk {:?}: inbound_username and inbound_password go together",
+                    t.name
+                );
+            }
+            let rules = |list: &[RewriteConfig]| -> Vec<RewriteRule> {
+                list.iter()
                     .map(|r| RewriteRule {
                         pattern: r.pattern.clone(),
                         strip: r.strip,
                         prepend: r.prepend.clone(),
                     })
-                    .collect(),
-                from_trunk: Vec::new(),
+                    .collect()
+            };
+            let numbering = TrunkNumbering {
+                to_trunk: rules(&t.to_trunk),
+                from_trunk: rules(&t.from_trunk),
                 context: None,
             };
             let rewriter = TrunkRewriter::new(&numbering, &context)
@@ -210,11 +253,17 @@ impl Trunks {
             format!("sip:confer@{domain}")
                 .parse::<Uri>()
                 .map_err(|e| anyhow::anyhow!("trunk {:?} domain {domain:?}: {e}", t.name))?;
+            let inbound_from = if t.inbound_from.is_empty() {
+                vec![addr.ip()]
+            } else {
+                t.inbound_from.clone()
+            };
             out.push(Trunk {
                 config: t.clone(),
                 peer: Peer::udp(addr),
                 domain,
                 rewriter,
+                inbound_from,
             });
         }
         Ok(Trunks {
@@ -227,6 +276,39 @@ impl Trunks {
     /// The trunks' names.
     pub fn names(&self) -> Vec<String> {
         self.trunks.iter().map(|t| t.config.name.clone()).collect()
+    }
+
+    /// The trunk whose calls come from `ip`, if any.
+    pub fn inbound_by_address(&self, ip: std::net::IpAddr) -> Option<&str> {
+        self.trunks
+            .iter()
+            .find(|t| t.inbound_from.contains(&ip))
+            .map(|t| t.config.name.as_str())
+    }
+
+    /// The trunks that authenticate their calls with digest.
+    pub fn inbound_credentials(&self) -> Vec<InboundCredentials> {
+        self.trunks
+            .iter()
+            .filter_map(|t| {
+                let c = &t.config;
+                Some(InboundCredentials {
+                    trunk: c.name.clone(),
+                    username: c.inbound_username.clone()?,
+                    password: c.inbound_password.clone()?,
+                })
+            })
+            .collect()
+    }
+
+    /// A number `trunk` sent, rewritten by its `from_trunk` rules and normalised; `None`
+    /// when it is not a number.
+    pub fn number_from(&self, trunk: &str, raw: &str) -> Option<String> {
+        let t = self.trunks.iter().find(|t| t.config.name == trunk)?;
+        t.rewriter
+            .from_trunk(raw)
+            .ok()
+            .map(|n| n.number.to_string())
     }
 
     /// The registrations to keep.
@@ -351,6 +433,14 @@ mod tests {
             }],
             register: false,
             register_expires: None,
+            inbound_from: Vec::new(),
+            inbound_username: None,
+            inbound_password: None,
+            from_trunk: vec![RewriteConfig {
+                pattern: "011".into(),
+                strip: 3,
+                prepend: "+".into(),
+            }],
         }
     }
 
@@ -425,6 +515,43 @@ mod tests {
             two.plan(1, "call me", Some("a")),
             Err(PlanError::Refused(_) | PlanError::BadDestination(_))
         ));
+    }
+
+    #[test]
+    fn calls_are_recognised_by_source_address_and_their_numbers_read_by_the_trunks_rules() {
+        let mut other = trunk("pbx");
+        other.address = "127.0.0.2:5060".into();
+        other.inbound_from = vec!["192.0.2.7".parse().unwrap()];
+        other.inbound_username = Some("pbx-in".into());
+        other.inbound_password = Some("pw".into());
+        let t = trunks(&[trunk("carrier"), other]);
+        assert_eq!(
+            t.inbound_by_address("127.0.0.1".parse().unwrap()),
+            Some("carrier")
+        );
+        assert_eq!(
+            t.inbound_by_address("192.0.2.7".parse().unwrap()),
+            Some("pbx")
+        );
+        // The configured list replaces the default (its own address).
+        assert_eq!(t.inbound_by_address("127.0.0.2".parse().unwrap()), None);
+        let creds = t.inbound_credentials();
+        assert_eq!(creds.len(), 1);
+        assert_eq!(
+            (creds[0].trunk.as_str(), creds[0].username.as_str()),
+            ("pbx", "pbx-in")
+        );
+        assert!(!format!("{creds:?}").contains("pw"));
+        // 011 (the NANP international prefix as a carrier sends it) becomes +.
+        assert_eq!(
+            t.number_from("carrier", "011442071234567").as_deref(),
+            Some("+442071234567")
+        );
+        assert_eq!(
+            t.number_from("carrier", "4155550123").as_deref(),
+            Some("+14155550123")
+        );
+        assert_eq!(t.number_from("carrier", "anonymous"), None);
     }
 
     #[test]

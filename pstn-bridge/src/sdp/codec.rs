@@ -422,9 +422,26 @@ impl OpusSendParams {
 
 /// The packet time to send with: the peer's preference if we can packetize it, else the
 /// largest of ours below it (else the smallest of ours), within the peer's min/max.
-/// `preferred` is the peer's ptime (or ours when the peer states none).
-pub fn choose_ptime(codec: Codec, preferred: u32, min: Option<u32>, max: Option<u32>) -> u32 {
-    let allowed = codec.ptimes();
+/// `preferred` is the peer's ptime (or ours when the peer states none); `step` is our
+/// frame clock (10 or 20 ms): we send whole frames, so only its multiples are ours.
+pub fn choose_ptime(
+    codec: Codec,
+    step: u32,
+    preferred: u32,
+    min: Option<u32>,
+    max: Option<u32>,
+) -> u32 {
+    let whole: Vec<u32> = codec
+        .ptimes()
+        .iter()
+        .copied()
+        .filter(|p| step == 0 || p.is_multiple_of(step))
+        .collect();
+    let allowed: &[u32] = if whole.is_empty() {
+        codec.ptimes()
+    } else {
+        &whole
+    };
     let fits = |p: &&u32| min.is_none_or(|m| **p >= m) && max.is_none_or(|m| **p <= m);
     let candidates: Vec<u32> = allowed.iter().filter(fits).copied().collect();
     // Impossible constraints (say maxptime 5): ignore them rather than refuse the call.
@@ -569,14 +586,19 @@ mod tests {
 
     #[test]
     fn the_send_ptime_is_the_preferred_one_or_the_nearest_of_ours_below() {
-        assert_eq!(choose_ptime(Codec::Pcmu, 30, None, None), 30);
-        assert_eq!(choose_ptime(Codec::Opus, 30, None, None), 20);
-        assert_eq!(choose_ptime(Codec::Pcmu, 25, None, None), 20);
-        assert_eq!(choose_ptime(Codec::Pcmu, 5, None, None), 10);
-        assert_eq!(choose_ptime(Codec::Pcmu, 200, None, None), 60);
-        assert_eq!(choose_ptime(Codec::Pcmu, 40, None, Some(30)), 30);
-        assert_eq!(choose_ptime(Codec::Opus, 10, Some(20), None), 20);
+        assert_eq!(choose_ptime(Codec::Pcmu, 10, 30, None, None), 30);
+        assert_eq!(choose_ptime(Codec::Opus, 10, 30, None, None), 20);
+        assert_eq!(choose_ptime(Codec::Pcmu, 10, 25, None, None), 20);
+        assert_eq!(choose_ptime(Codec::Pcmu, 10, 5, None, None), 10);
+        assert_eq!(choose_ptime(Codec::Pcmu, 10, 200, None, None), 60);
+        assert_eq!(choose_ptime(Codec::Pcmu, 10, 40, None, Some(30)), 30);
+        assert_eq!(choose_ptime(Codec::Opus, 10, 10, Some(20), None), 20);
         // Impossible limits are ignored rather than failing the call.
-        assert_eq!(choose_ptime(Codec::Pcmu, 20, None, Some(5)), 20);
+        assert_eq!(choose_ptime(Codec::Pcmu, 10, 20, None, Some(5)), 20);
+        // On a 20 ms frame clock, only whole frames: 30 becomes 20, 50 becomes 40.
+        assert_eq!(choose_ptime(Codec::Pcmu, 20, 30, None, None), 20);
+        assert_eq!(choose_ptime(Codec::Pcmu, 20, 50, None, None), 40);
+        assert_eq!(choose_ptime(Codec::Pcmu, 20, 60, None, None), 60);
+        assert_eq!(choose_ptime(Codec::Opus, 20, 10, None, None), 20);
     }
 }

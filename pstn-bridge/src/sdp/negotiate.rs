@@ -41,8 +41,9 @@
 //!   the first one offered, whose clock rate [`NegotiatedTelephoneEvent`] reports. Events are
 //!   the offered ones within 0-15.
 //! - **ptime.** We send at the peer's `a=ptime` (or Opus `fmtp` ptime) if we can packetize
-//!   it, else the nearest of ours below it, within the peer's maxptime/minptime; our SDP
-//!   states the ptime we send at, so both directions match (many gateways expect that).
+//!   it (whole frames of our frame clock, [`LocalCapabilities::with_frame_ms`]), else the
+//!   nearest of ours below it, within the peer's maxptime/minptime; our SDP states the
+//!   ptime we send at, so both directions match (many gateways expect that).
 //! - **Re-offers** keep every m-line of the session (rejected ones with port 0), keep the
 //!   payload type numbers already in use, and list the current codec first so that hold and
 //!   resume do not change codec; to change codec, pass capabilities without the current one.
@@ -80,6 +81,8 @@ pub struct LocalCapabilities {
     codec_order: CodecOrder,
     telephone_event: bool,
     ptime: u32,
+    /// Our frame clock: packet times are whole frames.
+    frame_ms: u32,
     opus_payload_type: u8,
     te_8000_payload_type: u8,
     te_48000_payload_type: u8,
@@ -97,6 +100,7 @@ impl Default for LocalCapabilities {
             codec_order: CodecOrder::Offerer,
             telephone_event: true,
             ptime: 20,
+            frame_ms: 10,
             opus_payload_type: 111,
             te_8000_payload_type: 101,
             te_48000_payload_type: 110,
@@ -135,12 +139,24 @@ impl LocalCapabilities {
         self
     }
 
-    /// Our packet time when the peer states none: 10 to 60 ms in steps of 10.
+    /// Our packet time when the peer states none, and our frame clock: we send whole
+    /// frames, so the packet times we answer with are multiples of it. 10 to 60 ms in
+    /// steps of 10.
     pub fn with_ptime(mut self, ms: u32) -> Result<Self, ConfigError> {
         if !(10..=60).contains(&ms) || !ms.is_multiple_of(10) {
             return Err(ConfigError::UnsupportedPtime(ms));
         }
         self.ptime = ms;
+        Ok(self)
+    }
+
+    /// Our frame clock (10 or 20 ms; default 10): we send whole frames, so the packet
+    /// times we answer and offer with are multiples of it.
+    pub fn with_frame_ms(mut self, ms: u32) -> Result<Self, ConfigError> {
+        if ms != 10 && ms != 20 {
+            return Err(ConfigError::UnsupportedPtime(ms));
+        }
+        self.frame_ms = ms;
         Ok(self)
     }
 
@@ -350,6 +366,7 @@ pub struct Offer {
     direction: Direction,
     formats: Vec<(u8, Offered)>,
     ptime: u32,
+    frame_ms: u32,
     rtcp_mux: bool,
 }
 
@@ -555,7 +572,13 @@ fn remote_direction(sdp: &SessionDescription, m: &MediaDescription, held: bool) 
 }
 
 /// The packet time we send with, from the peer's attributes and Opus parameters.
-fn send_ptime(codec: Codec, m: &MediaDescription, opus: Option<&OpusParams>, ours: u32) -> u32 {
+fn send_ptime(
+    codec: Codec,
+    m: &MediaDescription,
+    opus: Option<&OpusParams>,
+    ours: u32,
+    frame_ms: u32,
+) -> u32 {
     let (mut preferred, mut max, mut min) = (m.ptime, m.maxptime, None);
     if let Some(o) = opus {
         preferred = preferred.or(o.ptime);
@@ -565,7 +588,7 @@ fn send_ptime(codec: Codec, m: &MediaDescription, opus: Option<&OpusParams>, our
         };
         min = o.minptime;
     }
-    choose_ptime(codec, preferred.unwrap_or(ours), min, max)
+    choose_ptime(codec, frame_ms, preferred.unwrap_or(ours), min, max)
 }
 
 /// The offered telephone-event events, within what we handle; `None` if nothing is left.
@@ -674,7 +697,7 @@ fn accept_audio(
     let remote_direction = remote_direction(offer, m, ip.is_none());
     let direction = remote_direction.reversed().intersect(local_direction);
     let opus = (codec == Codec::Opus).then(|| OpusParams::parse(m.fmtp(format).unwrap_or("")));
-    let ptime = send_ptime(codec, m, opus.as_ref(), caps.ptime);
+    let ptime = send_ptime(codec, m, opus.as_ref(), caps.ptime, caps.frame_ms);
     let rtcp_mux = m.rtcp_mux && caps.rtcp_mux;
     let (remote_rtp, remote_rtcp) = remote_addrs(ip, m.port, rtcp_mux, m.rtcp.as_ref());
 
@@ -888,9 +911,9 @@ pub fn offer(
         }
     }
     // State a packet time our first codec can be sent at (Opus has no 30 ms frames).
-    let ptime = codecs
-        .first()
-        .map_or(caps.ptime, |c| choose_ptime(*c, caps.ptime, None, None));
+    let ptime = codecs.first().map_or(caps.ptime, |c| {
+        choose_ptime(*c, caps.frame_ms, caps.ptime, None, None)
+    });
     let audio = audio_line(
         local.socket_addr().port(),
         &formats,
@@ -918,6 +941,7 @@ pub fn offer(
         direction,
         formats,
         ptime,
+        frame_ms: caps.frame_ms,
         rtcp_mux: caps.rtcp_mux,
     }
 }
@@ -1028,7 +1052,7 @@ pub fn process_answer(
     let remote_direction = remote_direction(answer, m, ip.is_none());
     let direction = remote_direction.reversed().intersect(offer.direction);
     let opus = (codec == Codec::Opus).then(|| OpusParams::parse(m.fmtp(format).unwrap_or("")));
-    let ptime = send_ptime(codec, m, opus.as_ref(), offer.ptime);
+    let ptime = send_ptime(codec, m, opus.as_ref(), offer.ptime, offer.frame_ms);
     let rtcp_mux = offer.rtcp_mux && m.rtcp_mux;
     let (remote_rtp, remote_rtcp) = remote_addrs(ip, m.port, rtcp_mux, m.rtcp.as_ref());
 
