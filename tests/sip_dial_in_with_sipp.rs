@@ -26,78 +26,21 @@ use ringbuf::traits::{Consumer, Observer};
 use serde_json::Value;
 use serve_harness::speech;
 use sip_support::{
-    RtpCapture, SipServer, decode_alaw_48k, free_udp_port, pcap_rtp_payloads, rtp_payloads,
-    run_sipp, sipp,
+    RtpCapture, SipServer, assert_sipp_ok, decode_alaw_48k, free_udp_port, pcap_rtp_payloads,
+    rtp_payloads, run_sipp, sipp, wait_for_participants,
 };
+
+/// sipp's arguments for one call to the room's number.
+fn sipp_args(server: &SipServer, sip_port: u16, media_port: u16, extra: &[&str]) -> Vec<String> {
+    sip_support::sipp_uac_args(server, NUMBER, sip_port, media_port, extra)
+}
+
+fn scenario(name: &str) -> String {
+    sip_support::scenario(name).display().to_string()
+}
 
 const NUMBER: &str = "+15555550100";
 const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
-
-fn scenario(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sipp")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-/// sipp's arguments for one call to `server` from `sip_port`, media on `media_port`.
-fn sipp_args(server: &SipServer, sip_port: u16, media_port: u16, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-s",
-        NUMBER,
-        &server.udp.to_string(),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &sip_port.to_string(),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        &media_port.to_string(),
-        "-m",
-        "1",
-        "-timeout",
-        "15",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
-fn successful_calls(out: &std::process::Output) -> Option<u64> {
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| l.trim_start().starts_with("Successful call"))
-        .and_then(|l| l.split('|').nth(2))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn assert_sipp_ok(out: &std::process::Output, calls: u64) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && successful_calls(out) == Some(calls),
-        "sipp failed ({:?}): {} successful calls\n{stdout}\n{stderr}",
-        out.status,
-        successful_calls(out).unwrap_or(0)
-    );
-}
-
-/// Polls until the room has `n` participants (at most `wait`).
-fn wait_for_participants(s: &SipServer, room: u64, n: usize, wait: Duration) -> Vec<u64> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let p = participants(s, room);
-        if p.len() == n || Instant::now() > deadline {
-            return p;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn rms(x: &[f32]) -> f64 {
     (x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()

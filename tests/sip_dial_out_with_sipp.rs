@@ -14,7 +14,6 @@ mod leg_harness;
 mod serve_harness;
 mod sip_support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use confer_engine::leg::LegConfig;
@@ -23,7 +22,7 @@ use serde_json::Value;
 use serve_harness::{Events, speech};
 use sip_support::{
     RtpCapture, SipServer, free_udp_port, room_participants as participants, rtp_payloads,
-    run_sipp, sipp,
+    run_sipp, sipp, successful_calls,
 };
 
 /// confer with one trunk: sipp listening on `port`.
@@ -54,14 +53,6 @@ fn callee(port: u16, media_port: u16, scenario: &[&str]) -> Vec<String> {
     .collect();
     a.extend(scenario.iter().map(|s| s.to_string()));
     a
-}
-
-fn successful_calls(out: &std::process::Output) -> Option<u64> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.trim_start().starts_with("Successful call"))
-        .and_then(|l| l.split('|').nth(2))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The `dial_*` events of `call`, until `last` (at most 10 s).
@@ -205,7 +196,7 @@ fn a_busy_callee_fails_the_call_with_its_status() {
     let port = free_udp_port();
     let s = server(11, port);
     let room = s.server.create_room(r#"{"name":"busy"}"#);
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/uas_busy.xml");
+    let scenario = sip_support::scenario("uas_busy.xml");
     let args = callee(
         port,
         free_udp_port(),

@@ -13,68 +13,22 @@ mod leg_harness;
 mod serve_harness;
 mod sip_support;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use confer_engine::leg::LegConfig;
 use leg_harness::aligned_correlation;
 use serve_harness::speech;
 use sip_support::{
-    RtpCapture, SipServer, decode_alaw_48k, free_udp_port, rfc4733_presses,
-    room_participants as participants, rtp_payloads, run_sipp, sipp, write_rtp_pcap,
+    RtpCapture, SipServer, assert_sipp_ok, decode_alaw_48k, free_udp_port, rfc4733_presses,
+    room_participants as participants, rtp_payloads, run_sipp, scenario, sipp,
+    wait_for_participants, write_rtp_pcap,
 };
 
-const PIN_NUMBER: &str = "+15555550199";
-
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sipp")
-        .join(name)
-}
-
 fn sipp_args(server: &SipServer, media_port: u16, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-s",
-        PIN_NUMBER,
-        &server.udp.to_string(),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &free_udp_port().to_string(),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        &media_port.to_string(),
-        "-m",
-        "1",
-        "-timeout",
-        "30",
-        "-timeout_error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+    sip_support::sipp_uac_args(server, PIN_NUMBER, free_udp_port(), media_port, extra)
 }
 
-fn successful_calls(out: &std::process::Output) -> Option<u64> {
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| l.trim_start().starts_with("Successful call"))
-        .and_then(|l| l.split('|').nth(2))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn assert_sipp_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success() && successful_calls(out) == Some(1),
-        "sipp failed ({:?})\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+const PIN_NUMBER: &str = "+15555550199";
 
 /// A room with dial-in: its id, number and PIN.
 fn dial_in_room(s: &SipServer, name: &str) -> (u64, String, String) {
@@ -90,18 +44,6 @@ fn dial_in_room(s: &SipServer, name: &str) -> (u64, String, String) {
         .expect("a number")
         .to_owned();
     (v["id"].as_u64().expect("id"), number, pin)
-}
-
-/// Polls until the room has `n` participants (at most `wait`).
-fn wait_for_participants(s: &SipServer, room: u64, n: usize, wait: Duration) -> Vec<u64> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let p = participants(s, room);
-        if p.len() == n || Instant::now() > deadline {
-            return p;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn rms(x: &[f32]) -> f64 {
@@ -227,7 +169,7 @@ fn a_sipp_caller_entering_the_pin_by_rfc_2833_hears_the_prompts_and_then_the_roo
         start
     });
     let out = call.join().expect("sipp thread");
-    assert_sipp_ok(&out);
+    assert_sipp_ok(&out, 1);
     assert!(wait_for_participants(&s, room, 1, Duration::from_secs(3)).len() <= 1);
 
     if let Some(capture) = capture {
@@ -308,7 +250,7 @@ fn a_pin_sent_by_sip_info_admits_the_caller() {
         s.server.log(),
         String::from_utf8_lossy(&out.stdout)
     );
-    assert_sipp_ok(&out);
+    assert_sipp_ok(&out, 1);
     assert!(
         wait_for_participants(&s, room, 0, Duration::from_secs(3)).is_empty(),
         "the caller left with its BYE"
@@ -347,7 +289,7 @@ fn three_wrong_pins_end_the_call_with_a_goodbye_and_a_bye_and_the_pin_is_not_log
     let args = sipp_args(&s, free_udp_port(), &extra);
     let out = run_sipp(&sipp, &args, Duration::from_secs(40));
     // The scenario ends by receiving confer's BYE.
-    assert_sipp_ok(&out);
+    assert_sipp_ok(&out, 1);
     assert!(
         participants(&s, room).is_empty(),
         "a wrong PIN let the caller in"

@@ -12,14 +12,13 @@ mod leg_harness;
 mod serve_harness;
 mod sip_support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sip_support::{SipServer, free_udp_port, run_sipp, sipp};
 
 fn registrar(port: u16) -> Vec<String> {
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/uas_registrar.xml");
+    let scenario = sip_support::scenario("uas_registrar.xml");
     [
         "-sf",
         &scenario.display().to_string(),

@@ -75,8 +75,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, RngCore};
 
 use crate::digest::{
-    AuthChallenge, Credentials, DigestClient, DigestError, DigestRequest, parse_challenge,
-    strongest,
+    AuthChallenge, Challenge, Credentials, DigestClient, DigestError, DigestRequest,
+    parse_challenge, strongest,
 };
 use crate::sip::transaction::{SentBy, new_call_id, new_tag};
 use crate::sip::{HeaderError, HeaderName, Method, NameAddr, Request, Response, StatusCode, Uri};
@@ -565,19 +565,7 @@ impl<R: RngCore> Registration<R> {
             self.give_up(flight.purpose, FailureReason::NoCredentials, now);
             return Ok(());
         }
-        let header = if proxy {
-            HeaderName::ProxyAuthenticate
-        } else {
-            HeaderName::WwwAuthenticate
-        };
-        let offered: Vec<AuthChallenge> = response
-            .headers
-            .get_all(header)
-            .filter_map(|v| parse_challenge(v).ok())
-            .collect();
-        let challenge = strongest(&offered)
-            .cloned()
-            .ok_or(ResponseError::NoUsableChallenge)?;
+        let challenge = strongest_challenge(response).ok_or(ResponseError::NoUsableChallenge)?;
         let answered = if proxy {
             &flight.proxy_nonce
         } else {
@@ -748,6 +736,23 @@ impl<R: RngCore> Registration<R> {
         }
         Ok((req, flight))
     }
+}
+
+/// The challenge to answer in a 401 (`WWW-Authenticate`) or 407 (`Proxy-Authenticate`):
+/// the strongest digest challenge offered ([`strongest`]: SHA-256 before MD5). Any UAC
+/// that meets challenges (registration, INVITE) reads them this way.
+pub fn strongest_challenge(response: &Response) -> Option<Challenge> {
+    let header = if response.status.as_u16() == 407 {
+        HeaderName::ProxyAuthenticate
+    } else {
+        HeaderName::WwwAuthenticate
+    };
+    let offered: Vec<AuthChallenge> = response
+        .headers
+        .get_all(header)
+        .filter_map(|v| parse_challenge(v).ok())
+        .collect();
+    strongest(&offered).cloned()
 }
 
 /// `now + d`, or a bounded wait if that is beyond what `Instant` can hold (a

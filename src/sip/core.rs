@@ -304,6 +304,41 @@ struct Call {
     outbound: Option<Box<outbound::Outbound>>,
 }
 
+impl Call {
+    /// A call at its start, preparing its media: its INVITE (received, or ours to send)
+    /// and its transaction, the peer, our tag, a label for the logs.
+    fn new(
+        invite: Request,
+        invite_tx: TransactionId,
+        source: Peer,
+        to_tag: String,
+        room: String,
+        sdp: SdpSession,
+    ) -> Call {
+        Call {
+            invite,
+            invite_tx,
+            source,
+            to_tag,
+            room,
+            state: CallState::Preparing,
+            sdp,
+            remote_offer: None,
+            pending_offer: None,
+            local_media: None,
+            remote_media: None,
+            media_requested: true,
+            held: false,
+            dialog: None,
+            session: None,
+            peer_allows_update: false,
+            reinvite_tx: None,
+            setup_deadline: None,
+            outbound: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Purpose {
     Bye,
@@ -404,6 +439,15 @@ impl<R: RngCore> SipCore<R> {
             registrations: Vec::new(),
             inbound_auth: None,
         }
+    }
+
+    /// Adds a call whose media setup must finish by [`SETUP_TIMEOUT`].
+    fn insert_call(&mut self, id: CallId, mut call: Call, now: Instant) {
+        call.setup_deadline = now.checked_add(SETUP_TIMEOUT);
+        if let Some(at) = call.setup_deadline {
+            self.setup_deadlines.insert((at, id));
+        }
+        self.calls.insert(id, call);
     }
 
     /// Calls now.
@@ -917,34 +961,12 @@ impl<R: RngCore> SipCore<R> {
             Target::Pin { .. } => "(PIN prompts)".to_owned(),
         };
         tracing::info!(call, room = %room, transport = %source.transport, trunk = ?trunk, "incoming call");
-        self.calls.insert(
-            call,
-            Call {
-                invite: req,
-                invite_tx: tx,
-                source,
-                to_tag,
-                room: room.clone(),
-                state: CallState::Preparing,
-                sdp,
-                remote_offer,
-                pending_offer: None,
-                local_media: None,
-                remote_media: None,
-                media_requested: true,
-                held: false,
-                dialog: None,
-                session,
-                peer_allows_update,
-                reinvite_tx: None,
-                setup_deadline: now.checked_add(SETUP_TIMEOUT),
-                outbound: None,
-            },
-        );
+        let mut c = Call::new(req, tx, source, to_tag, room.clone(), sdp);
+        c.remote_offer = remote_offer;
+        c.session = session;
+        c.peer_allows_update = peer_allows_update;
+        self.insert_call(call, c, now);
         self.by_invite_tx.insert(tx, call);
-        if let Some(at) = now.checked_add(SETUP_TIMEOUT) {
-            self.setup_deadlines.insert((at, call));
-        }
         self.out.push_back(Output::Media {
             call,
             command: MediaCommand::Prepare { target },

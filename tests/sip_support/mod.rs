@@ -572,3 +572,77 @@ pub fn rfc4733_presses(keys: &str, pt: u8, lead: Duration) -> Vec<(Duration, Vec
     }
     packets
 }
+
+/// The path of a scenario under `tests/sipp/`.
+pub fn scenario(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sipp")
+        .join(name)
+}
+
+/// sipp's arguments for one call to `number` at `server` from `sip_port`, media on
+/// `media_port`, given up after 30 s without a message; `extra` at the end.
+pub fn sipp_uac_args(
+    server: &SipServer,
+    number: &str,
+    sip_port: u16,
+    media_port: u16,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-s",
+        number,
+        &server.udp.to_string(),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &sip_port.to_string(),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &media_port.to_string(),
+        "-m",
+        "1",
+        "-timeout",
+        "30",
+        "-timeout_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// The "Successful call" count of sipp's final statistics.
+pub fn successful_calls(out: &Output) -> Option<u64> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.trim_start().starts_with("Successful call"))
+        .and_then(|l| l.split('|').nth(2))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// sipp exited 0 with `calls` successful calls (else its screens in the panic).
+pub fn assert_sipp_ok(out: &Output, calls: u64) {
+    assert!(
+        out.status.success() && successful_calls(out) == Some(calls),
+        "sipp failed ({:?}): {} successful calls\n{}\n{}",
+        out.status,
+        successful_calls(out).unwrap_or(0),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls until the room has `n` participants (at most `wait`); returns them.
+pub fn wait_for_participants(s: &SipServer, room: u64, n: usize, wait: Duration) -> Vec<u64> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let p = room_participants(s, room);
+        if p.len() == n || Instant::now() > deadline {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -19,10 +19,8 @@
 //! In the dialog, the callee's re-INVITEs, UPDATEs, INFO and BYE are handled by the same
 //! code as a caller's.
 
-use confer_pstn_bridge::digest::{
-    AuthChallenge, Credentials, DigestClient, DigestError, DigestRequest, parse_challenge,
-    strongest,
-};
+use confer_pstn_bridge::digest::{Credentials, DigestClient, DigestError, DigestRequest};
+use confer_pstn_bridge::registration::strongest_challenge;
 use confer_pstn_bridge::sip::transaction::new_call_id;
 use confer_pstn_bridge::sip::{NameAddr, Uri};
 
@@ -135,33 +133,10 @@ impl<R: RngCore> SipCore<R> {
         tracing::info!(call, room, to = %out.request.uri, "dialling out");
         let source = out.request.destination.clone();
         let to_tag = out.from_tag.clone();
-        self.calls.insert(
-            call,
-            Call {
-                invite,
-                invite_tx: TransactionId::NONE,
-                source,
-                to_tag,
-                room: format!("room {room}"),
-                state: CallState::Preparing,
-                sdp,
-                remote_offer: None,
-                pending_offer: None,
-                local_media: None,
-                remote_media: None,
-                media_requested: true,
-                held: false,
-                dialog: None,
-                session: None,
-                peer_allows_update: false,
-                reinvite_tx: None,
-                setup_deadline: now.checked_add(SETUP_TIMEOUT),
-                outbound: Some(Box::new(out)),
-            },
-        );
-        if let Some(at) = now.checked_add(SETUP_TIMEOUT) {
-            self.setup_deadlines.insert((at, call));
-        }
+        let room_label = format!("room {room}");
+        let mut c = Call::new(invite, TransactionId::NONE, source, to_tag, room_label, sdp);
+        c.outbound = Some(Box::new(out));
+        self.insert_call(call, c, now);
         self.metrics.calls_dialled.fetch_add(1, Ordering::Relaxed);
         self.out.push_back(Output::Dial {
             call,
@@ -397,17 +372,7 @@ impl<R: RngCore> SipCore<R> {
         }
         out.auth_rounds += 1;
         let proxy = response.status.as_u16() == 407;
-        let header = if proxy {
-            HeaderName::ProxyAuthenticate
-        } else {
-            HeaderName::WwwAuthenticate
-        };
-        let offered: Vec<AuthChallenge> = response
-            .headers
-            .get_all(header)
-            .filter_map(|v| parse_challenge(v).ok())
-            .collect();
-        let Some(challenge) = strongest(&offered).cloned() else {
+        let Some(challenge) = strongest_challenge(response) else {
             return false;
         };
         let slot = if proxy { &mut out.proxy } else { &mut out.www };
