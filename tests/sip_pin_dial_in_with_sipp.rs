@@ -304,3 +304,133 @@ fn three_wrong_pins_end_the_call_with_a_goodbye_and_a_bye_and_the_pin_is_not_log
         "a PIN is in the log"
     );
 }
+
+/// `keys` as DTMF tones in PCMA RTP (20 ms packets at 8 kHz, payload type 8), for a
+/// phone without RFC 4733: 100 ms tones and pauses at -10 dBov per tone.
+fn inband_presses(keys: &str) -> Vec<(Duration, Vec<u8>)> {
+    use confer_codecs::dtmf::DtmfGenerator;
+    let mut generator = DtmfGenerator::new(8000).expect("8 kHz");
+    generator.push_digits(keys).expect("keypad digits");
+    let mut packets = Vec::new();
+    let mut frame = [0.0f32; 160];
+    let (mut seq, mut ts) = (7000u16, 160_000u32);
+    // Half a second of silence first, then the tones, then silence again.
+    for k in 0..(25 + keys.len() * 10 + 25) {
+        if k >= 25 {
+            generator.fill(&mut frame);
+        } else {
+            frame.fill(0.0);
+        }
+        let mut p = vec![0x80, if k == 0 { 0x80 | 8 } else { 8 }];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x5eed_0008u32.to_be_bytes());
+        p.extend(
+            frame.iter().map(|&x| {
+                confer_codecs::g711::linear_to_alaw((x.clamp(-1.0, 1.0) * 32767.0) as i16)
+            }),
+        );
+        packets.push((Duration::from_millis(20 * k as u64), p));
+        seq = seq.wrapping_add(1);
+        ts = ts.wrapping_add(160);
+    }
+    packets
+}
+
+#[test]
+fn a_phone_without_rfc_4733_enters_the_pin_as_tones() {
+    let Some(sipp) = sipp() else { return };
+    let s = SipServer::start(15, 6, &[("CONFER_DIAL_IN", PIN_NUMBER)]);
+    let (room, _, pin) = dial_in_room(&s, "tones");
+    let dir = std::env::temp_dir().join(format!("confer-pin-tones-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pcap = dir.join("pin-tones.pcap");
+    write_rtp_pcap(&pcap, &inband_presses(&pin));
+    // The RFC 2833 scenario without telephone-event in its offer.
+    let template = std::fs::read_to_string(scenario("uac_pin_2833.xml")).expect("scenario");
+    let xml = dir.join("uac_pin_tones.xml");
+    let edited = template
+        .replace("RTP/AVP 8 101", "RTP/AVP 8")
+        .lines()
+        .filter(|l| !l.contains(":101 "))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("PIN_PCAP", &pcap.display().to_string());
+    assert!(!edited.contains("rtpmap:101") && edited.contains("RTP/AVP 8\n"));
+    std::fs::write(&xml, edited).expect("write the scenario");
+    let args = sipp_args(&s, free_udp_port(), &["-sf", &xml.display().to_string()]);
+    let call = std::thread::spawn(move || run_sipp(&sipp, &args, Duration::from_secs(30)));
+    let ids = wait_for_participants(&s, room, 1, Duration::from_secs(10));
+    let out = call.join().expect("sipp thread");
+    assert_eq!(
+        ids.len(),
+        1,
+        "the PIN as tones let the caller in\n{}",
+        s.server.log()
+    );
+    assert_sipp_ok(&out, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_room_that_announces_joins_plays_the_prompt_to_who_is_there() {
+    use confer_pstn_bridge::ivr::{PromptId, Prompts};
+    let Some(sipp) = sipp() else { return };
+    const NUMBER: &str = "+15555550142";
+    let s = SipServer::start(16, 6, &[("CONFER_DIAL_IN", &format!("{NUMBER}=announced"))]);
+    let room = s
+        .server
+        .create_room(r#"{"name":"announced","announce_joins":true}"#);
+    // A participant who says nothing, listening.
+    let silence = vec![0.0f32; 6 * 48_000];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let heard = runtime.block_on(async {
+        let mut speakers = serve_harness::join_speakers(
+            &s.server,
+            room,
+            std::slice::from_ref(&silence),
+            &LegConfig::default(),
+            160,
+            6 * 48_000,
+        )
+        .await;
+        let (udp, io, mut remote, _) = speakers.remove(0);
+        let listen = tokio::spawn(udp.run_until(io, tokio::time::sleep(Duration::from_secs(5))));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // sipp's built-in caller joins (and stays 2 s).
+        let args = sip_support::sipp_uac_args(
+            &s,
+            NUMBER,
+            free_udp_port(),
+            free_udp_port(),
+            &["-sn", "uac", "-d", "2000"],
+        );
+        let sipp_path = sipp.clone();
+        let call = tokio::task::spawn_blocking(move || {
+            run_sipp(&sipp_path, &args, Duration::from_secs(20))
+        });
+        let _ = listen.await;
+        let out = call.await.expect("sipp");
+        assert_sipp_ok(&out, 1);
+        use ringbuf::traits::{Consumer, Observer};
+        let mut heard = vec![0.0f32; remote.playout.occupied_len()];
+        remote.playout.pop_slice(&mut heard);
+        heard
+    });
+    let prompts = Prompts::embedded(48_000).expect("the prompts");
+    let joined = prompts.pcm(PromptId::ParticipantJoined);
+    let a = aligned_correlation(joined, &heard);
+    println!(
+        "the listener hears the join announcement: correlation {:.3} ({} windows), rms {:.4}",
+        a.mean,
+        a.windows,
+        rms(&heard)
+    );
+    assert!(
+        a.windows >= 3 && a.mean > 0.5,
+        "no announcement heard: {a:?}"
+    );
+}
