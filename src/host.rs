@@ -952,6 +952,13 @@ enum Command {
     },
 }
 
+/// Where a room lives, and its flags that do not change.
+#[derive(Debug, Clone, Copy)]
+struct RoomPlace {
+    worker: usize,
+    announce_joins: bool,
+}
+
 /// The media host: the API's handle on the workers (cheap to clone).
 #[derive(Clone)]
 pub struct Host {
@@ -960,8 +967,9 @@ pub struct Host {
 
 struct Inner {
     workers: Vec<SyncSender<Command>>,
-    /// Room id -> owning worker (control plane only).
-    rooms: Mutex<HashMap<u64, usize>>,
+    /// Room id -> owning worker and what callers need to know without asking it (control
+    /// plane only).
+    rooms: Mutex<HashMap<u64, RoomPlace>>,
     next_id: AtomicU64,
     ports: Mutex<u16>,
     media_ip: IpAddr,
@@ -1115,7 +1123,7 @@ impl Host {
     fn worker_of(&self, room: u64) -> Result<usize, HostError> {
         lock(&self.inner.rooms)
             .get(&room)
-            .copied()
+            .map(|p| p.worker)
             .ok_or(HostError::UnknownRoom(room))
     }
 
@@ -1140,15 +1148,21 @@ impl Host {
         let worker = {
             let rooms = lock(&self.inner.rooms);
             let mut load = vec![0usize; self.inner.workers.len()];
-            for &w in rooms.values() {
-                load[w] += 1;
+            for p in rooms.values() {
+                load[p.worker] += 1;
             }
             (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
         };
         let info = self
             .call(worker, |reply| Command::CreateRoom { id, spec, reply })
             .await?;
-        lock(&self.inner.rooms).insert(id, worker);
+        lock(&self.inner.rooms).insert(
+            id,
+            RoomPlace {
+                worker,
+                announce_joins: info.announce_joins,
+            },
+        );
         Ok(info)
     }
 
@@ -1219,6 +1233,19 @@ impl Host {
             .await?;
         lock(&self.inner.rooms).remove(&id);
         Ok(())
+    }
+
+    /// Whether room `id` exists (without asking its worker: cheap, for every call setup).
+    pub fn has_room(&self, id: u64) -> bool {
+        lock(&self.inner.rooms).contains_key(&id)
+    }
+
+    /// Whether room `id` announces joins and leaves (without asking its worker).
+    pub fn announces_joins(&self, id: u64) -> Result<bool, HostError> {
+        lock(&self.inner.rooms)
+            .get(&id)
+            .map(|p| p.announce_joins)
+            .ok_or(HostError::UnknownRoom(id))
     }
 
     /// One room.

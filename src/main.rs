@@ -37,11 +37,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr (stdout carries the ready line and bench reports); `RUST_LOG`
-    // filters them (default `info`).
+    // filters them (default `info`; `warn` for a benchmark, whose in-process engine would
+    // otherwise log under load).
+    let default = match cli.command {
+        Command::Bench(_) => "warn",
+        Command::Serve(_) => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -779,7 +779,7 @@ impl<R: RngCore> SipCore<R> {
             Found::Call(call) => match req.method {
                 Method::Bye => {
                     self.answer(tx, &req, StatusCode::OK, &[], now);
-                    tracing::info!(call, "caller hung up");
+                    tracing::debug!(call, "caller hung up");
                     self.end_call(call, CallEnd::Bye);
                 }
                 Method::Invite | Method::Update => self.reoffer(call, tx, &req, now),
@@ -960,7 +960,7 @@ impl<R: RngCore> SipCore<R> {
             Target::RoomId(id) => format!("room {id}"),
             Target::Pin { .. } => "(PIN prompts)".to_owned(),
         };
-        tracing::info!(call, room = %room, transport = %source.transport, trunk = ?trunk, "incoming call");
+        tracing::debug!(call, room = %room, transport = %source.transport, trunk = ?trunk, "incoming call");
         let mut c = Call::new(req, tx, source, to_tag, room.clone(), sdp);
         c.remote_offer = remote_offer;
         c.session = session;
@@ -1065,11 +1065,11 @@ impl<R: RngCore> SipCore<R> {
         }
         match std::mem::replace(&mut call.state, CallState::Confirmed) {
             CallState::Joining { answer } => {
-                tracing::info!(call = id, room = %call.room, "caller joined the room");
+                tracing::debug!(call = id, room = %call.room, "caller joined the room");
                 self.accept_call(id, answer, now);
             }
             CallState::JoiningAfterAck => {
-                tracing::info!(call = id, room = %call.room, "caller joined the room");
+                tracing::debug!(call = id, room = %call.room, "caller joined the room");
             }
             other => call.state = other,
         }
@@ -1660,7 +1660,7 @@ impl<R: RngCore> SipCore<R> {
             });
         }
         self.metrics.call_ended(how);
-        tracing::info!(call = id, reason = ?how, "call ended");
+        tracing::debug!(call = id, reason = ?how, "call ended");
     }
 }
 

@@ -225,13 +225,12 @@ impl MediaDriver {
 async fn resolve_room(host: &Host, rooms: &RoomCache, name: &str) -> Result<u64, HostError> {
     let mut cache = rooms.lock().await;
     if let Some(&id) = cache.get(name) {
-        match host.room(id).await {
-            Ok(_) => return Ok(id),
-            Err(HostError::UnknownRoom(_)) => {
-                cache.remove(name);
-            }
-            Err(e) => return Err(e),
+        // Checked in the control plane, not by a round trip to the room's worker: this
+        // runs for every call.
+        if host.has_room(id) {
+            return Ok(id);
         }
+        cache.remove(name);
     }
     if let Some(r) = host.rooms().await?.into_iter().find(|r| r.name == name) {
         cache.insert(name.to_owned(), r.id);
@@ -385,7 +384,13 @@ impl CallMedia {
         let host = &self.shared.host;
         let room = match target {
             Target::Room(name) => resolve_room(host, &self.shared.rooms, &name).await,
-            Target::RoomId(id) => host.room(id).await.map(|info| info.id),
+            Target::RoomId(id) => {
+                if host.has_room(id) {
+                    Ok(id)
+                } else {
+                    Err(HostError::UnknownRoom(id))
+                }
+            }
             Target::Pin { dialed, caller } => {
                 self.pin_target = Some((dialed, caller));
                 host.create_room(RoomSpec {
@@ -508,12 +513,12 @@ impl CallMedia {
 
     /// The caller is in `room`: announce it if the room asks for that.
     async fn arrived(&mut self, room: u64) {
-        match self.shared.host.room(room).await {
-            Ok(info) if info.announce_joins => {
+        match self.shared.host.announces_joins(room) {
+            Ok(true) => {
                 self.announced = true;
                 self.announce(room, PromptId::ParticipantJoined).await;
             }
-            Ok(_) => {}
+            Ok(false) => {}
             Err(e) => self.error("reading the room", &e),
         }
     }

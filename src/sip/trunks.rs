@@ -286,6 +286,14 @@ impl Trunks {
             .map(|t| t.config.name.as_str())
     }
 
+    /// Every trunk's inbound addresses.
+    pub fn inbound_addresses(&self) -> Vec<std::net::IpAddr> {
+        self.trunks
+            .iter()
+            .flat_map(|t| t.inbound_from.iter().copied())
+            .collect()
+    }
+
     /// The trunks that authenticate their calls with digest.
     pub fn inbound_credentials(&self) -> Vec<InboundCredentials> {
         self.trunks
