@@ -765,7 +765,7 @@ impl CallMedia {
             p.ivr.handle_call_ended();
         }
         if let (Some(r), Some(p)) = (self.room, self.participant) {
-            match host.leave(r, p).await {
+            match leave(&host, r, p).await {
                 Ok(()) => {
                     tracing::debug!(call = self.call, room = r, participant = p, "caller left")
                 }
@@ -786,6 +786,21 @@ impl CallMedia {
             self.error("deleting the PIN prompts' room", &e);
         }
     }
+}
+
+/// Leaves the room, waiting out a busy worker: a participant must not outlive its call.
+async fn leave(host: &Host, room: u64, participant: u64) -> Result<(), HostError> {
+    let mut wait = Duration::from_millis(2);
+    for _ in 0..12 {
+        match host.leave(room, participant).await {
+            Err(HostError::Busy(_)) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+    host.leave(room, participant).await
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
