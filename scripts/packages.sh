@@ -6,8 +6,9 @@ CONFER_BUILD_PACKAGES=(build-essential pkg-config cmake)
 # Packages the tests need on top: opus-tools (opusinfo, opusdec) checks recordings; janus
 # (AudioBridge) is the engine `confer bench --target janus` compares with; sip-tester
 # (sipp, with its G.711 and RFC 2833 pcaps) and baresip (headless, Opus and G.711) call
-# into confer over SIP.
-CONFER_TEST_PACKAGES=(opus-tools janus sip-tester baresip)
+# into confer over SIP; postgresql is the archive's second database (its tests start
+# their own throwaway cluster: no service is needed).
+CONFER_TEST_PACKAGES=(opus-tools janus sip-tester baresip postgresql)
 
 confer_ensure_packages() {
   local missing=()
