@@ -53,6 +53,8 @@ pub struct ApiState {
     pub sip: Option<SipControl>,
     /// Where dialled calls go, and whether they may.
     pub trunks: std::sync::Arc<Trunks>,
+    /// Token keys; `None`: the API is open (loopback only).
+    pub auth: Option<std::sync::Arc<confer_signalling::token::Keyring>>,
 }
 
 /// A room as the API shows it: the host's view and its dial-in, if it has one.
@@ -97,6 +99,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/recordings", get(list_recordings))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            crate::auth::authenticate,
+        ))
         .with_state(state)
 }
 

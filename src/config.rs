@@ -95,6 +95,10 @@ pub struct Config {
     /// Which SIP calls are taken: `any` (default: dial-in numbers are public) or `trunks`
     /// (only from a trunk's address or with a trunk's inbound credentials).
     pub sip_inbound: String,
+    /// The control API's token secret, hex, at least 32 bytes (`openssl rand -hex 32`):
+    /// with it every API call needs a bearer token (`confer token`); without it the API is
+    /// open and may only listen on loopback.
+    pub api_secret: Option<String>,
 }
 
 /// One dial-in number and the room it leads to (created on the first call).
@@ -166,6 +170,7 @@ impl Default for Config {
             dial_out_allow: Vec::new(),
             dial_out_deny: Vec::new(),
             sip_inbound: "any".to_owned(),
+            api_secret: None,
         }
     }
 }
@@ -288,6 +293,9 @@ impl Config {
         if let Some(v) = get("CONFER_DIAL_OUT_DENY") {
             self.dial_out_deny = list(v);
         }
+        if let Some(v) = get("CONFER_API_SECRET") {
+            self.api_secret = Some(v);
+        }
         if let Some(v) = get("CONFER_SIP_INBOUND") {
             self.sip_inbound = v;
         }
@@ -375,6 +383,17 @@ impl Config {
             );
         }
         crate::sip::DialPlan::new(&self.dial_in, &self.sip_country_code)?;
+        match &self.api_secret {
+            Some(secret) => {
+                crate::auth::keyring(secret)?;
+            }
+            None if !self.http_listen.ip().is_loopback() => bail!(
+                "http_listen {} is not loopback: the control API needs api_secret (tokens) \
+                 to listen there",
+                self.http_listen
+            ),
+            None => {}
+        }
         if !matches!(self.sip_inbound.as_str(), "any" | "trunks") {
             bail!(
                 "sip_inbound must be \"any\" or \"trunks\", not {:?}",

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod api;
+mod auth;
 mod bench;
 mod config;
 mod host;
@@ -32,6 +33,8 @@ enum Command {
     /// Measure the media path: conference load and latency (no subcommand; see
     /// `confer bench --help`), or `confer bench jitter`.
     Bench(bench::BenchArgs),
+    /// Issue a control-API token signed with the configured `api_secret`.
+    Token(auth::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +43,7 @@ fn main() -> ExitCode {
     // filters them (default `info`; `warn` for a benchmark, whose in-process engine would
     // otherwise log under load).
     let default = match cli.command {
-        Command::Bench(_) => "warn",
+        Command::Bench(_) | Command::Token(_) => "warn",
         Command::Serve(_) => "info",
     };
     tracing_subscriber::fmt()
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Token(args) => auth::run_token(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -177,6 +177,10 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         DialPlan::new(&cfg.dial_in, &cfg.sip_country_code)?.pin_number(),
         cfg.pin_digits,
     ));
+    let auth = match &cfg.api_secret {
+        Some(secret) => Some(Arc::new(crate::auth::keyring(secret)?)),
+        None => None,
+    };
     let trunks = Arc::new(Trunks::new(
         &cfg.trunks,
         &cfg.sip_country_code,
@@ -224,6 +228,7 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
                     pins,
                     sip: sip_control,
                     trunks,
+                    auth,
                 });
                 let mut server_stop = stop_rx.clone();
                 let server = tokio::spawn(

@@ -106,13 +106,42 @@ impl Server {
 
     /// One request; returns the status and the raw body.
     pub fn request_text(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let (status, _, body) = self.exchange(method, path, body, None);
+        (status, body)
+    }
+
+    /// One request with a bearer token; returns the status, the response head and the
+    /// body as JSON (`Null` when empty or not JSON).
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, String, Value) {
+        let (status, head, body) = self.exchange(method, path, body, Some(token));
+        (
+            status,
+            head,
+            serde_json::from_str(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, String, String) {
         let mut s = TcpStream::connect_timeout(&self.http, Duration::from_secs(5))
             .expect("connect to the control API");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         let body = body.unwrap_or("");
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.http,
             body.len()
@@ -126,11 +155,8 @@ impl Server {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("bad response {resp:?}"));
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_owned();
-        (status, body)
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        (status, head.to_owned(), body.to_owned())
     }
 
     /// Creates a room; returns its id.
