@@ -899,9 +899,12 @@ impl<R: RngCore> SipCore<R> {
         let Some(route) = route else {
             return reject(self, StatusCode::NOT_FOUND, &[]);
         };
+        // Who is locked out after failed PINs: a trunk's caller by its number (everyone
+        // behind the trunk shares its address), anyone else by address (From can be
+        // forged at will, and a new one would start afresh).
         let caller = match req.headers.from().ok().and_then(|f| from_trunk(&f.uri)) {
             Some(number) => CallerKey::Number(number),
-            None => self.config.dial_plan.caller_key(&req, &source),
+            None => CallerKey::Address(source.addr.ip()),
         };
         let target = match route {
             Route::Room(room) => Target::Room(room.to_owned()),
@@ -1849,12 +1852,23 @@ mod tests {
 
     /// The callee's response to `invite`.
     fn callee(invite: &Request, status: u16, extra: &[(HeaderName, &str)], body: &str) -> Message {
+        callee_tagged(invite, status, "callee1", extra, body)
+    }
+
+    /// A response to `invite` with To tag `tag` (another tag: another fork).
+    fn callee_tagged(
+        invite: &Request,
+        status: u16,
+        tag: &str,
+        extra: &[(HeaderName, &str)],
+        body: &str,
+    ) -> Message {
         let code = StatusCode::new(status).unwrap();
         let mut r = build_response(
             &ResponseBasis::from_request(invite),
             code,
             code.canonical_reason(),
-            (status > 100).then_some("callee1"),
+            (status > 100).then_some(tag),
         );
         let _ = r
             .headers
@@ -2118,8 +2132,8 @@ mod tests {
             MediaCommand::Prepare {
                 target: Target::Pin {
                     dialed: PIN_NUMBER.into(),
-                    // The calling number, normalised, is who gets locked out.
-                    caller: CallerKey::Number("+15555550123".into()),
+                    // Not from a trunk: the source address is who gets locked out.
+                    caller: CallerKey::Address("192.0.2.10".parse().unwrap()),
                 }
             }
         );
@@ -2291,6 +2305,45 @@ mod tests {
         let d = drain(&mut c);
         assert_eq!(d.dials, [(call, DialProgress::Failed { status: 408 })]);
         assert_eq!(c.calls(), 0);
+    }
+
+    #[test]
+    fn a_second_answer_to_a_forked_invite_is_acknowledged_and_hung_up() {
+        let mut c = core(10);
+        let now = t0();
+        let (call, invite) = dialled(&mut c, false, now);
+        c.on_message(callee(&invite, 200, &[], ANSWER), trunk(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.requests(), ["ACK"]);
+        c.on_media(
+            MediaEvent::Joined {
+                call,
+                participant: 5,
+            },
+            now,
+        );
+        drain(&mut c);
+        c.on_message(
+            callee_tagged(&invite, 200, "fork2", &[], ANSWER),
+            trunk(),
+            now,
+        );
+        let d = drain(&mut c);
+        assert_eq!(d.requests(), ["ACK", "BYE"]);
+        let bye = d
+            .sent
+            .iter()
+            .filter_map(Message::as_request)
+            .find(|r| r.method == Method::Bye)
+            .unwrap();
+        assert!(
+            bye.headers
+                .get(HeaderName::To)
+                .is_some_and(|t| t.contains("fork2"))
+        );
+        // The first answer's call goes on.
+        assert!(d.dials.is_empty() && d.media.is_empty());
+        assert_eq!(c.calls(), 1);
     }
 
     #[test]

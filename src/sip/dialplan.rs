@@ -12,10 +12,8 @@
 
 use std::collections::HashMap;
 
-use confer_pstn_bridge::ivr::CallerKey;
 use confer_pstn_bridge::numbers::{NationalContext, Number, normalize};
-use confer_pstn_bridge::sip::transaction::Peer;
-use confer_pstn_bridge::sip::{Request, Uri};
+use confer_pstn_bridge::sip::Uri;
 
 use crate::config::DialIn;
 
@@ -148,20 +146,6 @@ impl DialPlan {
     /// The number that rooms made through the API give out with their PIN.
     pub fn pin_number(&self) -> Option<String> {
         self.pin_number.as_ref().map(ToString::to_string)
-    }
-
-    /// Who calls, for the lock-out after failed PINs: the calling number (From) when it
-    /// is one, else the signalling's source address. (A caller can forge From, and so
-    /// start afresh; keying every call on the address instead would lock out everyone
-    /// behind one PSTN gateway after a single caller's mistakes.)
-    pub fn caller_key(&self, req: &Request, source: &Peer) -> CallerKey {
-        req.headers
-            .from()
-            .ok()
-            .and_then(|f| self.number(&f.uri))
-            .map_or(CallerKey::Address(source.addr.ip()), |n| {
-                CallerKey::Number(n.to_string())
-            })
     }
 
     /// Configured numbers.

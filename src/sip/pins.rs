@@ -93,8 +93,9 @@ impl Pins {
         let number = self.number.clone().ok_or(PinError::NoPinNumber)?;
         let space = 10u64.saturating_pow(self.digits as u32);
         let mut table = self.table();
-        // Guessing stays hard only while most PINs open nothing.
-        if (table.by_pin.len() as u64).saturating_mul(100) >= space {
+        // Guessing stays hard only while nearly every PIN opens nothing: at most one in a
+        // thousand is live (1,000 rooms with 6 digits; more rooms want longer PINs).
+        if (table.by_pin.len() as u64).saturating_mul(1000) >= space {
             return Err(PinError::Exhausted(self.digits));
         }
         let mut rng = rand::rng();
@@ -160,14 +161,14 @@ mod tests {
 
     #[test]
     fn live_rooms_never_share_a_pin_and_a_full_space_is_refused() {
-        // 4 digits: 10,000 PINs, of which at most 1% are handed out.
-        let pins = Pins::new(Some("4242".into()), 4);
+        // 5 digits: 100,000 PINs, of which at most one in a thousand are handed out.
+        let pins = Pins::new(Some("4242".into()), 5);
         let mut seen = std::collections::HashSet::new();
         for room in 0..100 {
             let d = pins.assign(room).unwrap();
             assert!(seen.insert(d.pin), "PIN given twice");
         }
-        assert_eq!(pins.assign(100), Err(PinError::Exhausted(4)));
+        assert_eq!(pins.assign(100), Err(PinError::Exhausted(5)));
         pins.release(3);
         assert!(pins.assign(100).is_ok());
     }

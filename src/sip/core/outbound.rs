@@ -395,6 +395,37 @@ impl<R: RngCore> SipCore<R> {
         }
     }
 
+    /// ACKs and BYEs the dialog a forked 2xx created.
+    fn end_fork(
+        &mut self,
+        id: CallId,
+        invite: &Request,
+        response: &Response,
+        destination: Peer,
+        cseq: u32,
+        now: Instant,
+    ) {
+        let sent_by = self.sent_by(&destination.transport);
+        let Ok(mut fork) = Dialog::uac(invite, response) else {
+            return;
+        };
+        tracing::info!(
+            call = id,
+            "a second answer to a forked INVITE: hanging it up"
+        );
+        let ack = fork.create_ack(cseq, &sent_by, &mut self.rng);
+        self.layer
+            .send_stateless(&Message::Request(ack), destination.clone());
+        match fork.create_request(Method::Bye, &sent_by, &mut self.rng) {
+            Ok(bye) => {
+                if let Ok(tx) = self.layer.send_request(bye, destination, now) {
+                    self.by_client_tx.insert(tx, (id, Purpose::Bye));
+                }
+            }
+            Err(e) => tracing::debug!(call = id, "BYE for a fork not built: {e}"),
+        }
+    }
+
     fn on_outbound_2xx(&mut self, id: CallId, response: &Response, now: Instant) {
         let transport = match self.calls.get(&id) {
             Some(c) => c.source.transport.clone(),
@@ -409,9 +440,19 @@ impl<R: RngCore> SipCore<R> {
             return;
         };
         if let Some(ack) = &out.ack {
-            // A retransmission of the 2xx: the same ACK again.
-            self.layer
-                .send_stateless(&Message::Request(ack.clone()), destination);
+            let same_dialog = call.dialog.as_ref().is_some_and(|d| {
+                DialogId::of_response(response).ok().flatten().as_ref() == Some(d)
+            });
+            if same_dialog {
+                // A retransmission of the 2xx: the same ACK again.
+                self.layer
+                    .send_stateless(&Message::Request(ack.clone()), destination);
+            } else {
+                // A second callee answered a forked INVITE (RFC 3261 section 13.2.2.4):
+                // acknowledge its 2xx and hang it up at once; the first answer stays.
+                let (invite, cseq) = (call.invite.clone(), cseq_of(ack));
+                self.end_fork(id, &invite, response, destination, cseq, now);
+            }
             return;
         }
         let dialog = match Dialog::uac(&call.invite, response) {
@@ -474,4 +515,9 @@ impl<R: RngCore> SipCore<R> {
             command: MediaCommand::Join(spec),
         });
     }
+}
+
+/// The CSeq number of a request (1 when unreadable: ours always have one).
+fn cseq_of(req: &Request) -> u32 {
+    req.headers.cseq().map_or(1, |c| c.seq)
 }
