@@ -420,10 +420,19 @@ fn join_spec(req: Join) -> Result<JoinSpec, ApiError> {
     })
 }
 
-async fn join(State(s): State<ApiState>, Path(room): Path<String>, body: Bytes) -> ApiResult {
+async fn join(
+    State(s): State<ApiState>,
+    Path(room): Path<String>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    body: Bytes,
+) -> ApiResult {
     let id = room_id(&room)?;
     let req: Join = parse_body(&body, false)?;
-    let spec = join_spec(req)?;
+    let mut spec = join_spec(req)?;
+    // A client joins as itself: the moderator role is the admin's to give.
+    if caller.is_some_and(|c| c.is_client()) {
+        spec.moderator = false;
+    }
     let info = s.host.join(id, spec).await?;
     ok(StatusCode::CREATED, &info)
 }

@@ -137,10 +137,25 @@ pub async fn authenticate(
     }
     let verdict = token_of(&req)
         .and_then(|t| keys.verify(&t, now_s()))
-        .and_then(|who| allowed(req.method(), req.uri().path(), &who));
+        .and_then(|who| allowed(req.method(), req.uri().path(), &who).map(|()| who));
     match verdict {
-        Ok(()) => next.run(req).await,
+        Ok(who) => {
+            let mut req = req;
+            req.extensions_mut().insert(Caller(who));
+            next.run(req).await
+        }
         Err(e) => refuse(&e),
+    }
+}
+
+/// Who called (set by [`authenticate`] for handlers that treat callers differently).
+#[derive(Debug, Clone)]
+pub struct Caller(Principal);
+
+impl Caller {
+    /// A client token (not an admin's or an IM server's).
+    pub fn is_client(&self) -> bool {
+        matches!(self.0.scope(), Scope::Client { .. })
     }
 }
 
@@ -183,9 +198,9 @@ pub fn run_token(args: TokenArgs) -> anyhow::Result<()> {
     let cfg = Config::load(args.config.as_deref())?;
     let secret = cfg
         .api_secret
-        .as_deref()
+        .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no api_secret configured: tokens are not in use"))?;
-    let keys = keyring(secret)?;
+    let keys = keyring(secret.expose())?;
     let scope = match args.scope {
         ScopeArg::Admin => Scope::Admin,
         ScopeArg::ImServer => Scope::ImServer {

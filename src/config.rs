@@ -98,7 +98,25 @@ pub struct Config {
     /// The control API's token secret, hex, at least 32 bytes (`openssl rand -hex 32`):
     /// with it every API call needs a bearer token (`confer token`); without it the API is
     /// open and may only listen on loopback.
-    pub api_secret: Option<String>,
+    pub api_secret: Option<Secret>,
+}
+
+/// A secret setting: `Debug` hides it, so a logged configuration never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// One dial-in number and the room it leads to (created on the first call).
@@ -273,9 +291,11 @@ impl Config {
                 trunks: Vec<TrunkConfig>,
             }
             let w: Wrapped = toml::from_str(&format!("trunks = {v}")).map_err(|e| {
+                // The message only: toml's full error quotes the line, passwords and all.
                 anyhow::anyhow!(
                     "environment variable CONFER_TRUNKS (a TOML array of tables, \
-                     e.g. [{{name = \"carrier\", address = \"192.0.2.1:5060\"}}]): {e}"
+                     e.g. [{{name = \"carrier\", address = \"192.0.2.1:5060\"}}]): {}",
+                    e.message()
                 )
             })?;
             self.trunks = w.trunks;
@@ -294,7 +314,7 @@ impl Config {
             self.dial_out_deny = list(v);
         }
         if let Some(v) = get("CONFER_API_SECRET") {
-            self.api_secret = Some(v);
+            self.api_secret = Some(Secret(v));
         }
         if let Some(v) = get("CONFER_SIP_INBOUND") {
             self.sip_inbound = v;
@@ -385,7 +405,7 @@ impl Config {
         crate::sip::DialPlan::new(&self.dial_in, &self.sip_country_code)?;
         match &self.api_secret {
             Some(secret) => {
-                crate::auth::keyring(secret)?;
+                crate::auth::keyring(secret.expose())?;
             }
             None if !self.http_listen.ip().is_loopback() => bail!(
                 "http_listen {} is not loopback: the control API needs api_secret (tokens) \

@@ -178,7 +178,7 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         cfg.pin_digits,
     ));
     let auth = match &cfg.api_secret {
-        Some(secret) => Some(Arc::new(crate::auth::keyring(secret)?)),
+        Some(secret) => Some(Arc::new(crate::auth::keyring(secret.expose())?)),
         None => None,
     };
     let trunks = Arc::new(Trunks::new(

@@ -84,6 +84,11 @@ fn tokens_open_what_their_scope_allows_and_nothing_else() {
     let path = format!("/v1/rooms/{room}/participants");
     let (status, _, v) = s.request_as(&client, "POST", &path, Some(&join));
     assert_eq!(status, 201, "{v}");
+    // It cannot make itself a moderator.
+    let as_moderator = join.replace("}", r#","moderator":true}"#);
+    let (status, _, v) = s.request_as(&client, "POST", &path, Some(&as_moderator));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["stats"]["moderator"], false, "{v}");
     let (status, _, v) = s.request_as(&client, "GET", "/v1/rooms", None);
     assert_eq!(status, 403, "{v}");
     assert_eq!(v["code"], "insufficient_scope", "{v}");

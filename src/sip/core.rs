@@ -553,7 +553,7 @@ impl<R: RngCore> SipCore<R> {
                 .and_then(|c| c.outbound.as_ref().map(|_| c.state == CallState::Dialing));
             match dialled {
                 Some(true) => {
-                    self.dial_timed_out(call, now);
+                    self.dial_deadline(call, now);
                     continue;
                 }
                 Some(false) => {
@@ -899,12 +899,21 @@ impl<R: RngCore> SipCore<R> {
         let Some(route) = route else {
             return reject(self, StatusCode::NOT_FOUND, &[]);
         };
-        // Who is locked out after failed PINs: a trunk's caller by its number (everyone
-        // behind the trunk shares its address), anyone else by address (From can be
-        // forged at will, and a new one would start afresh).
+        // Who is locked out after failed PINs: a trunk's caller by trunk and number
+        // (everyone behind the trunk shares its address), anyone else by address (From
+        // can be forged at will, and a new one would start afresh); an IPv6 caller by its
+        // /64, which one host has plenty of addresses in.
         let caller = match req.headers.from().ok().and_then(|f| from_trunk(&f.uri)) {
-            Some(number) => CallerKey::Number(number),
-            None => CallerKey::Address(source.addr.ip()),
+            Some(number) => {
+                CallerKey::Number(format!("{}:{number}", trunk.as_deref().unwrap_or("")))
+            }
+            None => CallerKey::Address(match source.addr.ip() {
+                IpAddr::V6(a) => {
+                    let s = a.segments();
+                    IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+                v4 => v4,
+            }),
         };
         let target = match route {
             Route::Room(room) => Target::Room(room.to_owned()),
@@ -2344,6 +2353,23 @@ mod tests {
         // The first answer's call goes on.
         assert!(d.dials.is_empty() && d.media.is_empty());
         assert_eq!(c.calls(), 1);
+    }
+
+    #[test]
+    fn a_cancel_nobody_answers_ends_the_call_after_64_t1() {
+        let mut c = core(10);
+        let now = t0();
+        let (call, invite) = dialled(&mut c, false, now);
+        c.on_message(callee(&invite, 180, &[], ""), trunk(), now);
+        drain(&mut c);
+        c.hang_up_dialled(call, now).unwrap();
+        assert_eq!(drain(&mut c).requests(), ["CANCEL"]);
+        // The trunk is gone: no 200 to the CANCEL, no 487.
+        c.handle_timeout(now + Duration::from_secs(33));
+        let d = drain(&mut c);
+        assert_eq!(d.dials, [(call, DialProgress::Failed { status: 487 })]);
+        assert_eq!(d.media, [(call, MediaCommand::Release)]);
+        assert_eq!(c.calls(), 0);
     }
 
     #[test]

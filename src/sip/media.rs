@@ -295,6 +295,9 @@ struct CallMedia {
     /// The clips last handed to the host, kept so that the last reference (and the
     /// free) is here, not on the media worker that played them.
     clips: std::collections::VecDeque<Clip>,
+    /// The PIN prompts' own room, from `Prepare` until it is deleted (on every path: a
+    /// setup that fails, a CANCEL, the admission, the end).
+    lobby: Option<u64>,
 }
 
 impl CallMedia {
@@ -315,6 +318,7 @@ impl CallMedia {
             keys: CallerKeys::default(),
             announced: false,
             clips: std::collections::VecDeque::with_capacity(PLAYBACK_QUEUE_LEN),
+            lobby: None,
         }
     }
 
@@ -393,14 +397,19 @@ impl CallMedia {
             }
             Target::Pin { dialed, caller } => {
                 self.pin_target = Some((dialed, caller));
-                host.create_room(RoomSpec {
-                    name: format!("pin-prompts-{call}"),
-                    max_participants: Some(1),
-                    internal: true,
-                    ..RoomSpec::default()
-                })
-                .await
-                .map(|info| info.id)
+                let created = host
+                    .create_room(RoomSpec {
+                        name: format!("pin-prompts-{call}"),
+                        max_participants: Some(1),
+                        internal: true,
+                        ..RoomSpec::default()
+                    })
+                    .await
+                    .map(|info| info.id);
+                if let Ok(id) = created {
+                    self.lobby = Some(id);
+                }
+                created
             }
         };
         let prepared = match room {
@@ -725,13 +734,12 @@ impl CallMedia {
             inband_dtmf: self.pin.as_ref().is_some_and(|p| !p.rfc4733),
         };
         let host = self.shared.host.clone();
-        match host.move_participant(lobby, participant, room, spec).await {
+        let moved = patiently(|| host.move_participant(lobby, participant, room, spec)).await;
+        match moved {
             Ok(_) => {
                 tracing::info!(call = self.call, room, "caller admitted by PIN");
                 self.room = Some(room);
-                if let Err(e) = host.delete_room(lobby).await {
-                    self.error("deleting the PIN prompts' room", &e);
-                }
+                self.delete_lobby().await;
                 self.arrived(room).await;
             }
             Err(e) => {
@@ -778,21 +786,32 @@ impl CallMedia {
                 self.announce(r, PromptId::ParticipantLeft).await;
             }
         }
-        if let Some(lobby) = self.pin.as_ref().map(|p| p.lobby)
-            && self.room == Some(lobby)
-            && let Err(e) = host.delete_room(lobby).await
-            && !matches!(e, HostError::UnknownRoom(_))
-        {
-            self.error("deleting the PIN prompts' room", &e);
+        self.delete_lobby().await;
+    }
+
+    /// Deletes the PIN prompts' room, if it still exists.
+    async fn delete_lobby(&mut self) {
+        let Some(lobby) = self.lobby.take() else {
+            return;
+        };
+        let host = self.shared.host.clone();
+        match patiently(|| host.delete_room(lobby)).await {
+            Ok(()) | Err(HostError::UnknownRoom(_)) => {}
+            Err(e) => self.error("deleting the PIN prompts' room", &e),
         }
     }
 }
 
-/// Leaves the room, waiting out a busy worker: a participant must not outlive its call.
-async fn leave(host: &Host, room: u64, participant: u64) -> Result<(), HostError> {
+/// Runs `op` again while a worker's command queue is full (at most about 2 s): a leave,
+/// a move or a deletion must not be dropped because of a burst.
+async fn patiently<T, F, Fut>(mut op: F) -> Result<T, HostError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, HostError>>,
+{
     let mut wait = Duration::from_millis(2);
     for _ in 0..12 {
-        match host.leave(room, participant).await {
+        match op().await {
             Err(HostError::Busy(_)) => {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_millis(200));
@@ -800,7 +819,12 @@ async fn leave(host: &Host, room: u64, participant: u64) -> Result<(), HostError
             other => return other,
         }
     }
-    host.leave(room, participant).await
+    op().await
+}
+
+/// Leaves the room, waiting out a busy worker: a participant must not outlive its call.
+async fn leave(host: &Host, room: u64, participant: u64) -> Result<(), HostError> {
+    patiently(|| host.leave(room, participant)).await
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -19,8 +19,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use confer_pstn_bridge::digest::Credentials;
 use confer_pstn_bridge::numbers::{
-    DialOutConfig, DialOutPolicy, NationalContext, RewriteRule, TrunkNumbering, TrunkRewriter,
-    normalize,
+    DialOutConfig, DialOutPolicy, NationalContext, RefusalReason, RewriteRule, TrunkNumbering,
+    TrunkRewriter,
 };
 use confer_pstn_bridge::sip::Uri;
 use confer_pstn_bridge::sip::transaction::Peer;
@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use super::core::DialRequest;
 
-/// One trunk as configured (`[[trunks]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One trunk as configured (`[[trunks]]`). `Debug` leaves the passwords out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrunkConfig {
     /// Its name in the API (`"trunk": "carrier"`).
@@ -91,6 +91,21 @@ pub struct TrunkRegistration {
     pub credentials: Option<Credentials>,
     /// Requested lifetime.
     pub expires: std::time::Duration,
+}
+
+impl std::fmt::Debug for TrunkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("domain", &self.domain)
+            .field("username", &self.username)
+            .field("caller_id", &self.caller_id)
+            .field("register", &self.register)
+            .field("inbound_from", &self.inbound_from)
+            .field("inbound_username", &self.inbound_username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A rewrite rule (see `confer_pstn_bridge::numbers::RewriteRule`): a number matching
@@ -177,6 +192,14 @@ impl std::fmt::Debug for Trunks {
             )
             .finish_non_exhaustive()
     }
+}
+
+/// Digits with the separators and signs people dial (`+`, `*`, `#`, `-`, `.`, `(`, `)`,
+/// spaces), at least one digit.
+fn is_dial_string(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b"+*#-.() ".contains(&b))
 }
 
 /// The national plan of a country code (as the dial plan reads it).
@@ -378,14 +401,14 @@ impl Trunks {
                 Uri::Sip(u) => u.user().and_then(|u| u.to_str()).map(|u| u.into_owned()),
                 _ => None,
             };
-            // A number in the user part is decided like a dialled number.
-            if let Some(user) = user
-                && let Ok(number) = normalize(&user, &self.context)
-                && number.as_str().starts_with('+')
+            // A dial string in the user part is decided like a dialled number (emergency,
+            // premium, other countries); only a PBX extension, which no E.164 rule
+            // concerns, passes as it is.
+            if let Some(user) = user.filter(|u| is_dial_string(u))
+                && let Err(r) = self.policy.decide_input(&user, &self.context)
+                && r.reason != RefusalReason::NotE164
             {
-                self.policy
-                    .decide(&number)
-                    .map_err(|r| PlanError::Refused(r.to_string()))?;
+                return Err(PlanError::Refused(r.to_string()));
             }
             uri
         } else {
@@ -479,11 +502,20 @@ mod tests {
                 "{to}"
             );
         }
-        // Also inside a SIP URI.
-        assert!(matches!(
-            t.plan(1, "sip:+19005550123@carrier.example", None),
-            Err(PlanError::Refused(_))
-        ));
+        // Also inside a SIP URI, emergency numbers and unreadable numbers included; a PBX
+        // extension passes.
+        for to in [
+            "sip:+19005550123@carrier.example",
+            "sip:911@carrier.example",
+            "sip:112@carrier.example",
+            "sip:+1911@carrier.example",
+        ] {
+            assert!(
+                matches!(t.plan(1, to, None), Err(PlanError::Refused(_))),
+                "{to}"
+            );
+        }
+        assert!(t.plan(1, "sip:4242@pbx.example", None).is_ok());
         // An allow rule opens a country.
         let open = Trunks::new(&[trunk("carrier")], "1", &["+44".into()], &[]).unwrap();
         assert!(open.plan(1, "+442071234567", None).is_ok());

@@ -80,10 +80,17 @@ impl<R: RngCore> SipCore<R> {
             return Caller::Trunk(name.to_owned());
         }
         let credentials = trunks.inbound_credentials();
-        if let Some(value) = req.headers.get(HeaderName::Authorization)
-            && !credentials.is_empty()
-        {
-            let verdict = parse_authorization(value).and_then(|auth| {
+        // Credentials for us: our realm and a trunk's username. Anything else (a header
+        // meant for a proxy on the way, another realm) does not make the caller a trunk.
+        let ours = req
+            .headers
+            .get(HeaderName::Authorization)
+            .and_then(|v| parse_authorization(v).ok())
+            .filter(|a| {
+                a.realm == "confer" && credentials.iter().any(|c| c.username == a.username)
+            });
+        if let Some(auth) = ours {
+            let verdict = Ok(auth).and_then(|auth: confer_pstn_bridge::digest::Authorization| {
                 let c = credentials
                     .iter()
                     .find(|c| c.username == auth.username)

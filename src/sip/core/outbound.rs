@@ -130,7 +130,8 @@ impl<R: RngCore> SipCore<R> {
         let invite = self.build_invite(&out, "").map_err(DialError::Build)?;
         let call = self.next_call;
         self.next_call += 1;
-        tracing::info!(call, room, to = %out.request.uri, "dialling out");
+        tracing::info!(call, room, "dialling out");
+        tracing::debug!(call, to = %out.request.uri, "dial-out destination");
         let source = out.request.destination.clone();
         let to_tag = out.from_tag.clone();
         let room_label = format!("room {room}");
@@ -173,6 +174,18 @@ impl<R: RngCore> SipCore<R> {
             if let Err(e) = self.layer.cancel(tx, now) {
                 tracing::debug!(call = id, "CANCEL not sent: {e}");
                 self.end_call(id, CallEnd::Cancelled);
+            } else {
+                // A proceeding INVITE has no timer of its own: if nothing answers the
+                // CANCEL (the trunk went away), the call ends after 64 T1 anyway
+                // (RFC 3261 section 9.1).
+                let wait = self.config.transactions.timers.t1 * 64;
+                if let Some(at) = call.setup_deadline.take() {
+                    self.setup_deadlines.remove(&(at, id));
+                }
+                if let Some(at) = now.checked_add(wait) {
+                    call.setup_deadline = Some(at);
+                    self.setup_deadlines.insert((at, id));
+                }
             }
         }
         self.drain(now);
@@ -310,8 +323,27 @@ impl<R: RngCore> SipCore<R> {
         self.send_invite(id, now);
     }
 
+    /// A dialled call's deadline passed: no answer in time (cancel it), or no response to
+    /// our CANCEL (give up on it).
+    pub(super) fn dial_deadline(&mut self, id: CallId, now: Instant) {
+        let cancelled = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.outbound.as_ref())
+            .is_some_and(|o| o.cancelled);
+        if cancelled {
+            tracing::info!(
+                call = id,
+                "no response to our CANCEL: giving up on the call"
+            );
+            self.dial_failed(id, 408);
+        } else {
+            self.dial_timed_out(id, now);
+        }
+    }
+
     /// The answer deadline passed: cancel.
-    pub(super) fn dial_timed_out(&mut self, id: CallId, now: Instant) {
+    fn dial_timed_out(&mut self, id: CallId, now: Instant) {
         tracing::info!(call = id, "no answer in time: cancelling");
         if let Some(out) = self.calls.get_mut(&id).and_then(|c| c.outbound.as_mut()) {
             out.status = Some(408);
