@@ -679,8 +679,10 @@ pub struct JoinOptions {
 pub enum Signal {
     /// A key was pressed (RFC 4733, or a tone with [`JoinOptions::inband_dtmf`]).
     Key(DtmfDigit),
-    /// Everything played to the participant ([`Host::play_to`]) has been sent.
-    PlaybackFinished,
+    /// Everything played to the participant ([`Host::play_to`]) has been sent; the
+    /// number is that of the last `play_to`, so a finish that crossed a stop and a new
+    /// play on its way is recognised as the old one's.
+    PlaybackFinished(u64),
 }
 
 /// How a participant moved to another room ([`Host::move_participant`]) joins it.
@@ -923,6 +925,7 @@ enum Command {
         room: u64,
         participant: u64,
         clip: Clip,
+        number: u64,
         reply: Reply<()>,
     },
     StopPlayback {
@@ -1377,13 +1380,21 @@ impl Host {
     }
 
     /// Plays `clip` (48 kHz) to one participant, after what is already queued for it; a
-    /// [`Signal::PlaybackFinished`] follows when everything queued has been sent.
-    pub async fn play_to(&self, room: u64, participant: u64, clip: Clip) -> Result<(), HostError> {
+    /// [`Signal::PlaybackFinished`] with `number` follows when everything queued has been
+    /// sent (the caller numbers its plays).
+    pub async fn play_to(
+        &self,
+        room: u64,
+        participant: u64,
+        clip: Clip,
+        number: u64,
+    ) -> Result<(), HostError> {
         let worker = self.worker_of(room)?;
         self.call(worker, |reply| Command::PlayTo {
             room,
             participant,
             clip,
+            number,
             reply,
         })
         .await
@@ -1646,6 +1657,8 @@ struct Member {
     inband_dtmf: bool,
     /// The address the receive task accepts (and `spec.rtp_address` the one we send to).
     peer: tokio::sync::watch::Sender<SocketAddr>,
+    /// The number of the last [`Host::play_to`].
+    play_number: u64,
 }
 
 impl Drop for Member {
@@ -2633,9 +2646,15 @@ impl Worker {
                 room,
                 participant,
                 clip,
+                number,
                 reply,
             } => {
                 let r = self.with_participant(room, participant, |r, pid| r.play_to(pid, clip));
+                if r.is_ok()
+                    && let Some(m) = self.member_mut(room, participant)
+                {
+                    m.play_number = number;
+                }
                 let _ = reply.send(r);
             }
             Command::StopPlayback {
@@ -2843,6 +2862,7 @@ impl Worker {
             signals: n.signals,
             inband_dtmf: n.inband_dtmf,
             peer: n.peer,
+            play_number: 0,
         };
         self.adopt(room, Moving { member, leg: n.leg }, spec, now)
             .map_err(|(e, _)| e)
@@ -2972,6 +2992,12 @@ impl Worker {
             (_, Err(e)) => Err(e.into()),
             (None, Ok(_)) => Err(HostError::UnknownParticipant { room, participant }),
         }
+    }
+
+    fn member_mut(&mut self, room: u64, participant: u64) -> Option<&mut Member> {
+        let e = self.rooms.get_mut(&room)?;
+        let pid = e.by_api.get(&participant)?;
+        e.members.get_mut(pid)
     }
 
     /// Runs `f` on a participant's room and its room id; publishes what it caused.
@@ -3156,7 +3182,10 @@ fn publish(
             };
             let signal = match ev.kind {
                 RoomEventKind::Digit { id, digit } => Some((id, Signal::Key(digit))),
-                RoomEventKind::PlaybackFinished(id) => Some((id, Signal::PlaybackFinished)),
+                RoomEventKind::PlaybackFinished(id) => e
+                    .members
+                    .get(&id)
+                    .map(|m| (id, Signal::PlaybackFinished(m.play_number))),
                 _ => None,
             };
             if let Some((id, signal)) = signal

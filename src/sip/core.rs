@@ -892,10 +892,18 @@ impl<R: RngCore> SipCore<R> {
             let t = trunk.as_deref()?;
             self.config.trunks.number_from(t, &user(uri)?)
         };
-        let route = match from_trunk(&req.uri) {
+        let mut route = match from_trunk(&req.uri) {
             Some(number) => self.config.dial_plan.route_for_number(&number),
             None => self.config.dial_plan.route_for(&req.uri),
         };
+        // A trunk we register with may send its calls to our Contact (the account) and
+        // the number dialled in To.
+        if route.is_none()
+            && trunk.is_some()
+            && let Some(number) = req.headers.to().ok().and_then(|t| from_trunk(&t.uri))
+        {
+            route = self.config.dial_plan.route_for_number(&number);
+        }
         let Some(route) = route else {
             return reject(self, StatusCode::NOT_FOUND, &[]);
         };
@@ -2426,6 +2434,17 @@ mod tests {
             d.commands().first(),
             Some(MediaCommand::Prepare { target: Target::Room(r) }) if r == "standup"
         ));
+        // Sent to our Contact (the account) with the number in To: found by To.
+        let mut m = invite_to("acct", 2, "");
+        if let Message::Request(r) = &mut m {
+            r.headers
+                .set(HeaderName::To, "<sip:0015555550100@127.0.0.1>")
+                .unwrap();
+        }
+        c.on_message(m, peer(), now);
+        let d = drain(&mut c);
+        assert_eq!(d.statuses(), [100]);
+        assert_eq!(d.commands().len(), 1, "prepared: {:?}", d.statuses());
         // From elsewhere, with trunks only: 403, and nothing prepared.
         let mut c = core_with(
             10,

@@ -298,6 +298,8 @@ struct CallMedia {
     /// The PIN prompts' own room, from `Prepare` until it is deleted (on every path: a
     /// setup that fails, a CANCEL, the admission, the end).
     lobby: Option<u64>,
+    /// Prompts played so far: the number of the last one.
+    plays: u64,
 }
 
 impl CallMedia {
@@ -319,6 +321,7 @@ impl CallMedia {
             announced: false,
             clips: std::collections::VecDeque::with_capacity(PLAYBACK_QUEUE_LEN),
             lobby: None,
+            plays: 0,
         }
     }
 
@@ -581,12 +584,14 @@ impl CallMedia {
                 };
                 self.on_digit(DigitInput { digit, source }).await;
             }
-            Signal::PlaybackFinished => {
+            // Only the finish of the last prompt played counts (see `Signal`).
+            Signal::PlaybackFinished(number) if number == self.plays => {
                 if let Some(p) = self.pin.as_mut() {
                     p.ivr.handle_playback_finished(Instant::now());
                     self.drive_ivr().await;
                 }
             }
+            Signal::PlaybackFinished(_) => {}
         }
     }
 
@@ -638,8 +643,13 @@ impl CallMedia {
         let (Some(room), Some(participant)) = (self.room, self.participant) else {
             return;
         };
+        self.plays += 1;
         if let Some(clip) = self.rendered(&prompt)
-            && let Err(e) = self.shared.host.play_to(room, participant, clip).await
+            && let Err(e) = self
+                .shared
+                .host
+                .play_to(room, participant, clip, self.plays)
+                .await
         {
             self.error("playing a prompt", &e);
         }
