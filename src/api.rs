@@ -55,7 +55,14 @@ pub struct ApiState {
     pub trunks: std::sync::Arc<Trunks>,
     /// Token keys; `None`: the API is open (loopback only).
     pub auth: Option<std::sync::Arc<confer_signalling::token::Keyring>>,
+    /// The participant each client device joined as, by (room, user, device): a device
+    /// is in a room once.
+    pub client_joins: ClientJoins,
 }
+
+/// The participant each client device joined as, by (room, user, device).
+pub type ClientJoins =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(u64, String, String), u64>>>;
 
 /// A room as the API shows it: the host's view and its dial-in, if it has one.
 #[derive(Serialize)]
@@ -429,11 +436,34 @@ async fn join(
     let id = room_id(&room)?;
     let req: Join = parse_body(&body, false)?;
     let mut spec = join_spec(req)?;
-    // A client joins as itself: the moderator role is the admin's to give.
-    if caller.is_some_and(|c| c.is_client()) {
+    // A client joins as itself: the moderator role is the admin's to give, and one
+    // device is one participant.
+    let device = caller.as_ref().and_then(|c| c.client_device());
+    if let Some((user, dev)) = &device {
         spec.moderator = false;
+        let key = (id, user.clone(), dev.clone());
+        let existing = s
+            .client_joins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(p) = existing
+            && s.host.participant(id, p).await.is_ok()
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("device {dev} of {user} is already in room {id} (participant {p})"),
+            ));
+        }
     }
     let info = s.host.join(id, spec).await?;
+    if let Some((user, dev)) = device {
+        let mut joins = s.client_joins.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries of rooms that are gone go with the next join of any client.
+        joins.retain(|(room, _, _), _| s.host.has_room(*room));
+        joins.insert((id, user, dev), info.id);
+    }
     ok(StatusCode::CREATED, &info)
 }
 
@@ -486,11 +516,14 @@ async fn hang_up(
     State(s): State<ApiState>,
     Path((room, call)): Path<(String, String)>,
 ) -> ApiResult {
-    let _ = room_id(&room)?;
+    let room = room_id(&room)?;
     let call: u64 = call
         .parse()
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no call {call:?}")))?;
-    sip_running(&s)?.hang_up(call).await.map_err(dial_error)?;
+    sip_running(&s)?
+        .hang_up(room, call)
+        .await
+        .map_err(dial_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -153,9 +153,12 @@ pub async fn authenticate(
 pub struct Caller(Principal);
 
 impl Caller {
-    /// A client token (not an admin's or an IM server's).
-    pub fn is_client(&self) -> bool {
-        matches!(self.0.scope(), Scope::Client { .. })
+    /// A client's user and device.
+    pub fn client_device(&self) -> Option<(String, String)> {
+        match self.0.scope() {
+            Scope::Client { user, device, .. } => Some((user.clone(), device.clone())),
+            _ => None,
+        }
     }
 }
 

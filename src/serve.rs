@@ -229,6 +229,7 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
                     sip: sip_control,
                     trunks,
                     auth,
+                    client_joins: Default::default(),
                 });
                 let mut server_stop = stop_rx.clone();
                 let server = tokio::spawn(

@@ -84,7 +84,19 @@ fn tokens_open_what_their_scope_allows_and_nothing_else() {
     let path = format!("/v1/rooms/{room}/participants");
     let (status, _, v) = s.request_as(&client, "POST", &path, Some(&join));
     assert_eq!(status, 201, "{v}");
-    // It cannot make itself a moderator.
+    // One device is one participant: a second join is refused while the first lasts.
+    let (status, _, v) = s.request_as(&client, "POST", &path, Some(&join));
+    assert_eq!(status, 409, "{v}");
+    let first = s
+        .request_as(&admin, "GET", &format!("/v1/rooms/{room}"), None)
+        .2["participant_ids"][0]
+        .as_u64()
+        .expect("the participant");
+    let gone = s
+        .request_as(&admin, "DELETE", &format!("{path}/{first}"), None)
+        .0;
+    assert_eq!(gone, 204);
+    // Then it joins again, and cannot make itself a moderator.
     let as_moderator = join.replace("}", r#","moderator":true}"#);
     let (status, _, v) = s.request_as(&client, "POST", &path, Some(&as_moderator));
     assert_eq!(status, 201, "{v}");

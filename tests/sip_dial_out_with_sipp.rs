@@ -133,6 +133,13 @@ fn a_number_dialled_through_the_trunk_answers_joins_the_room_hears_it_and_is_hun
             .await;
         (call, start)
     });
+    // Through another room, the call is not found.
+    let (status, _) = s.server.request(
+        "DELETE",
+        &format!("/v1/rooms/{}/calls/{call}", room + 1000),
+        None,
+    );
+    assert_eq!(status, 404);
     let (status, v) = s
         .server
         .request("DELETE", &format!("/v1/rooms/{room}/calls/{call}"), None);

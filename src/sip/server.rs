@@ -225,6 +225,7 @@ enum Control {
         reply: oneshot::Sender<Result<CallId, DialError>>,
     },
     HangUp {
+        room: u64,
         call: CallId,
         reply: oneshot::Sender<Result<(), DialError>>,
     },
@@ -253,10 +254,10 @@ impl SipControl {
     }
 
     /// Hangs up a dialled call (CANCEL before the answer, BYE after).
-    pub async fn hang_up(&self, call: CallId) -> Result<(), DialError> {
+    pub async fn hang_up(&self, room: u64, call: CallId) -> Result<(), DialError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Control::HangUp { call, reply })
+            .try_send(Control::HangUp { room, call, reply })
             .map_err(|_| DialError::Busy)?;
         rx.await.map_err(|_| DialError::Busy)?
     }
@@ -555,8 +556,8 @@ async fn run_core(
                 Control::Dial { request, reply } => {
                     let _ = reply.send(core.dial(*request, now()));
                 }
-                Control::HangUp { call, reply } => {
-                    let _ = reply.send(core.hang_up_dialled(call, now()));
+                Control::HangUp { room, call, reply } => {
+                    let _ = reply.send(core.hang_up_dialled_in(call, Some(room), now()));
                 }
             },
             () = sleep => core.handle_timeout(now()),

@@ -156,10 +156,25 @@ impl<R: RngCore> SipCore<R> {
 
     /// Hangs up a dialled call: CANCEL before the answer, BYE after.
     pub fn hang_up_dialled(&mut self, id: CallId, now: Instant) -> Result<(), DialError> {
+        self.hang_up_dialled_in(id, None, now)
+    }
+
+    /// [`hang_up_dialled`](Self::hang_up_dialled), when the call was dialled into `room`
+    /// (a call of another room is unknown there).
+    pub fn hang_up_dialled_in(
+        &mut self,
+        id: CallId,
+        room: Option<u64>,
+        now: Instant,
+    ) -> Result<(), DialError> {
         let Some(call) = self.calls.get_mut(&id) else {
             return Err(DialError::UnknownCall(id));
         };
-        let Some(out) = call.outbound.as_mut() else {
+        let Some(out) = call
+            .outbound
+            .as_mut()
+            .filter(|o| room.is_none_or(|r| r == o.request.room))
+        else {
             return Err(DialError::UnknownCall(id));
         };
         if out.answered || call.dialog.is_some() {
