@@ -2651,7 +2651,7 @@ impl Worker {
             } => {
                 let r = self.with_participant(room, participant, |r, pid| r.play_to(pid, clip));
                 if r.is_ok()
-                    && let Some(m) = self.member_mut(room, participant)
+                    && let Ok(m) = self.member_mut(room, participant)
                 {
                     m.play_number = number;
                 }
@@ -2671,23 +2671,10 @@ impl Worker {
                 remote,
                 reply,
             } => {
-                let r = self
-                    .rooms
-                    .get_mut(&room)
-                    .ok_or(HostError::UnknownRoom(room))
-                    .and_then(|e| {
-                        let pid = e
-                            .by_api
-                            .get(&participant)
-                            .ok_or(HostError::UnknownParticipant { room, participant })?;
-                        let m = e
-                            .members
-                            .get_mut(pid)
-                            .ok_or(HostError::UnknownParticipant { room, participant })?;
-                        m.spec.rtp_address = remote;
-                        m.peer.send_replace(remote);
-                        Ok(())
-                    });
+                let r = self.member_mut(room, participant).map(|m| {
+                    m.spec.rtp_address = remote;
+                    m.peer.send_replace(remote);
+                });
                 let _ = reply.send(r);
             }
             Command::Announce { room, clip, reply } => {
@@ -2994,10 +2981,15 @@ impl Worker {
         }
     }
 
-    fn member_mut(&mut self, room: u64, participant: u64) -> Option<&mut Member> {
-        let e = self.rooms.get_mut(&room)?;
-        let pid = e.by_api.get(&participant)?;
-        e.members.get_mut(pid)
+    fn member_mut(&mut self, room: u64, participant: u64) -> Result<&mut Member, HostError> {
+        let e = self
+            .rooms
+            .get_mut(&room)
+            .ok_or(HostError::UnknownRoom(room))?;
+        e.by_api
+            .get(&participant)
+            .and_then(|pid| e.members.get_mut(pid))
+            .ok_or(HostError::UnknownParticipant { room, participant })
     }
 
     /// Runs `f` on a participant's room and its room id; publishes what it caused.

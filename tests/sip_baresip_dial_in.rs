@@ -18,6 +18,8 @@ mod leg_harness;
 mod serve_harness;
 mod sip_support;
 
+use sip_support::rms;
+
 use sip_support::room_participants as participants;
 
 use std::path::{Path, PathBuf};
@@ -144,10 +146,6 @@ fn write_wav(path: &Path, pcm: &[f32], rate: u32, channels: u16) {
         }
     }
     w.finalize().expect("finish the speech file");
-}
-
-fn rms(x: &[f32]) -> f64 {
-    (x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
 }
 
 /// What one call showed.

@@ -15,6 +15,8 @@ mod leg_harness;
 mod serve_harness;
 mod sip_support;
 
+use sip_support::rms;
+
 use sip_support::room_participants as participants;
 
 use std::path::{Path, PathBuf};
@@ -41,10 +43,6 @@ fn scenario(name: &str) -> String {
 
 const NUMBER: &str = "+15555550100";
 const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
-
-fn rms(x: &[f32]) -> f64 {
-    (x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
-}
 
 #[test]
 fn a_sipp_caller_dialling_the_room_number_is_in_the_room_both_ways() {

@@ -13,6 +13,8 @@ mod leg_harness;
 mod serve_harness;
 mod sip_support;
 
+use sip_support::rms;
+
 use std::time::{Duration, Instant};
 
 use confer_engine::leg::LegConfig;
@@ -44,10 +46,6 @@ fn dial_in_room(s: &SipServer, name: &str) -> (u64, String, String) {
         .expect("a number")
         .to_owned();
     (v["id"].as_u64().expect("id"), number, pin)
-}
-
-fn rms(x: &[f32]) -> f64 {
-    (x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
 }
 
 fn metric(s: &SipServer, name: &str) -> f64 {

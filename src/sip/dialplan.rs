@@ -39,20 +39,11 @@ pub struct DialPlan {
     pin_number: Option<Number>,
 }
 
-/// The plan of a country code (see the module docs).
-fn context(country_code: &str) -> NationalContext {
-    if country_code == "1" {
-        NationalContext::nanp()
-    } else {
-        NationalContext::with_trunk_prefix_0(country_code)
-    }
-}
-
 impl DialPlan {
     /// Checks and normalises the configured entries: every number must normalise, none
     /// twice, and every room name must be 1..=128 visible characters.
     pub fn new(entries: &[DialIn], country_code: &str) -> anyhow::Result<DialPlan> {
-        let context = context(country_code);
+        let context = super::trunks::national_context(country_code);
         // An invalid country code is reported once, not per number.
         normalize("+15555550100", &context)
             .map_err(|e| anyhow::anyhow!("sip_country_code {country_code:?}: {e}"))?;

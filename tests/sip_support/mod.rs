@@ -646,3 +646,8 @@ pub fn wait_for_participants(s: &SipServer, room: u64, n: usize, wait: Duration)
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Root mean square of samples.
+pub fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}

@@ -100,9 +100,8 @@ impl<R: RngCore> SipCore<R> {
                 if !same_uri {
                     return Err(DigestError::UriMismatch);
                 }
-                let auth_state = self.inbound_auth.get_or_insert_with(|| {
-                    InboundAuth::new(&mut self.rng, now).expect("a fixed, valid realm")
-                });
+                let auth_state = made(&mut self.inbound_auth, &mut self.rng, now)
+                    .ok_or(DigestError::InvalidArgument("realm"))?;
                 let at = now.saturating_duration_since(auth_state.epoch);
                 auth_state
                     .server
@@ -149,10 +148,7 @@ impl<R: RngCore> SipCore<R> {
 
     /// 401 with one challenge per algorithm we take (SHA-256, then MD5).
     fn challenge(&mut self, tx: TransactionId, req: &Request, stale: bool, now: Instant) {
-        if self.inbound_auth.is_none() {
-            self.inbound_auth = InboundAuth::new(&mut self.rng, now);
-        }
-        let Some(auth) = self.inbound_auth.as_ref() else {
+        let Some(auth) = made(&mut self.inbound_auth, &mut self.rng, now) else {
             return self.answer(tx, req, StatusCode::FORBIDDEN, &[], now);
         };
         let at = now.saturating_duration_since(auth.epoch);
@@ -165,4 +161,16 @@ impl<R: RngCore> SipCore<R> {
         self.metrics.auth_challenges.fetch_add(1, Ordering::Relaxed);
         self.answer(tx, req, StatusCode::UNAUTHORIZED, &extra, now);
     }
+}
+
+/// The digest server of inbound calls in `slot`, made on first use.
+fn made<'a>(
+    slot: &'a mut Option<InboundAuth>,
+    rng: &mut impl RngCore,
+    now: Instant,
+) -> Option<&'a mut InboundAuth> {
+    if slot.is_none() {
+        *slot = InboundAuth::new(rng, now);
+    }
+    slot.as_mut()
 }
