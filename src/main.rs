@@ -8,12 +8,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod api;
+mod archive;
 mod auth;
 mod bench;
 mod config;
 mod host;
+mod journal;
 mod serve;
 mod sip;
+mod webhooks;
 
 #[derive(Parser, Debug)]
 #[command(
