@@ -33,7 +33,7 @@ use confer_engine::types::PayloadType;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::host::{Host, HostError, JoinSpec, ParticipantUpdate, RoomInfo, RoomSpec};
 use crate::sip::{DialError, DialInInfo, PinError, Pins, PlanError, SipControl, Trunks};
@@ -58,6 +58,14 @@ pub struct ApiState {
     /// The participant each client device joined as, by (room, user, device): a device
     /// is in a room once.
     pub client_joins: ClientJoins,
+    /// Every event, durable, for the stream's resume cursor.
+    pub journal: crate::journal::Journal,
+    /// Users, presence, client sessions and escalation (not in `confer bench`).
+    pub uc: Option<crate::uc::Uc>,
+    /// The compliance archive (not in `confer bench`).
+    pub archive: Option<crate::archive::Archive>,
+    /// Webhook deliveries (not in `confer bench`).
+    pub webhooks: Option<std::sync::Arc<crate::webhooks::Webhooks>>,
 }
 
 /// The participant each client device joined as, by (room, user, device).
@@ -105,6 +113,7 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(start_recording).delete(stop_recording),
         )
         .route("/v1/recordings", get(list_recordings))
+        .merge(crate::uc::routes::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
@@ -214,7 +223,14 @@ async fn metrics(State(s): State<ApiState>) -> Response {
                 "# HELP confer_dial_in_pins Rooms with a dial-in PIN.\n\
                  # TYPE confer_dial_in_pins gauge\nconfer_dial_in_pins {}\n",
                 s.pins.len()
-            ),
+            )
+            + &s.journal.metrics_text()
+            + &s.archive
+                .as_ref()
+                .map_or(String::new(), |a| a.metrics_text())
+            + &s.webhooks
+                .as_ref()
+                .map_or(String::new(), |w| w.metrics_text()),
     )
         .into_response()
 }
@@ -459,10 +475,15 @@ async fn join(
     }
     let info = s.host.join(id, spec).await?;
     if let Some((user, dev)) = device {
-        let mut joins = s.client_joins.lock().unwrap_or_else(|e| e.into_inner());
-        // Entries of rooms that are gone go with the next join of any client.
-        joins.retain(|(room, _, _), _| s.host.has_room(*room));
-        joins.insert((id, user, dev), info.id);
+        {
+            let mut joins = s.client_joins.lock().unwrap_or_else(|e| e.into_inner());
+            // Entries of rooms that are gone go with the next join of any client.
+            joins.retain(|(room, _, _), _| s.host.has_room(*room));
+            joins.insert((id, user.clone(), dev.clone()), info.id);
+        }
+        if let Some(uc) = &s.uc {
+            uc.on_client_joined(id, &user, &dev, info.id).await;
+        }
     }
     ok(StatusCode::CREATED, &info)
 }
@@ -612,28 +633,55 @@ async fn patch_participant(
     ok(StatusCode::OK, &info)
 }
 
-async fn events(State(s): State<ApiState>, ws: WebSocketUpgrade) -> Response {
-    let rx = s.host.subscribe();
-    let shutdown = s.shutdown.clone();
-    ws.on_upgrade(move |socket| stream_events(socket, rx, shutdown))
+/// `GET /v1/events` query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Resume after this event (the `seq` of the last one received).
+    after: Option<u64>,
+    /// Only events of these sources, comma-separated (`room,call,presence,sip,policy`).
+    sources: Option<String>,
+    /// The token, for browsers (read by the auth layer).
+    #[allow(dead_code)]
+    access_token: Option<String>,
 }
 
-/// Sends every room event as a JSON text message until the client goes or the engine
-/// stops. A subscriber too slow to keep up gets `{"kind":"lagged","missed":N}` and carries
-/// on from the oldest event still buffered.
+async fn events(
+    State(s): State<ApiState>,
+    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+    ws: WebSocketUpgrade,
+) -> ApiResult {
+    let sub = s.journal.subscribe(q.after).map_err(|e| {
+        // A cursor the journal no longer has (purged) or never had (ahead of the head).
+        ApiError::new(StatusCode::GONE, e.to_string())
+    })?;
+    let sources: Option<Vec<String>> = q
+        .sources
+        .map(|l| l.split(',').map(|x| x.trim().to_owned()).collect());
+    let shutdown = s.shutdown.clone();
+    Ok(ws.on_upgrade(move |socket| stream_events(socket, sub, sources, shutdown)))
+}
+
+/// Sends every journal event (`{"seq", "at", "source", "kind", ...}`) as a JSON text
+/// message until the client goes or the engine stops. The journal keeps what a slow
+/// client has not read yet, so nothing is skipped; a client that reconnects with
+/// `?after=<last seq>` gets exactly the events it missed, then the live ones.
 async fn stream_events(
     mut socket: WebSocket,
-    mut rx: broadcast::Receiver<crate::host::EventMsg>,
+    mut sub: crate::journal::Subscription,
+    sources: Option<Vec<String>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let text = tokio::select! {
-            r = rx.recv() => match r {
-                Ok(ev) => serde_json::to_string(&ev).unwrap_or_default(),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    json!({ "kind": "lagged", "missed": n }).to_string()
+            ev = sub.next() => match ev {
+                Some(ev) => {
+                    if sources.as_ref().is_some_and(|l| !l.iter().any(|x| *x == ev.source)) {
+                        continue;
+                    }
+                    ev.to_json()
                 }
-                Err(broadcast::error::RecvError::Closed) => break,
+                None => break,
             },
             _ = shutdown.changed() => break,
             msg = socket.recv() => match msg {

@@ -10,6 +10,11 @@
 //! - `GET /v1/events`: an admin or IM-server token. Browsers cannot set headers on a
 //!   WebSocket, so there the token may also come as `?access_token=` (RFC 6750 section
 //!   2.3).
+//! - `GET /v1/client` (a device's session, WebSocket): a device token; `?access_token=`
+//!   works there too.
+//! - `POST /v1/escalations`, `GET /v1/escalations/{c}`: an IM server token with
+//!   `escalate`, or an admin.
+//! - `/v1/users/{user}/presence`: an IM server token with `presence`, or an admin.
 //! - Everything else: an admin token.
 //!
 //! Without `api_secret` there are no tokens and the API is open; [`crate::config`] then
@@ -88,7 +93,8 @@ fn token_of(req: &Request) -> Result<String, AuthError> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if header.is_some() || req.uri().path() != "/v1/events" {
+    let path = req.uri().path();
+    if header.is_some() || (path != "/v1/events" && path != "/v1/client") {
         return bearer_token(header).map(str::to_owned);
     }
     req.uri()
@@ -118,6 +124,11 @@ fn allowed(method: &Method, path: &str, who: &Principal) -> Result<(), AuthError
             }
             Requirement::Admin
         }
+        (&Method::GET, ["v1", "client"]) => Requirement::Session,
+        (&Method::POST, ["v1", "escalations"]) | (&Method::GET, ["v1", "escalations", _]) => {
+            Requirement::Escalate
+        }
+        (_, ["v1", "users", _, "presence"]) => Requirement::PresenceWrite,
         _ => Requirement::Admin,
     };
     who.check(&required).map_err(AuthError::Forbidden)
@@ -160,6 +171,22 @@ impl Caller {
             _ => None,
         }
     }
+
+    /// A device session's user and device.
+    pub fn session_device(&self) -> Option<(String, String)> {
+        match self.0.scope() {
+            Scope::Device { user, device } => Some((user.clone(), device.clone())),
+            _ => None,
+        }
+    }
+
+    /// An IM server's name.
+    pub fn im_server(&self) -> Option<String> {
+        match self.0.scope() {
+            Scope::ImServer { .. } => Some(self.0.subject().to_owned()),
+            _ => None,
+        }
+    }
 }
 
 /// The scopes `confer token` issues.
@@ -171,6 +198,8 @@ pub enum ScopeArg {
     ImServer,
     /// One user on one device joining one room.
     Client,
+    /// One user's device on its client session (`/v1/client`), where it is rung.
+    Device,
 }
 
 /// `confer token`: issues a token signed with the configured `api_secret`.
@@ -218,6 +247,12 @@ pub fn run_token(args: TokenArgs) -> anyhow::Result<()> {
             device: args
                 .device
                 .ok_or_else(|| anyhow::anyhow!("a client token needs --device"))?,
+        },
+        ScopeArg::Device => Scope::Device {
+            user: args.subject.clone(),
+            device: args
+                .device
+                .ok_or_else(|| anyhow::anyhow!("a device token needs --device"))?,
         },
     };
     let ttl = args.ttl.unwrap_or_else(|| scope.default_ttl_s());

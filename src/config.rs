@@ -99,6 +99,34 @@ pub struct Config {
     /// with it every API call needs a bearer token (`confer token`); without it the API is
     /// open and may only listen on loopback.
     pub api_secret: Option<Secret>,
+    /// Where the compliance archive is kept (`CONFER_ARCHIVE_URL`): `postgres://...` (or
+    /// `postgresql://...`) for PostgreSQL, `sqlite://PATH` or a plain path for a SQLite
+    /// file; not set: the SQLite file `DATA_DIR/archive.db`. Its password never appears in
+    /// logs.
+    pub archive_url: Option<DbUrl>,
+    /// Policy requires archiving (`CONFER_ARCHIVE_REQUIRED`, default true): while the
+    /// archive cannot be written, new escalations and calls are refused (fail closed);
+    /// ongoing calls go on and their records are written when it is back.
+    pub archive_required: bool,
+    /// Archive records older than this many days are purged daily, keeping the chain
+    /// verifiable (`CONFER_ARCHIVE_RETENTION_DAYS`, default 0: kept forever).
+    pub archive_retention_days: u32,
+    /// How escalated calls ring (`[escalation]`: `ring_timeout_ms`, `pstn_timeout_ms`,
+    /// `[escalation.ring_delays]` per device kind, ...; README "Escalation").
+    pub escalation: confer_signalling::escalation::RoutingPolicy,
+    /// Presence (`[presence]`: `idle_timeout_ms`, `max_calls_per_user`).
+    pub presence: confer_signalling::presence::PresenceConfig,
+    /// The initial policy (`[policy]`: groups, client rules, rate limits); the admin API's
+    /// `PUT /v1/policy` replaces it and is kept across restarts.
+    pub policy: confer_signalling::policy::PolicyConfig,
+    /// Bounds of the users directory (`[directory_limits]`).
+    pub directory_limits: confer_signalling::directory::DirectoryLimits,
+    /// Days the event journal keeps events for resuming streams and webhooks
+    /// (`CONFER_JOURNAL_RETENTION_DAYS`, default 7).
+    pub journal_retention_days: u32,
+    /// Endpoints every event is POSTed to, signed (`[[webhooks]]` with `name`, `url`,
+    /// `secret`, optional `sources`; README "Webhooks").
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 /// A secret setting: `Debug` hides it, so a logged configuration never shows it.
@@ -116,6 +144,65 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A database URL (`archive_url`): `Debug` and [`DbUrl::redacted`] hide its password
+/// (`postgres://confer:<redacted>@db/confer`, also a `password=` query parameter).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DbUrl(String);
+
+impl DbUrl {
+    pub fn new(url: impl Into<String>) -> DbUrl {
+        DbUrl(url.into())
+    }
+
+    /// The URL with its password, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without its password, for logs and messages.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let mut out = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                // userinfo ends at the last '@' before the path.
+                let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+                match rest[..authority_end].rfind('@') {
+                    Some(at) => {
+                        let userinfo = &rest[..at];
+                        let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                        let hidden = if userinfo.contains(':') {
+                            ":<redacted>"
+                        } else {
+                            ""
+                        };
+                        format!("{scheme}://{user}{hidden}{}", &rest[at..])
+                    }
+                    None => url.clone(),
+                }
+            }
+            None => url.clone(),
+        };
+        if let Some(q) = out.find('?') {
+            let params: Vec<String> = out[q + 1..]
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=<redacted>"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            out = format!("{}?{}", &out[..q], params.join("&"));
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DbUrl({:?})", self.redacted())
     }
 }
 
@@ -189,6 +276,15 @@ impl Default for Config {
             dial_out_deny: Vec::new(),
             sip_inbound: "any".to_owned(),
             api_secret: None,
+            archive_url: None,
+            archive_required: true,
+            archive_retention_days: 0,
+            escalation: Default::default(),
+            presence: Default::default(),
+            policy: Default::default(),
+            directory_limits: Default::default(),
+            journal_retention_days: 7,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -280,7 +376,8 @@ impl Config {
             sip_t1_ms "CONFER_SIP_T1_MS",
             sip_force_rport "CONFER_SIP_FORCE_RPORT",
             sip_session_expires "CONFER_SIP_SESSION_EXPIRES",
-            pin_digits "CONFER_PIN_DIGITS"
+            pin_digits "CONFER_PIN_DIGITS",
+            journal_retention_days "CONFER_JOURNAL_RETENTION_DAYS"
         );
         if let Some(v) = get("CONFER_SIP_COUNTRY_CODE") {
             self.sip_country_code = v;
@@ -319,6 +416,13 @@ impl Config {
         if let Some(v) = get("CONFER_SIP_INBOUND") {
             self.sip_inbound = v;
         }
+        if let Some(v) = get("CONFER_ARCHIVE_URL") {
+            self.archive_url = Some(DbUrl(v)).filter(|u| !u.0.is_empty());
+        }
+        number!(
+            archive_required "CONFER_ARCHIVE_REQUIRED",
+            archive_retention_days "CONFER_ARCHIVE_RETENTION_DAYS"
+        );
         if let Some(v) = get("CONFER_DIAL_IN") {
             self.dial_in = parse_dial_in(&v)
                 .map_err(|e| anyhow::anyhow!("environment variable CONFER_DIAL_IN={v:?}: {e}"))?;
@@ -420,6 +524,7 @@ impl Config {
                 self.sip_inbound
             );
         }
+        self.validate_archive()?;
         if !(4..=12).contains(&self.pin_digits) {
             bail!("pin_digits must be 4..=12, not {}", self.pin_digits);
         }
@@ -430,6 +535,38 @@ impl Config {
             &self.dial_out_deny,
         )?;
         Ok(())
+    }
+
+    fn validate_archive(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.archive_url {
+            let u = url.expose();
+            let known = ["postgres://", "postgresql://", "sqlite://"];
+            if u.contains("://") && !known.iter().any(|k| u.starts_with(k)) {
+                bail!(
+                    "archive_url {} must be postgres://..., postgresql://..., sqlite://PATH \
+                     or a file path",
+                    url.redacted()
+                );
+            }
+            if u.strip_prefix("sqlite://").unwrap_or(u).is_empty() {
+                bail!("archive_url has no SQLite file path");
+            }
+        }
+        if self.archive_retention_days > 36_500 {
+            bail!(
+                "archive_retention_days must be 0 (keep forever) or 1..=36500, not {}",
+                self.archive_retention_days
+            );
+        }
+        Ok(())
+    }
+
+    /// Where the compliance archive is: `archive_url`, else `DATA_DIR/archive.db`.
+    pub fn archive_store(&self) -> confer_archive_store::StoreConfig {
+        match &self.archive_url {
+            Some(url) => confer_archive_store::StoreConfig::from_url(url.expose()),
+            None => confer_archive_store::StoreConfig::sqlite(self.data_dir.join("archive.db")),
+        }
     }
 
     /// Media worker threads to start.
@@ -465,6 +602,76 @@ mod tests {
         assert!(c.media_ip.is_loopback());
         assert!(c.http_listen.ip().is_loopback());
         assert_eq!(c.http_listen.port(), 8080);
+    }
+
+    #[test]
+    fn the_archive_defaults_to_a_required_sqlite_file_in_the_data_dir_kept_forever() {
+        let c = Config::default();
+        assert_eq!(c.archive_url, None);
+        assert!(c.archive_required);
+        assert_eq!(c.archive_retention_days, 0);
+        assert_eq!(
+            c.archive_store().location,
+            confer_archive_store::Location::Sqlite(PathBuf::from("confer-data/archive.db"))
+        );
+        let c = Config::from_toml(
+            "archive_url = \"postgres://confer:hunter2@db.example/confer?password=hunter2\"\n\
+             archive_required = false\narchive_retention_days = 365\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!c.archive_required);
+        assert_eq!(c.archive_retention_days, 365);
+        assert!(matches!(
+            c.archive_store().location,
+            confer_archive_store::Location::Postgres(_)
+        ));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://confer:<redacted>@db.example/confer"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn archive_settings_come_from_the_environment_and_bad_ones_are_refused() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "CONFER_ARCHIVE_URL" => Some("sqlite:///var/lib/confer/a.db".into()),
+            "CONFER_ARCHIVE_REQUIRED" => Some("false".into()),
+            "CONFER_ARCHIVE_RETENTION_DAYS" => Some("30".into()),
+            _ => None,
+        })
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.archive_store().location,
+            confer_archive_store::Location::Sqlite(PathBuf::from("/var/lib/confer/a.db"))
+        );
+        assert!(!c.archive_required);
+        assert_eq!(c.archive_retention_days, 30);
+        let err = c
+            .apply_env(|k| (k == "CONFER_ARCHIVE_REQUIRED").then(|| "maybe".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CONFER_ARCHIVE_REQUIRED"), "{err}");
+        for (url, what) in [
+            ("mysql://u:pw@db/x", "archive_url mysql://u:<redacted>@db/x"),
+            ("sqlite://", "no SQLite file path"),
+        ] {
+            let c = Config {
+                archive_url: Some(DbUrl::new(url)),
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        let c = Config {
+            archive_retention_days: 100_000,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("archive_retention_days"), "{e}");
     }
 
     #[test]

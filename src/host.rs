@@ -28,7 +28,8 @@
 //!   unreachable participant costs a counter, not the worker.
 //! - Workers and sender threads ask for `SCHED_FIFO` (`realtime_priority`): on a busy
 //!   machine the normal scheduler delayed ticks by several ms.
-//! - Room events go to a `tokio::sync::broadcast` channel as [`EventMsg`] (a `Copy` value:
+//! - Room events go to a `tokio::sync::broadcast` channel as [`EventMsg`], and to the
+//!   journal's lossless tap when there is one ([`Host::tap_events`]) (a `Copy` value:
 //!   publishing allocates nothing); the WebSocket stream subscribes to it.
 //! - [`Metrics`] are atomic counters and fixed-bucket histograms, rendered as Prometheus
 //!   text by the API. Stages timed: a datagram's wait in its queue, a room's receive
@@ -982,7 +983,7 @@ struct Inner {
     port_max: u16,
     frame_ms: u32,
     recordings_dir: PathBuf,
-    events: broadcast::Sender<EventMsg>,
+    events: Events,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -1021,6 +1022,10 @@ impl Host {
         let metrics = Arc::new(Metrics::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (events, _) = broadcast::channel(EVENT_CHANNEL_LEN);
+        let events = Events {
+            broadcast: events,
+            tap: Arc::new(std::sync::OnceLock::new()),
+        };
         let frame = Duration::from_millis(u64::from(cfg.frame_ms));
         let mut senders = Vec::new();
         let mut threads = Vec::new();
@@ -1091,8 +1096,15 @@ impl Host {
 
     /// Publishes an event of another part (SIP dial-out) on the event stream.
     pub fn publish(&self, msg: EventMsg) {
-        // No subscriber is not an error: the event simply has no audience.
-        let _ = self.inner.events.send(msg);
+        self.inner.events.send(msg);
+    }
+
+    /// Every event published from now on also goes, without loss, to the returned
+    /// receiver (the journal's). Once per host: `None` the second time.
+    pub fn tap_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<EventMsg>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.inner.events.tap.set(tx).ok()?;
+        Some(rx)
     }
 
     /// Media worker threads.
@@ -1107,7 +1119,7 @@ impl Host {
 
     /// A new subscription to room events.
     pub fn subscribe(&self) -> broadcast::Receiver<EventMsg> {
-        self.inner.events.subscribe()
+        self.inner.events.broadcast.subscribe()
     }
 
     /// Stops the workers (ending their rooms), waits for them and then for the recordings'
@@ -2244,7 +2256,7 @@ struct Worker {
     frame_ms: u32,
     recordings_dir: PathBuf,
     rooms: HashMap<u64, RoomEntry>,
-    events: broadcast::Sender<EventMsg>,
+    events: Events,
     metrics: Arc<Metrics>,
     tx_buf: Vec<u8>,
     writers: Writers,
@@ -3122,12 +3134,7 @@ pub fn codec_name(c: Codec) -> &'static str {
 }
 
 /// Drains the room's events onto the broadcast channel.
-fn publish(
-    room_id: u64,
-    e: &mut RoomEntry,
-    events: &broadcast::Sender<EventMsg>,
-    signals_dropped: &AtomicU64,
-) {
+fn publish(room_id: u64, e: &mut RoomEntry, events: &Events, signals_dropped: &AtomicU64) {
     let api = |pid: ParticipantId| e.members.get(&pid).map(|m| m.id);
     let mut pending = [None; 16];
     loop {
@@ -3203,8 +3210,25 @@ fn publish(
                 status: None,
                 media_time_ms: Some(ev.media_time.as_secs_f64() * 1000.0),
             };
-            // No subscriber is not an error: the event simply has no audience.
-            let _ = events.send(msg);
+            events.send(msg);
+        }
+    }
+}
+
+/// Where events go: the broadcast of live subscribers (lossy for the slow), and the
+/// journal's tap (unbounded: the journal must see every event).
+#[derive(Clone)]
+struct Events {
+    broadcast: broadcast::Sender<EventMsg>,
+    tap: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<EventMsg>>>,
+}
+
+impl Events {
+    fn send(&self, msg: EventMsg) {
+        // No subscriber is not an error: the event simply has no audience.
+        let _ = self.broadcast.send(msg);
+        if let Some(tap) = self.tap.get() {
+            let _ = tap.send(msg);
         }
     }
 }

@@ -16,6 +16,7 @@ mod host;
 mod journal;
 mod serve;
 mod sip;
+mod uc;
 mod webhooks;
 
 #[derive(Parser, Debug)]
@@ -38,6 +39,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Issue a control-API token signed with the configured `api_secret`.
     Token(auth::TokenArgs),
+    /// Check, export or purge the compliance archive (`confer archive verify`,
+    /// `export`, `purge`).
+    Archive(archive::ArchiveArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,7 +50,7 @@ fn main() -> ExitCode {
     // filters them (default `info`; `warn` for a benchmark, whose in-process engine would
     // otherwise log under load).
     let default = match cli.command {
-        Command::Bench(_) | Command::Token(_) => "warn",
+        Command::Bench(_) | Command::Token(_) | Command::Archive(_) => "warn",
         Command::Serve(_) => "info",
     };
     tracing_subscriber::fmt()
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Token(args) => auth::run_token(args),
+        Command::Archive(args) => archive::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

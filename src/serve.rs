@@ -19,10 +19,16 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::api::ClientJoins;
 use crate::api::{ApiState, router};
+use crate::archive::Archive;
 use crate::config::Config;
+use crate::host::EventMsg;
 use crate::host::{Host, HostConfig};
-use crate::sip::{DialPlan, Pins, SipServer, Trunks};
+use crate::journal::{Journal, JournalConfig};
+use crate::sip::{DialPlan, Pins, RegistrarEvent, SipAccounts, SipControl, SipServer, Trunks};
+use crate::uc::{Uc, UcParts, UcSettings};
+use crate::webhooks::Webhooks;
 
 /// `confer serve` options. Every setting can also come from the config file or from a
 /// `CONFER_*` environment variable: `CONFER_MEDIA_IP`, `CONFER_RTP_PORT_MIN`,
@@ -187,12 +193,21 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         &cfg.dial_out_allow,
         &cfg.dial_out_deny,
     )?);
+    let sip_accounts = SipAccounts::default();
+    let (registrar_tx, registrar_events) = tokio::sync::mpsc::unbounded_channel();
     let sip_server = if sip {
         match runtime.block_on(SipServer::start(
             cfg,
             host.clone(),
             pins.clone(),
             trunks.clone(),
+            crate::sip::RegistrarSetup {
+                accounts: sip_accounts.clone(),
+                events: Some(registrar_tx),
+                domains: Vec::new(),
+                md5_first: false,
+                enabled: true,
+            },
         )) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -217,6 +232,30 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
     let sip_metrics = sip_server.as_ref().map(|s| s.metrics.clone());
     let sip_control = sip_server.as_ref().map(|s| s.control.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let client_joins = crate::api::ClientJoins::default();
+    let services = runtime.block_on(start_services(
+        cfg,
+        sip,
+        &host,
+        sip_control.clone(),
+        sip_accounts,
+        registrar_events,
+        &trunks,
+        &pins,
+        auth.clone(),
+        client_joins.clone(),
+        stop_rx.clone(),
+    ));
+    let services = match services {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(s) = sip_server {
+                runtime.block_on(s.stop());
+            }
+            host.stop();
+            return Err(e);
+        }
+    };
     let thread = std::thread::Builder::new()
         .name("confer-api".into())
         .spawn(move || {
@@ -229,7 +268,11 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
                     sip: sip_control,
                     trunks,
                     auth,
-                    client_joins: Default::default(),
+                    client_joins,
+                    journal: services.journal.clone(),
+                    uc: services.uc.clone(),
+                    archive: services.archive.clone(),
+                    webhooks: services.webhooks.clone(),
                 });
                 let mut server_stop = stop_rx.clone();
                 let server = tokio::spawn(
@@ -251,7 +294,9 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
                 }
                 // Open connections get a moment to finish; the engine stops regardless.
                 let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-                Ok(host.stop())
+                let ticks = host.stop();
+                services.close().await;
+                Ok(ticks)
             })
         })
         .context("starting the engine thread")?;
@@ -262,4 +307,127 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         stop: stop_tx,
         thread,
     })
+}
+
+/// The parts around the media host: the event journal, the archive that follows it,
+/// webhooks, and users/presence/escalation. `confer bench`'s in-process engine has a
+/// journal in memory and none of the rest.
+struct Services {
+    journal: Journal,
+    archive: Option<Archive>,
+    webhooks: Option<Arc<Webhooks>>,
+    uc: Option<Uc>,
+}
+
+impl Services {
+    /// Webhooks stop, the archive catches up with the journal, the journal commits.
+    async fn close(self) {
+        if let Some(w) = self.webhooks.and_then(|w| Arc::into_inner(w)) {
+            w.stop().await;
+        }
+        if let Some(a) = &self.archive {
+            a.close().await;
+        }
+        self.journal.close().await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_services(
+    cfg: &Config,
+    full: bool,
+    host: &Host,
+    sip: Option<SipControl>,
+    accounts: SipAccounts,
+    registrar_events: tokio::sync::mpsc::UnboundedReceiver<RegistrarEvent>,
+    trunks: &Arc<Trunks>,
+    pins: &Arc<Pins>,
+    keys: Option<Arc<confer_signalling::token::Keyring>>,
+    client_joins: ClientJoins,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Services> {
+    let journal_config = JournalConfig {
+        path: full.then(|| cfg.data_dir.join("journal.db")),
+        retention: Duration::from_secs(u64::from(cfg.journal_retention_days) * 86_400),
+        ..JournalConfig::default()
+    };
+    if full {
+        tokio::fs::create_dir_all(&cfg.data_dir)
+            .await
+            .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+    }
+    let journal = Journal::open(&journal_config)
+        .await
+        .context("opening the event journal")?;
+    if let Some(rx) = host.tap_events() {
+        tokio::spawn(relay_room_events(rx, journal.clone(), client_joins));
+    }
+    if !full {
+        return Ok(Services {
+            journal,
+            archive: None,
+            webhooks: None,
+            uc: None,
+        });
+    }
+    let archive = Archive::open(cfg, journal.clone())
+        .await
+        .context("opening the compliance archive")?;
+    let webhooks = Webhooks::start(journal.clone(), cfg.webhooks.clone())
+        .await
+        .context("starting webhooks")?;
+    let uc = Uc::start(
+        UcSettings {
+            routing: cfg.escalation,
+            presence: cfg.presence,
+            policy: cfg.policy.clone(),
+            limits: cfg.directory_limits,
+        },
+        UcParts {
+            host: host.clone(),
+            journal: journal.clone(),
+            sip,
+            trunks: trunks.clone(),
+            pins: pins.clone(),
+            accounts,
+            keys,
+            archive: Some(archive.clone()),
+        },
+        shutdown,
+    )
+    .await
+    .context("starting users and escalation")?;
+    tokio::spawn(uc.clone().follow_registrar(registrar_events));
+    Ok(Services {
+        journal,
+        archive: Some(archive),
+        webhooks: Some(Arc::new(webhooks)),
+        uc: Some(uc),
+    })
+}
+
+/// Copies the host's room events into the journal, with the user and device of client
+/// participants on `joined` and `left`.
+async fn relay_room_events(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<EventMsg>,
+    journal: Journal,
+    client_joins: ClientJoins,
+) {
+    while let Some(ev) = rx.recv().await {
+        let Ok(serde_json::Value::Object(mut body)) = serde_json::to_value(ev) else {
+            continue;
+        };
+        body.remove("kind");
+        if let (Some(p), "joined" | "left") = (ev.participant, ev.kind) {
+            let joins = client_joins.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(((_, user, device), _)) = joins
+                .iter()
+                .find(|((room, _, _), id)| *room == ev.room && **id == p)
+            {
+                body.insert("user".into(), user.clone().into());
+                body.insert("device".into(), device.clone().into());
+            }
+        }
+        journal.append("room", ev.kind, crate::uc::now(), body);
+    }
 }

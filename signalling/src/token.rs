@@ -158,6 +158,10 @@ pub enum Scope {
         user: String,
         device: String,
     },
+    /// One user's device on its client session (`/v1/client`): it is rung there, reports
+    /// presence and activity, and is given a [`Scope::Client`] token for each call it
+    /// answers. It joins no room by itself.
+    Device { user: String, device: String },
 }
 
 impl Scope {
@@ -169,6 +173,8 @@ impl Scope {
             Scope::Admin => 900,
             Scope::ImServer { .. } => 3600,
             Scope::Client { .. } => 600,
+            // A session reconnects with it after a network change.
+            Scope::Device { .. } => 43_200,
         }
     }
 
@@ -178,6 +184,7 @@ impl Scope {
             Scope::Admin => "admin",
             Scope::ImServer { .. } => "im_server",
             Scope::Client { .. } => "client",
+            Scope::Device { .. } => "device",
         }
     }
 }
@@ -335,6 +342,16 @@ impl Keyring {
         }
         if let Scope::Client { room, user, device } = &scope {
             for (name, value) in [("room", room), ("user", user), ("device", device)] {
+                if !valid_id(value) {
+                    return Err(IssueError::BadId(name));
+                }
+            }
+            if user != subject {
+                return Err(IssueError::SubjectIsNotUser);
+            }
+        }
+        if let Scope::Device { user, device } = &scope {
+            for (name, value) in [("user", user), ("device", device)] {
                 if !valid_id(value) {
                     return Err(IssueError::BadId(name));
                 }
@@ -511,6 +528,8 @@ pub enum Requirement<'a> {
     PresenceWrite,
     /// Joining `room` as `user`: a client token for exactly that room and user.
     JoinRoom { room: &'a str, user: &'a str },
+    /// A device's client session: a device token (its user and device are the session's).
+    Session,
 }
 
 impl fmt::Display for Requirement<'_> {
@@ -520,6 +539,7 @@ impl fmt::Display for Requirement<'_> {
             Requirement::Escalate => f.write_str("escalate"),
             Requirement::PresenceWrite => f.write_str("presence write"),
             Requirement::JoinRoom { room, user } => write!(f, "join room {room} as {user}"),
+            Requirement::Session => f.write_str("client session"),
         }
     }
 }
@@ -555,7 +575,7 @@ impl Principal {
     /// For a client token, the device it was issued for.
     pub fn device(&self) -> Option<&str> {
         match &self.claims.scope {
-            Scope::Client { device, .. } => Some(device),
+            Scope::Client { device, .. } | Scope::Device { device, .. } => Some(device),
             _ => None,
         }
     }
@@ -569,6 +589,8 @@ impl Principal {
             })
         };
         match (required, &self.claims.scope) {
+            (Requirement::Session, Scope::Device { .. }) => Ok(()),
+            (Requirement::Session, _) => refuse("a client session needs a device token".into()),
             (Requirement::JoinRoom { .. }, Scope::Admin) => {
                 refuse("an admin token cannot join rooms; issue a client token".into())
             }

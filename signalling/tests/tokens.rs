@@ -610,3 +610,50 @@ fn error_reasons_never_echo_the_token() {
         assert!(!err.to_string().contains(sig), "{err}");
     }
 }
+
+#[test]
+fn a_device_token_opens_its_session_and_nothing_else() {
+    let keys = keyring();
+    let device = Scope::Device {
+        user: "alice".into(),
+        device: "alice-mobile".into(),
+    };
+    let token = issue(&keys, "alice", device);
+    let who = keys.authorize(&token, &Requirement::Session, NOW).unwrap();
+    assert_eq!(who.device(), Some("alice-mobile"));
+    for other in [
+        Requirement::Admin,
+        Requirement::Escalate,
+        Requirement::JoinRoom {
+            room: "1",
+            user: "alice",
+        },
+    ] {
+        assert_eq!(
+            keys.authorize(&token, &other, NOW).unwrap_err().status(),
+            403,
+            "{other}"
+        );
+    }
+    // Another kind of token cannot open a session.
+    let client = issue(&keys, "alice", client_scope("1", "alice"));
+    assert_eq!(
+        keys.authorize(&client, &Requirement::Session, NOW)
+            .unwrap_err()
+            .status(),
+        403
+    );
+    // A device token is the subject's own.
+    let mut rng = rng();
+    let other_user = keys.issue(
+        "mallory",
+        Scope::Device {
+            user: "alice".into(),
+            device: "d".into(),
+        },
+        NOW,
+        60,
+        &mut rng,
+    );
+    assert!(matches!(other_user, Err(IssueError::SubjectIsNotUser)));
+}

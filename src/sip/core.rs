@@ -71,8 +71,8 @@ use confer_pstn_bridge::sip::transaction::{
     Transmit, new_tag,
 };
 use confer_pstn_bridge::sip::{
-    HeaderName, Host as SipHost, Message, Method, Request, Response, ResponseBasis, StatusCode,
-    Transport, Uri, build_response,
+    HeaderName, Host as SipHost, Message, Method, Request, Response, ResponseBasis, SipUri,
+    StatusCode, Transport, Uri, build_response,
 };
 use rand::RngCore;
 
@@ -81,9 +81,13 @@ use super::dialplan::{DialPlan, Route};
 mod inbound;
 mod outbound;
 mod register;
+mod registrar;
 use super::metrics::{CallEnd, Dropped, SipMetrics};
 pub use inbound::InboundPolicy;
 pub use outbound::{DialError, DialProgress, DialRequest};
+pub use registrar::{
+    BindingEvent, RegistrarConfig, RegistrarEvent, RingError, RingRequest, SipAccount, SipAccounts,
+};
 
 /// How long a call may wait for the media side (room, socket, join) before it is
 /// answered 500: the host answers in milliseconds, so this only catches a stuck one.
@@ -91,6 +95,8 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The methods this UAS handles (also the `Allow` of its answers).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+/// [`ALLOW`] with the registrar on.
+pub const ALLOW_WITH_REGISTER: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REGISTER";
 
 /// A call's number in this core (never reused).
 pub type CallId = u64;
@@ -216,6 +222,8 @@ pub enum Output {
         /// What happened.
         progress: DialProgress,
     },
+    /// A registrar binding came, was refreshed or went.
+    Registrar(BindingEvent),
 }
 
 /// Where we listen, as peers must reach us (Via sent-by, Contact).
@@ -256,6 +264,8 @@ pub struct CoreConfig {
     pub trunks: Arc<super::trunks::Trunks>,
     /// Which calls are taken.
     pub inbound: InboundPolicy,
+    /// The registrar for phones.
+    pub registrar: RegistrarConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -367,8 +377,10 @@ pub struct SipCore<R> {
     rng: R,
     metrics: Arc<SipMetrics>,
     registrations: Vec<register::Registered>,
-    /// Digest for trunks' calls, made on first use.
+    /// Digest for trunks' calls and phones' registrations, made on first use.
     inbound_auth: Option<inbound::InboundAuth>,
+    /// Registered phones.
+    registrar: registrar::Registrar,
 }
 
 fn header(h: HeaderName, v: impl Into<String>) -> (HeaderName, String) {
@@ -416,6 +428,18 @@ fn media_spec(m: &NegotiatedMedia, family_v4: bool) -> Option<MediaSpec> {
     })
 }
 
+/// A source address as lock-outs count it: an IPv6 host has a whole /64 to pick
+/// addresses from, so it is counted by its /64.
+fn lockout_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 fn sdp_warning(e: &SdpError, agent: &str) -> (HeaderName, String) {
     header(HeaderName::Warning, e.warning().header_value(agent))
 }
@@ -438,6 +462,7 @@ impl<R: RngCore> SipCore<R> {
             metrics,
             registrations: Vec::new(),
             inbound_auth: None,
+            registrar: registrar::Registrar::new(),
         }
     }
 
@@ -468,6 +493,7 @@ impl<R: RngCore> SipCore<R> {
             self.dialogs.next_timeout(),
             self.setup_deadlines.first().map(|(at, _)| *at),
             self.registration_timeout(),
+            self.registrar_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -530,6 +556,7 @@ impl<R: RngCore> SipCore<R> {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
         self.registration_timers(now);
+        self.registrar_timers(now);
         for (id, timer) in self.dialogs.handle_timeout(now) {
             let Some(&call) = self.by_dialog.get(&id) else {
                 continue;
@@ -764,6 +791,14 @@ impl<R: RngCore> SipCore<R> {
             Found::Reject(None) => self.answer(tx, &req, StatusCode::BAD_REQUEST, &[], now),
             Found::Outside => match req.method {
                 Method::Invite => self.new_call(tx, req, source, now),
+                Method::Register if self.config.registrar.enabled => {
+                    self.on_register(tx, &req, &source, now);
+                }
+                Method::Register => {
+                    // `inspect` answers this first; a core driven without it, the same.
+                    let allow = [header(HeaderName::Allow, self.allow())];
+                    self.answer(tx, &req, StatusCode::METHOD_NOT_ALLOWED, &allow, now);
+                }
                 Method::Options => {
                     let extra = self.capability_headers();
                     self.answer(tx, &req, StatusCode::OK, &extra, now);
@@ -820,9 +855,18 @@ impl<R: RngCore> SipCore<R> {
         }
     }
 
+    /// The methods we handle (the registrar's REGISTER when it is on).
+    fn allow(&self) -> &'static str {
+        if self.config.registrar.enabled {
+            ALLOW_WITH_REGISTER
+        } else {
+            ALLOW
+        }
+    }
+
     fn capability_headers(&self) -> [(HeaderName, String); 3] {
         [
-            header(HeaderName::Allow, ALLOW),
+            header(HeaderName::Allow, self.allow()),
             header(HeaderName::Accept, "application/sdp"),
             header(HeaderName::Supported, "timer"),
         ]
@@ -915,13 +959,7 @@ impl<R: RngCore> SipCore<R> {
             Some(number) => {
                 CallerKey::Number(format!("{}:{number}", trunk.as_deref().unwrap_or("")))
             }
-            None => CallerKey::Address(match source.addr.ip() {
-                IpAddr::V6(a) => {
-                    let s = a.segments();
-                    IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-                }
-                v4 => v4,
-            }),
+            None => CallerKey::Address(lockout_address(source.addr.ip())),
         };
         let target = match route {
             Route::Room(room) => Target::Room(room.to_owned()),
@@ -1696,11 +1734,11 @@ mod tests {
     const NUMBER: &str = "+15555550100";
     const PIN_NUMBER: &str = "+15555550177";
     const OFFER: &str = "v=0\r\no=peer 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n";
-    const LOCAL_RTP: &str = "127.0.0.1:20000";
+    pub(super) const LOCAL_RTP: &str = "127.0.0.1:20000";
 
     /// Only differences between instants matter; any start will do.
     #[allow(clippy::disallowed_methods)]
-    fn t0() -> Instant {
+    pub(super) fn t0() -> Instant {
         Instant::now()
     }
 
@@ -1708,7 +1746,7 @@ mod tests {
         Peer::udp("192.0.2.10:5070".parse().unwrap())
     }
 
-    fn core(max_calls: usize) -> SipCore<ChaCha8Rng> {
+    pub(super) fn core(max_calls: usize) -> SipCore<ChaCha8Rng> {
         core_with(max_calls, &[], InboundPolicy::Any)
     }
 
@@ -1739,6 +1777,7 @@ mod tests {
             registrations: Vec::new(),
             trunks: Arc::new(crate::sip::Trunks::new(trunks, "1", &[], &[]).unwrap()),
             inbound,
+            registrar: RegistrarConfig::default(),
         };
         SipCore::new(
             config,
@@ -1778,28 +1817,31 @@ mod tests {
     }
 
     #[derive(Debug, Default)]
-    struct Drained {
-        sent: Vec<Message>,
-        media: Vec<(CallId, MediaCommand)>,
-        dials: Vec<(CallId, DialProgress)>,
+    pub(super) struct Drained {
+        pub(super) sent: Vec<Message>,
+        /// Where each of `sent` went.
+        pub(super) to: Vec<Peer>,
+        pub(super) media: Vec<(CallId, MediaCommand)>,
+        pub(super) dials: Vec<(CallId, DialProgress)>,
+        pub(super) bindings: Vec<BindingEvent>,
     }
 
     impl Drained {
-        fn statuses(&self) -> Vec<u16> {
+        pub(super) fn statuses(&self) -> Vec<u16> {
             self.sent
                 .iter()
                 .filter_map(|m| m.as_response().map(|r| r.status.as_u16()))
                 .collect()
         }
 
-        fn requests(&self) -> Vec<String> {
+        pub(super) fn requests(&self) -> Vec<String> {
             self.sent
                 .iter()
                 .filter_map(|m| m.as_request().map(|r| r.method.to_string()))
                 .collect()
         }
 
-        fn response(&self, status: u16) -> &Response {
+        pub(super) fn response(&self, status: u16) -> &Response {
             self.sent
                 .iter()
                 .filter_map(Message::as_response)
@@ -1812,31 +1854,37 @@ mod tests {
         }
     }
 
-    fn drain(c: &mut SipCore<ChaCha8Rng>) -> Drained {
+    pub(super) fn drain(c: &mut SipCore<ChaCha8Rng>) -> Drained {
         let mut d = Drained::default();
         while let Some(o) = c.poll_output() {
             match o {
-                Output::Transmit(t) => d.sent.push(parse_datagram(&t.bytes).unwrap()),
+                Output::Transmit(t) => {
+                    d.sent.push(parse_datagram(&t.bytes).unwrap());
+                    d.to.push(t.destination);
+                }
                 Output::Media { call, command } => d.media.push((call, command)),
                 Output::Dial { call, progress, .. } => d.dials.push((call, progress)),
+                Output::Registrar(e) => d.bindings.push(e),
             }
         }
         d
     }
 
     const TRUNK: &str = "192.0.2.50:5060";
-    const ANSWER: &str = "v=0\r\no=callee 1 1 IN IP4 192.0.2.60\r\ns=-\r\nc=IN IP4 192.0.2.60\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+    pub(super) const ANSWER: &str = "v=0\r\no=callee 1 1 IN IP4 192.0.2.60\r\ns=-\r\nc=IN IP4 192.0.2.60\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
 
     fn dial_request(credentials: bool) -> DialRequest {
         DialRequest {
-            room: 9,
-            uri: "sip:4155550123@carrier.example;user=phone".parse().unwrap(),
-            from: "sip:confer@carrier.example".parse().unwrap(),
-            destination: Peer::udp(TRUNK.parse().unwrap()),
             credentials: credentials.then(|| confer_pstn_bridge::digest::Credentials {
                 username: "acct".into(),
                 password: "secret".into(),
             }),
+            ..DialRequest::new(
+                9,
+                "sip:4155550123@carrier.example;user=phone".parse().unwrap(),
+                "sip:confer@carrier.example".parse().unwrap(),
+                Peer::udp(TRUNK.parse().unwrap()),
+            )
         }
     }
 
@@ -1868,7 +1916,12 @@ mod tests {
     }
 
     /// The callee's response to `invite`.
-    fn callee(invite: &Request, status: u16, extra: &[(HeaderName, &str)], body: &str) -> Message {
+    pub(super) fn callee(
+        invite: &Request,
+        status: u16,
+        extra: &[(HeaderName, &str)],
+        body: &str,
+    ) -> Message {
         callee_tagged(invite, status, "callee1", extra, body)
     }
 

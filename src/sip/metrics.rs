@@ -102,6 +102,53 @@ impl CallEnd {
     }
 }
 
+/// How a REGISTER was answered (`confer_sip_register_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterResult {
+    /// 200: bindings added, refreshed, removed or listed.
+    Ok,
+    /// 401: challenged (no credentials yet, a stale or unknown nonce).
+    Challenged,
+    /// 403: wrong username or password.
+    AuthFailed,
+    /// 403: the source is locked out after failed attempts.
+    LockedOut,
+    /// 403: the AOR is not the authenticated user's.
+    Forbidden,
+    /// 404: not our domain.
+    NotFound,
+    /// 423: an expiry below the minimum.
+    TooBrief,
+    /// 400 or 500: malformed, or out of order.
+    Invalid,
+}
+
+impl RegisterResult {
+    const ALL: [RegisterResult; 8] = [
+        RegisterResult::Ok,
+        RegisterResult::Challenged,
+        RegisterResult::AuthFailed,
+        RegisterResult::LockedOut,
+        RegisterResult::Forbidden,
+        RegisterResult::NotFound,
+        RegisterResult::TooBrief,
+        RegisterResult::Invalid,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RegisterResult::Ok => "ok",
+            RegisterResult::Challenged => "challenged",
+            RegisterResult::AuthFailed => "auth_failed",
+            RegisterResult::LockedOut => "locked_out",
+            RegisterResult::Forbidden => "forbidden",
+            RegisterResult::NotFound => "not_found",
+            RegisterResult::TooBrief => "too_brief",
+            RegisterResult::Invalid => "invalid",
+        }
+    }
+}
+
 /// Transports, for per-transport counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
@@ -171,6 +218,9 @@ pub struct SipMetrics {
     pub dialogs: AtomicU64,
     /// Errors of SIP tasks (logged as well): a failed socket, a media command that failed.
     pub task_errors: AtomicU64,
+    /// Registrar bindings now (registered phones' contacts).
+    pub registrations: AtomicU64,
+    register_results: [AtomicU64; RegisterResult::ALL.len()],
     /// The trunks' registrations, as the core last saw them.
     trunks: std::sync::Mutex<Vec<TrunkStatus>>,
 }
@@ -222,6 +272,11 @@ impl SipMetrics {
     /// Counts a call's end.
     pub fn call_ended(&self, how: CallEnd) {
         self.call_ends[index(&CallEnd::ALL, &how)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a REGISTER's answer.
+    pub fn register_result(&self, result: RegisterResult) {
+        self.register_results[index(&RegisterResult::ALL, &result)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the trunks' registration states.
@@ -400,6 +455,23 @@ impl SipMetrics {
             "Errors of SIP tasks (see the log).",
             &plain(&self.task_errors),
         );
+        family(
+            "confer_sip_registrations",
+            "gauge",
+            "Bindings of phones registered with confer's registrar.",
+            &plain(&self.registrations),
+        );
+        let results: Vec<_> = RegisterResult::ALL
+            .iter()
+            .zip(&self.register_results)
+            .map(|(r, v)| (format!("{{result=\"{}\"}}", r.label()), get(v)))
+            .collect();
+        family(
+            "confer_sip_register_total",
+            "counter",
+            "REGISTER requests answered by the registrar, by result.",
+            &results,
+        );
         let trunks = self.trunks();
         let label =
             |t: &TrunkStatus| format!("{{trunk=\"{}\"}}", t.trunk.replace(['"', '\\', '\n'], "_"));
@@ -435,7 +507,10 @@ mod tests {
         m.received(Wire::Tcp);
         m.dropped(Dropped::Banned);
         m.call_ended(CallEnd::Bye);
+        m.register_result(RegisterResult::TooBrief);
         let text = m.render();
+        assert!(text.contains("confer_sip_register_total{result=\"too_brief\"} 1"));
+        assert!(text.contains("# TYPE confer_sip_registrations gauge\nconfer_sip_registrations 0"));
         assert!(text.contains("confer_sip_messages_received_total{transport=\"tcp\"} 1"));
         assert!(text.contains("confer_sip_dropped_total{reason=\"banned\"} 1"));
         assert!(text.contains("confer_sip_calls_ended_total{reason=\"bye\"} 1"));

@@ -60,6 +60,7 @@ use tokio::time::Instant as TokioInstant;
 
 use super::core::{CallId, DialError, DialProgress, DialRequest, InboundPolicy};
 use super::core::{CoreConfig, LocalAddrs, Output, SipCore};
+use super::core::{RegistrarConfig, RegistrarEvent, RingError, RingRequest, SipAccounts};
 use super::dialplan::DialPlan;
 use super::limits::{RateLimiter, Verdict};
 use super::media::{MediaDriver, PromptSetup};
@@ -109,6 +110,8 @@ struct Shared {
     agent: String,
     /// The trunks' inbound addresses: exempt from the per-source rate limit.
     trunk_sources: Vec<IpAddr>,
+    /// Connections that closed, for the registrar (their bindings go).
+    closed_flows: mpsc::UnboundedSender<Peer>,
 }
 
 /// The rate limiter and when its banned-sources gauge was last refreshed.
@@ -145,6 +148,10 @@ impl Drop for Registration {
             .metrics
             .connections
             .fetch_sub(1, Ordering::Relaxed);
+        let (tls, addr) = self.key;
+        let transport = if tls { Transport::Tls } else { Transport::Tcp };
+        // The core task gone is confer stopping: nothing is registered any more.
+        let _ = self.shared.closed_flows.send(Peer::new(transport, addr));
     }
 }
 
@@ -176,18 +183,22 @@ where
     });
 }
 
-/// The capabilities `inspect` checks requests against.
-pub fn capabilities() -> Capabilities {
+/// The capabilities `inspect` checks requests against (REGISTER with the registrar on).
+pub fn capabilities(registrar: bool) -> Capabilities {
+    let mut methods = vec![
+        Method::Invite,
+        Method::Ack,
+        Method::Bye,
+        Method::Cancel,
+        Method::Options,
+        Method::Info,
+        Method::Update,
+    ];
+    if registrar {
+        methods.push(Method::Register);
+    }
     Capabilities {
-        methods: vec![
-            Method::Invite,
-            Method::Ack,
-            Method::Bye,
-            Method::Cancel,
-            Method::Options,
-            Method::Info,
-            Method::Update,
-        ],
+        methods,
         supported: vec!["timer".into()],
         // SDP, and the keys of SIP INFO (the core answers each INFO by its type).
         accept: [
@@ -222,7 +233,14 @@ pub struct SipServer {
 enum Control {
     Dial {
         request: Box<DialRequest>,
+        /// Where the call's progress goes, besides the room's events.
+        progress: Option<mpsc::UnboundedSender<DialProgress>>,
         reply: oneshot::Sender<Result<CallId, DialError>>,
+    },
+    Ring {
+        request: RingRequest,
+        progress: mpsc::UnboundedSender<DialProgress>,
+        reply: oneshot::Sender<Result<CallId, RingError>>,
     },
     HangUp {
         room: u64,
@@ -247,10 +265,54 @@ impl SipControl {
         self.tx
             .try_send(Control::Dial {
                 request: Box::new(request),
+                progress: None,
                 reply,
             })
             .map_err(|_| DialError::Busy)?;
         rx.await.map_err(|_| DialError::Busy)?
+    }
+
+    /// Places `request` like [`dial`](Self::dial); its progress also comes on the
+    /// receiver, which ends after `Failed` or `HungUp`.
+    pub async fn dial_tracked(
+        &self,
+        request: DialRequest,
+    ) -> Result<(CallId, mpsc::UnboundedReceiver<DialProgress>), DialError> {
+        let (progress, updates) = mpsc::unbounded_channel();
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Control::Dial {
+                request: Box::new(request),
+                progress: Some(progress),
+                reply,
+            })
+            .map_err(|_| DialError::Busy)?;
+        let call = rx.await.map_err(|_| DialError::Busy)??;
+        Ok((call, updates))
+    }
+
+    /// Rings a phone registered with our registrar: an INVITE to the binding's contact,
+    /// over the flow it registered on (the same UDP socket to its source address, or
+    /// the same TCP/TLS connection), offering audio. Answered, it joins `room` like a
+    /// dialled call (the participant in [`DialProgress::Answered`]); its progress comes
+    /// on the receiver (and as the room's `dial_*` events), which ends after `Failed` or
+    /// `HungUp`. [`hang_up`](Self::hang_up) cancels it (CANCEL before the answer, BYE
+    /// after). An unknown or lapsed device is [`RingError::UnknownDevice`].
+    pub async fn ring(
+        &self,
+        request: RingRequest,
+    ) -> Result<(CallId, mpsc::UnboundedReceiver<DialProgress>), RingError> {
+        let (progress, updates) = mpsc::unbounded_channel();
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Control::Ring {
+                request,
+                progress,
+                reply,
+            })
+            .map_err(|_| DialError::Busy)?;
+        let call = rx.await.map_err(|_| DialError::Busy)??;
+        Ok((call, updates))
     }
 
     /// Hangs up a dialled call (CANCEL before the answer, BYE after).
@@ -263,13 +325,31 @@ impl SipControl {
     }
 }
 
+/// What the registrar needs from the rest of confer. The default is no registrar:
+/// REGISTER is answered 405.
+#[derive(Debug, Default)]
+pub struct RegistrarSetup {
+    /// Serve REGISTER.
+    pub enabled: bool,
+    /// The accounts phones register with (filled by the user API).
+    pub accounts: SipAccounts,
+    /// Where bindings are reported (none: not reported).
+    pub events: Option<mpsc::UnboundedSender<RegistrarEvent>>,
+    /// Our SIP domains (empty: any host name is ours; IP literals always are).
+    pub domains: Vec<String>,
+    /// Challenge phones with MD5 first (see [`RegistrarConfig::md5_first`]).
+    pub md5_first: bool,
+}
+
 impl SipServer {
-    /// Binds the sockets of `cfg` and starts serving; calls join rooms of `host`.
+    /// Binds the sockets of `cfg` and starts serving; calls join rooms of `host`; phones
+    /// register with the accounts of `registrar`.
     pub async fn start(
         cfg: &Config,
         host: Host,
         pins: Arc<Pins>,
         trunks: Arc<Trunks>,
+        registrar: RegistrarSetup,
     ) -> anyhow::Result<SipServer> {
         use anyhow::Context;
         let udp = UdpSocket::bind(cfg.sip_listen)
@@ -302,6 +382,8 @@ impl SipServer {
 
         let metrics = Arc::new(SipMetrics::default());
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE);
+        // Unbounded, but one entry per connection closed (connections are capped).
+        let (flows_tx, flows_rx) = mpsc::unbounded_channel();
         let udp = Arc::new(udp);
         let shared = Arc::new(Shared {
             metrics: metrics.clone(),
@@ -314,7 +396,7 @@ impl SipServer {
                 ),
                 gauge_at: None,
             }),
-            caps: capabilities(),
+            caps: capabilities(registrar.enabled),
             core: core_tx,
             connections: Mutex::new(Connections::default()),
             udp: udp.clone(),
@@ -325,6 +407,7 @@ impl SipServer {
             max_connections: cfg.sip_max_connections,
             max_per_ip: cfg.sip_max_connections_per_ip,
             trunk_sources: trunks.inbound_addresses(),
+            closed_flows: flows_tx,
             agent: format!("confer/{}", env!("CARGO_PKG_VERSION")),
         });
 
@@ -368,6 +451,13 @@ impl SipServer {
                 _ => InboundPolicy::Any,
             },
             trunks,
+            registrar: RegistrarConfig {
+                enabled: registrar.enabled,
+                accounts: registrar.accounts,
+                domains: registrar.domains,
+                stream_idle: Some(Duration::from_millis(cfg.sip_idle_timeout_ms)),
+                md5_first: registrar.md5_first,
+            },
         };
         tracing::info!(
             numbers = core_config.dial_plan.len(),
@@ -414,6 +504,8 @@ impl SipServer {
                 inbound: core_rx,
                 media_results: media_rx,
                 control: control_rx,
+                closed_flows: flows_rx,
+                registrar: registrar.events,
             },
             media,
             events,
@@ -480,6 +572,40 @@ struct Inputs {
     inbound: mpsc::Receiver<(Message, Peer)>,
     media_results: mpsc::Receiver<super::core::MediaEvent>,
     control: mpsc::Receiver<Control>,
+    closed_flows: mpsc::UnboundedReceiver<Peer>,
+    /// Where the registrar's events go (an output, carried here with the inputs).
+    registrar: Option<mpsc::UnboundedSender<RegistrarEvent>>,
+}
+
+/// Unix milliseconds of `at`, read off the system clock at `now` (the core keeps
+/// `Instant`s; peers of confer want wall-clock times).
+fn unix_ms(at: std::time::Instant, now: std::time::Instant) -> u64 {
+    let wall = std::time::SystemTime::now();
+    let t = match at.checked_duration_since(now) {
+        Some(ahead) => wall.checked_add(ahead),
+        None => wall.checked_sub(now.saturating_duration_since(at)),
+    };
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
+
+/// The per-call progress receivers of tracked calls and rings.
+#[derive(Default)]
+struct Trackers(HashMap<CallId, mpsc::UnboundedSender<DialProgress>>);
+
+impl Trackers {
+    /// Passes `progress` on; the last one (failed, hung up) closes the receiver.
+    fn report(&mut self, call: CallId, progress: DialProgress) {
+        let last = matches!(progress, DialProgress::Failed { .. } | DialProgress::HungUp);
+        if let Some(tx) = self.0.get(&call) {
+            // A receiver dropped by its owner is nobody's loss.
+            let _ = tx.send(progress);
+        }
+        if last {
+            self.0.remove(&call);
+        }
+    }
 }
 
 /// The event of a dialled call's progress.
@@ -515,9 +641,12 @@ async fn run_core(
         mut inbound,
         mut media_results,
         mut control,
+        mut closed_flows,
+        registrar,
     } = inputs;
     core.start_registrations(now());
-    let flush = |core: &mut SipCore<StdRng>, media: &mut MediaDriver| {
+    let mut trackers = Trackers::default();
+    let flush = |core: &mut SipCore<StdRng>, media: &mut MediaDriver, trackers: &mut Trackers| {
         while let Some(o) = core.poll_output() {
             match o {
                 Output::Transmit(t) => {
@@ -533,11 +662,21 @@ async fn run_core(
                     call,
                     room,
                     progress,
-                } => events.publish(dial_event(call, room, progress)),
+                } => {
+                    trackers.report(call, progress);
+                    events.publish(dial_event(call, room, progress));
+                }
+                Output::Registrar(e) => {
+                    if let Some(tx) = &registrar {
+                        let at = now();
+                        // A receiver gone is the rest of confer stopping.
+                        let _ = tx.send(e.into_event(|i| unix_ms(i, at)));
+                    }
+                }
             }
         }
     };
-    flush(&mut core, &mut media);
+    flush(&mut core, &mut media, &mut trackers);
     loop {
         let deadline = core.next_timeout();
         let sleep = async {
@@ -552,9 +691,21 @@ async fn run_core(
                 None => break,
             },
             Some(e) = media_results.recv() => core.on_media(e, now()),
+            Some(flow) = closed_flows.recv() => core.on_flow_closed(&flow),
             Some(c) = control.recv() => match c {
-                Control::Dial { request, reply } => {
-                    let _ = reply.send(core.dial(*request, now()));
+                Control::Dial { request, progress, reply } => {
+                    let placed = core.dial(*request, now());
+                    if let (Ok(call), Some(tx)) = (&placed, progress) {
+                        trackers.0.insert(*call, tx);
+                    }
+                    let _ = reply.send(placed);
+                }
+                Control::Ring { request, progress, reply } => {
+                    let placed = core.ring(request, now());
+                    if let Ok(call) = &placed {
+                        trackers.0.insert(*call, progress);
+                    }
+                    let _ = reply.send(placed);
                 }
                 Control::HangUp { room, call, reply } => {
                     let _ = reply.send(core.hang_up_dialled_in(call, Some(room), now()));
@@ -563,10 +714,10 @@ async fn run_core(
             () = sleep => core.handle_timeout(now()),
             _ = stop.changed() => break,
         }
-        flush(&mut core, &mut media);
+        flush(&mut core, &mut media, &mut trackers);
     }
     core.shutdown(now());
-    flush(&mut core, &mut media);
+    flush(&mut core, &mut media, &mut trackers);
     drop(media_results);
     media.finish(SHUTDOWN_GRACE).await;
     // The last BYEs on stream connections leave through their writers.

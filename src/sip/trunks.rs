@@ -436,11 +436,8 @@ impl Trunks {
             _ => None,
         };
         Ok(DialRequest {
-            room,
-            uri,
-            from,
-            destination: t.peer.clone(),
             credentials,
+            ..DialRequest::new(room, uri, from, t.peer.clone())
         })
     }
 }

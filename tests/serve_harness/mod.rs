@@ -30,22 +30,57 @@ pub struct Server {
     pub http: SocketAddr,
     /// The ready line.
     pub ready: String,
+    /// The data directory (journal, archive, recordings): a fresh one per server unless
+    /// `CONFER_DATA_DIR` is given; a fresh one is removed on drop.
+    pub data_dir: std::path::PathBuf,
+    own_data_dir: bool,
+}
+
+/// A data directory no other test uses.
+pub fn fresh_data_dir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("confer-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Server {
     /// Starts the binary with `rtp_ports` ports from a range chosen per process (so test
     /// binaries running side by side do not compete), plus `env`.
     pub fn start(slot: u16, rtp_ports: u16, env: &[(&str, &str)]) -> Server {
+        Server::start_with(slot, rtp_ports, env, None)
+    }
+
+    /// [`Server::start`] with a TOML configuration file of `config`'s text.
+    pub fn start_with(
+        slot: u16,
+        rtp_ports: u16,
+        env: &[(&str, &str)],
+        config: Option<&str>,
+    ) -> Server {
         let base = 40_000 + (std::process::id() % 100) as u16 * 200 + slot * 50;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_confer"));
-        cmd.arg("serve")
-            .env("CONFER_HTTP_LISTEN", "127.0.0.1:0")
+        cmd.arg("serve");
+        if let Some(text) = config {
+            let file = std::env::temp_dir()
+                .join(format!("confer-test-{}-{slot}.toml", std::process::id()));
+            std::fs::write(&file, text).expect("write the config file");
+            cmd.arg("--config").arg(file);
+        }
+        cmd.env("CONFER_HTTP_LISTEN", "127.0.0.1:0")
             .env("CONFER_SIP_LISTEN", "127.0.0.1:0")
             .env("CONFER_RTP_PORT_MIN", base.to_string())
             .env("CONFER_RTP_PORT_MAX", (base + rtp_ports - 1).to_string())
             .env("CONFER_MEDIA_WORKERS", "2")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let given = env
+            .iter()
+            .find(|(k, _)| *k == "CONFER_DATA_DIR")
+            .map(|(_, v)| *v);
+        let data_dir = given.map_or_else(fresh_data_dir, std::path::PathBuf::from);
+        cmd.env("CONFER_DATA_DIR", &data_dir);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -56,7 +91,11 @@ impl Server {
             Some(Ok(line)) => line,
             other => {
                 let _ = child.kill();
-                panic!("no ready line: {other:?}");
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("no ready line: {other:?}; stderr: {err}");
             }
         };
         // Keep draining stdout so the process never blocks on a full pipe; keep the log.
@@ -84,6 +123,8 @@ impl Server {
             log,
             http,
             ready,
+            data_dir,
+            own_data_dir: given.is_none(),
         }
     }
 
@@ -230,6 +271,26 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.own_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+impl Server {
+    /// [`Server::stop`], keeping the data directory (the caller removes it).
+    pub fn stop_keeping_data(mut self) -> (std::process::ExitStatus, std::path::PathBuf) {
+        self.own_data_dir = false;
+        let dir = self.data_dir.clone();
+        (self.stop(), dir)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would; the data directory stays.
+    pub fn kill(mut self) -> std::path::PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.own_data_dir = false;
+        self.data_dir.clone()
     }
 }
 
@@ -337,29 +398,88 @@ pub struct Events {
 impl Events {
     /// Connects to `GET /v1/events`.
     pub fn connect(server: &Server) -> Events {
+        Events::open(server, "/v1/events", &[]).unwrap_or_else(|(s, b)| panic!("{s}: {b}"))
+    }
+
+    /// Upgrades `GET path` (with a query) to a WebSocket with extra `headers`; a refusal
+    /// is its status line and body.
+    pub fn open(
+        server: &Server,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Events, (String, String)> {
         let mut s =
             TcpStream::connect_timeout(&server.http, Duration::from_secs(5)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         write!(
             s,
-            "GET /v1/events HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n",
             server.http
         )
         .expect("send upgrade");
         let mut reader = BufReader::new(s);
         let mut status = String::new();
         reader.read_line(&mut status).expect("status line");
-        assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+        let mut content_length = 0;
         loop {
             let mut line = String::new();
             reader.read_line(&mut line).expect("header");
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
             if line == "\r\n" {
                 break;
             }
         }
-        Events { reader }
+        if !status.starts_with("HTTP/1.1 101") {
+            let mut body = vec![0; content_length];
+            let _ = reader.read_exact(&mut body);
+            return Err((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        Ok(Events { reader })
+    }
+
+    /// Sends a text message (masked, as a client must).
+    pub fn send(&mut self, text: &str) {
+        let payload = text.as_bytes();
+        let mut frame = vec![0x81u8];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&u16::try_from(n).expect("small message").to_be_bytes());
+            }
+        }
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.reader
+            .get_mut()
+            .write_all(&frame)
+            .expect("send a frame");
+    }
+
+    /// The next message within `wait`, `None` if none came.
+    pub fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(wait))
+            .expect("timeout");
+        let got = self.reader.fill_buf().map(|b| !b.is_empty());
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        match got {
+            Ok(true) => Some(self.next()),
+            _ => None,
+        }
     }
 
     /// The next text message as JSON.

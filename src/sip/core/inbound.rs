@@ -6,14 +6,24 @@
 //! caller. A recognised call's numbers are read with the trunk's `from_trunk` rules.
 //!
 //! Nonces are stateless (HMAC over their issue time, `confer_pstn_bridge::digest`) with a
-//! per-process secret from the OS CSPRNG; nonce counts are tracked against replay.
+//! per-process secret from the OS CSPRNG; nonce counts are tracked against replay. The
+//! registrar (`registrar.rs`) checks phones' REGISTERs with the same server, realm and
+//! helpers ([`our_authorization`], [`SipCore::check_digest`], [`SipCore::challenge`]).
+//!
+//! A nonce this process did not issue (one from before a restart) or a replayed nonce
+//! count is answered with a fresh challenge rather than a refusal: it says nothing about
+//! the password, and a phone that kept its nonce across our restart must be able to
+//! register again without its user.
 
 use confer_pstn_bridge::digest::{
-    DigestError, DigestRequest, DigestServer, NonceTracker, StoredSecret, parse_authorization,
+    Algorithm, Authorization, DigestError, DigestRequest, DigestServer, NonceTracker, StoredSecret,
+    parse_authorization,
 };
 
 use super::*;
 
+/// Our digest realm.
+pub(super) const REALM: &str = "confer";
 /// Nonces live this long.
 const NONCE_LIFETIME: Duration = Duration::from_secs(300);
 /// Nonces remembered for replay checks.
@@ -29,7 +39,7 @@ pub enum InboundPolicy {
     TrunksOnly,
 }
 
-/// The digest side of inbound recognition.
+/// Our digest server (trunks' calls, phones' registrations).
 pub(super) struct InboundAuth {
     server: DigestServer,
     tracker: NonceTracker,
@@ -49,7 +59,7 @@ impl InboundAuth {
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
         Some(InboundAuth {
-            server: DigestServer::new("confer", secret, NONCE_LIFETIME).ok()?,
+            server: DigestServer::new(REALM, secret, NONCE_LIFETIME).ok()?,
             tracker: NonceTracker::new(NONCE_TRACKER_LEN),
             epoch: now,
         })
@@ -66,6 +76,29 @@ pub(super) enum Caller {
     Answered,
 }
 
+/// What a digest check decided.
+#[derive(Debug)]
+pub(super) enum DigestVerdict {
+    /// The credentials are right.
+    Valid,
+    /// Challenge again (`stale`: the credentials were right, the nonce too old).
+    Rechallenge {
+        /// Mark the challenge `stale=true`.
+        stale: bool,
+    },
+    /// Wrong: refuse (403).
+    Refused(DigestError),
+}
+
+/// The `Authorization` of `req` for our realm, if any. One for another realm (a proxy on
+/// the way, a header left from elsewhere) is not ours and is ignored.
+pub(super) fn our_authorization(req: &Request) -> Option<Authorization> {
+    req.headers
+        .get_all(HeaderName::Authorization)
+        .filter_map(|v| parse_authorization(v).ok())
+        .find(|a| a.realm == REALM)
+}
+
 impl<R: RngCore> SipCore<R> {
     /// Recognises the INVITE's caller (see the module docs), answering 401/403 itself.
     pub(super) fn recognise(
@@ -80,51 +113,20 @@ impl<R: RngCore> SipCore<R> {
             return Caller::Trunk(name.to_owned());
         }
         let credentials = trunks.inbound_credentials();
-        // Credentials for us: our realm and a trunk's username. Anything else (a header
-        // meant for a proxy on the way, another realm) does not make the caller a trunk.
-        let ours = req
-            .headers
-            .get(HeaderName::Authorization)
-            .and_then(|v| parse_authorization(v).ok())
-            .filter(|a| {
-                a.realm == "confer" && credentials.iter().any(|c| c.username == a.username)
-            });
-        if let Some(auth) = ours {
-            let verdict = Ok(auth).and_then(|auth: confer_pstn_bridge::digest::Authorization| {
-                let c = credentials
-                    .iter()
-                    .find(|c| c.username == auth.username)
-                    .ok_or(DigestError::InvalidArgument("username"))?;
-                // The digest binds the Request-URI as the client wrote it: compare parsed.
-                let same_uri = auth.uri.parse::<Uri>().is_ok_and(|u| u == req.uri);
-                if !same_uri {
-                    return Err(DigestError::UriMismatch);
-                }
-                let auth_state = made(&mut self.inbound_auth, &mut self.rng, now)
-                    .ok_or(DigestError::InvalidArgument("realm"))?;
-                let at = now.saturating_duration_since(auth_state.epoch);
-                auth_state
-                    .server
-                    .verify(
-                        &auth,
-                        &DigestRequest {
-                            method: "INVITE",
-                            uri: &auth.uri,
-                            body: b"",
-                        },
-                        StoredSecret::Password(&c.password),
-                        at,
-                        &mut auth_state.tracker,
-                    )
-                    .map(|_| c.trunk.clone())
-            });
-            return match verdict {
-                Ok(trunk) => Caller::Trunk(trunk),
-                Err(DigestError::StaleNonce) => {
-                    self.challenge(tx, req, true, now);
+        // Credentials for us: our realm and a trunk's username. Anything else does not
+        // make the caller a trunk.
+        let ours = our_authorization(req).and_then(|a| {
+            let c = credentials.iter().find(|c| c.username == a.username)?;
+            Some((a, c.trunk.clone(), c.password.clone()))
+        });
+        if let Some((auth, trunk, password)) = ours {
+            return match self.check_digest(req, &auth, Some(&password), now) {
+                DigestVerdict::Valid => Caller::Trunk(trunk),
+                DigestVerdict::Rechallenge { stale } => {
+                    self.challenge(tx, req, stale, false, now);
                     Caller::Answered
                 }
-                Err(e) => {
+                DigestVerdict::Refused(e) => {
                     tracing::info!(source = %source.addr, "inbound digest refused: {e}");
                     self.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
                     self.answer(tx, req, StatusCode::FORBIDDEN, &[], now);
@@ -140,22 +142,74 @@ impl<R: RngCore> SipCore<R> {
             self.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
             self.answer(tx, req, StatusCode::FORBIDDEN, &[], now);
         } else {
-            self.challenge(tx, req, false, now);
+            self.challenge(tx, req, false, false, now);
         }
         self.metrics.call_ended(CallEnd::Rejected);
         Caller::Answered
     }
 
-    /// 401 with one challenge per algorithm we take (SHA-256, then MD5).
-    fn challenge(&mut self, tx: TransactionId, req: &Request, stale: bool, now: Instant) {
+    /// Checks `auth` (for our realm) on `req` against `password`. `None` is a user we do
+    /// not know: the same work is done against nothing, and it is refused like a wrong
+    /// password (neither timing nor answer tells which usernames exist).
+    pub(super) fn check_digest(
+        &mut self,
+        req: &Request,
+        auth: &Authorization,
+        password: Option<&str>,
+        now: Instant,
+    ) -> DigestVerdict {
+        // The digest binds the Request-URI as the client wrote it: compare parsed.
+        if !auth.uri.parse::<Uri>().is_ok_and(|u| u == req.uri) {
+            return DigestVerdict::Refused(DigestError::UriMismatch);
+        }
+        let Some(state) = made(&mut self.inbound_auth, &mut self.rng, now) else {
+            return DigestVerdict::Refused(DigestError::InvalidArgument("realm"));
+        };
+        let at = now.saturating_duration_since(state.epoch);
+        let verdict = state.server.verify(
+            auth,
+            &DigestRequest {
+                method: req.method.as_str(),
+                uri: &auth.uri,
+                body: b"",
+            },
+            StoredSecret::Password(password.unwrap_or("")),
+            at,
+            &mut state.tracker,
+        );
+        match (verdict, password) {
+            (Err(DigestError::StaleNonce), Some(_)) => DigestVerdict::Rechallenge { stale: true },
+            (Err(DigestError::BadNonce | DigestError::Replay), _) => {
+                DigestVerdict::Rechallenge { stale: false }
+            }
+            (Ok(_), Some(_)) => DigestVerdict::Valid,
+            (Err(e), Some(_)) => DigestVerdict::Refused(e),
+            (_, None) => DigestVerdict::Refused(DigestError::BadResponse),
+        }
+    }
+
+    /// 401 with one challenge per algorithm we take (SHA-256, then MD5; MD5 first with
+    /// `md5_first`, for clients that answer only the first challenge and know only MD5).
+    pub(super) fn challenge(
+        &mut self,
+        tx: TransactionId,
+        req: &Request,
+        stale: bool,
+        md5_first: bool,
+        now: Instant,
+    ) {
         let Some(auth) = made(&mut self.inbound_auth, &mut self.rng, now) else {
             return self.answer(tx, req, StatusCode::FORBIDDEN, &[], now);
         };
         let at = now.saturating_duration_since(auth.epoch);
-        let extra: Vec<(HeaderName, String)> = auth
-            .server
-            .challenges(at, stale, &mut self.rng)
+        let mut algorithms = auth.server.algorithms().to_vec();
+        if md5_first {
+            // A stable sort: MD5 first, the rest in the server's order.
+            algorithms.sort_by_key(|a| *a != Algorithm::Md5);
+        }
+        let extra: Vec<(HeaderName, String)> = algorithms
             .into_iter()
+            .map(|a| auth.server.challenge(a, at, stale, &mut self.rng))
             .map(|c| (HeaderName::WwwAuthenticate, c.to_string()))
             .collect();
         self.metrics.auth_challenges.fetch_add(1, Ordering::Relaxed);

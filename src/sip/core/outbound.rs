@@ -1,4 +1,7 @@
-//! Calls confer places (dial-out through a trunk): the UAC half of the B2BUA.
+//! Calls confer places: the UAC half of the B2BUA. A dial-out through a trunk and a ring of
+//! a phone registered with our registrar (`registrar.rs`) are the same call with another
+//! destination: a trunk's address and credentials, or the phone's contact over the flow
+//! it registered on, with its AOR in To and the caller's name and the subject shown.
 //!
 //! # A dialled call
 //!
@@ -22,7 +25,7 @@
 use confer_pstn_bridge::digest::{Credentials, DigestClient, DigestError, DigestRequest};
 use confer_pstn_bridge::registration::strongest_challenge;
 use confer_pstn_bridge::sip::transaction::new_call_id;
-use confer_pstn_bridge::sip::{NameAddr, Uri};
+use confer_pstn_bridge::sip::{DisplayName, NameAddr, Uri};
 
 use super::*;
 
@@ -45,6 +48,45 @@ pub struct DialRequest {
     pub destination: Peer,
     /// The trunk's credentials for digest challenges.
     pub credentials: Option<Credentials>,
+    /// To, when it is not the Request-URI (a registered phone: its AOR, while the
+    /// Request-URI is its contact).
+    pub to: Option<Uri>,
+    /// The display name of From: who calls, as the callee's screen shows it.
+    pub caller: Option<String>,
+    /// A `Subject` header (the conversation's subject).
+    pub subject: Option<String>,
+}
+
+impl DialRequest {
+    /// A call to `uri` (also To) from `from` into `room`, sent to `destination`; no
+    /// credentials, display name or subject.
+    pub fn new(room: u64, uri: Uri, from: Uri, destination: Peer) -> DialRequest {
+        DialRequest {
+            room,
+            uri,
+            from,
+            destination,
+            credentials: None,
+            to: None,
+            caller: None,
+            subject: None,
+        }
+    }
+}
+
+/// Longest display name and subject we send, in characters.
+const MAX_SHOWN_CHARS: usize = 128;
+
+/// `text` as one header line: control characters (CR and LF above all) become spaces,
+/// trimmed, at most [`MAX_SHOWN_CHARS`] characters; `None` when nothing is left.
+fn one_line(text: &str) -> Option<String> {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_SHOWN_CHARS)
+        .collect();
+    let line = line.trim();
+    (!line.is_empty()).then(|| line.to_owned())
 }
 
 /// How a dialled call goes.
@@ -214,9 +256,14 @@ impl<R: RngCore> SipCore<R> {
         let mut req = Request::new(Method::Invite, r.uri.clone());
         let via = self.sent_by(&r.destination.transport).via(&mut self.rng);
         let mut from = NameAddr::new(r.from.clone());
+        from.display_name = r
+            .caller
+            .as_deref()
+            .and_then(one_line)
+            .map(|n| DisplayName::new(&n));
         // A tag from `new_tag` is hex digits, always a token.
         let _ = from.set_tag(&out.from_tag);
-        let to = NameAddr::new(r.uri.clone());
+        let to = NameAddr::new(r.to.clone().unwrap_or_else(|| r.uri.clone()));
         let fields = [
             (HeaderName::Via, via.to_string()),
             (HeaderName::MaxForwards, "70".to_owned()),
@@ -225,10 +272,12 @@ impl<R: RngCore> SipCore<R> {
             (HeaderName::CallId, out.call_id.clone()),
             (HeaderName::CSeq, format!("{} INVITE", out.cseq.max(1))),
             (HeaderName::Contact, self.contact(&r.destination.transport)),
-            (HeaderName::Allow, ALLOW.to_owned()),
+            (HeaderName::Allow, self.allow().to_owned()),
             (HeaderName::UserAgent, self.config.agent.clone()),
         ];
-        for (name, value) in fields {
+        let subject = r.subject.as_deref().and_then(one_line);
+        let subject = subject.map(|s| (HeaderName::Subject, s));
+        for (name, value) in fields.into_iter().chain(subject) {
             req.headers
                 .push(name, &value)
                 .map_err(|e| format!("{name:?}: {e}"))?;

@@ -1,0 +1,675 @@
+//! Escalation end to end, with real parts: `confer serve` with tokens, an IM server (this
+//! test) escalating a chat, alice's browser and mobile as client sessions on `/v1/client`
+//! (WebSockets), bob's softphone registered on confer's registrar (two sipp processes: one
+//! registers with digest auth, naming the other as its Contact, which answers the INVITE),
+//! a carrier (sipp UAS) for the PSTN fallback, and the compliance archive checked with
+//! `confer archive verify` and `export`.
+//!
+//! Each sipp run is bounded; without sipp (and without `CI`) the SIP parts are skipped
+//! with a message.
+
+#[path = "../engine/tests/leg_harness/mod.rs"]
+mod leg_harness;
+mod serve_harness;
+mod sip_support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use serve_harness::{Events, Server};
+use sip_support::{free_udp_port, run_sipp, scenario, sipp};
+
+const SECRET: &str = "c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff";
+
+/// `confer` with `args` (`token ...`, `archive ...`), the secret and `env` set.
+fn confer(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confer"));
+    cmd.args(args).env("CONFER_API_SECRET", SECRET);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("confer runs")
+}
+
+fn token(args: &[&str]) -> String {
+    let mut all = vec!["token"];
+    all.extend_from_slice(args);
+    let out = confer(&all, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("text")
+        .trim()
+        .to_owned()
+}
+
+struct Tokens {
+    admin: String,
+    im: String,
+}
+
+fn tokens() -> Tokens {
+    Tokens {
+        admin: token(&["--scope", "admin", "--subject", "ops"]),
+        im: token(&["--scope", "im-server", "--subject", "chat-server"]),
+    }
+}
+
+fn device_token(user: &str, device: &str) -> String {
+    token(&["--scope", "device", "--subject", user, "--device", device])
+}
+
+/// The configuration of these tests: short rings, a PIN dial-in number, a trunk to
+/// `carrier` (a sipp UAS port) and `extra` TOML at the end.
+fn config(extra: &str) -> String {
+    format!(
+        r#"
+pin_digits = 6
+
+[escalation]
+ring_timeout_ms = 4000
+pstn_timeout_ms = 10000
+
+[escalation.ring_delays]
+mobile_ms = 300
+
+[[dial_in]]
+number = "+15550100"
+pin = true
+{extra}
+"#
+    )
+}
+
+/// confer with SIP on free ports, tokens on, `config`.
+fn start(slot: u16, config: &str, env: &[(&str, &str)]) -> (Server, SocketAddr) {
+    let mut all = vec![
+        ("CONFER_API_SECRET", SECRET),
+        ("CONFER_SIP_LISTEN", "127.0.0.1:0"),
+        ("CONFER_REALTIME_PRIORITY", "0"),
+    ];
+    all.extend_from_slice(env);
+    let server = Server::start_with(slot, 8, &all, Some(config));
+    let udp = server
+        .ready
+        .split(" udp:")
+        .nth(1)
+        .and_then(|s| s.split([',', ' ']).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no SIP address in {:?}", server.ready));
+    (server, udp)
+}
+
+fn put(s: &Server, t: &str, path: &str, body: Value) -> Value {
+    let (status, _, v) = s.request_as(t, "PUT", path, Some(&body.to_string()));
+    assert!(status == 200 || status == 201, "PUT {path}: {status} {v}");
+    v
+}
+
+/// Opens a client session of `user` on `device` (a device token), `kind` and `video`.
+fn session(s: &Server, user: &str, device: &str, kind: &str, video: bool) -> Events {
+    let t = device_token(user, device);
+    let mut ws = Events::open(
+        s,
+        &format!("/v1/client?kind={kind}&video={video}&access_token={t}"),
+        &[("User-Agent", "ConferWeb/2.4.1")],
+    )
+    .unwrap_or_else(|(st, b)| panic!("session refused: {st} {b}"));
+    let hello = ws.next();
+    assert_eq!(hello["type"], "welcome", "{hello}");
+    ws
+}
+
+/// Messages of a session until one of `kind` (at most `wait`).
+fn expect_msg(ws: &mut Events, kind: &str, wait: Duration) -> Value {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = ws
+            .next_within(left.max(Duration::from_millis(1)))
+            .unwrap_or_else(|| panic!("no {kind} message within {wait:?}"));
+        if m["type"] == kind {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "no {kind} message, last {m}");
+    }
+}
+
+/// Call events of the stream (`source` `call`) until `pred` holds for one (at most
+/// `wait`); returns all of them.
+fn call_events_until(ev: &mut Events, wait: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        let Some(e) = ev.next_within(Duration::from_millis(200)) else {
+            continue;
+        };
+        if e["source"] != "call" {
+            continue;
+        }
+        let done = pred(&e);
+        out.push(e);
+        if done {
+            return out;
+        }
+    }
+    panic!("the awaited call event did not come; got {out:#?}");
+}
+
+fn archive(args: &[&str], data_dir: &Path) -> Output {
+    let mut all = vec!["archive"];
+    all.extend_from_slice(args);
+    confer(
+        &all,
+        &[("CONFER_DATA_DIR", data_dir.to_str().expect("utf-8 path"))],
+    )
+}
+
+fn exported(data_dir: &Path) -> Vec<Value> {
+    let out = archive(&["export"], data_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// A plain-RTP join body for a client.
+fn rtp_join(peer: &UdpSocket) -> String {
+    json!({ "rtp_address": peer.local_addr().expect("bound").to_string(), "codec": "pcmu" })
+        .to_string()
+}
+
+#[test]
+fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_holds_it() {
+    let t = tokens();
+    let (s, _sip) = start(30, &config(""), &[]);
+    put(
+        &s,
+        &t.admin,
+        "/v1/users/alice",
+        json!({ "display_name": "Alice", "phone": "+15550111" }),
+    );
+    let mut browser = session(&s, "alice", "alice-browser", "browser", true);
+    let mut mobile = session(&s, "alice", "alice-mobile", "mobile", false);
+    let mut stream = Events::open(&s, &format!("/v1/events?access_token={}", t.im), &[])
+        .unwrap_or_else(|(st, b)| panic!("{st} {b}"));
+
+    let body = json!({
+        "conversation": "chat-42",
+        "participants": [{ "user": "alice" }],
+        "modality": "video",
+        "subject": "Q3 numbers",
+        "requested_by": "carol",
+    });
+    let (status, _, resp) = s.request_as(&t.im, "POST", "/v1/escalations", Some(&body.to_string()));
+    assert_eq!(status, 201, "{resp}");
+    assert_eq!(resp["created"], true, "{resp}");
+    let alice = &resp["invitees"][0];
+    assert_eq!(alice["action"]["type"], "ringing", "{resp}");
+    let planned = alice["action"]["devices"].as_array().expect("devices");
+    assert_eq!(planned.len(), 2, "{resp}");
+    // The join instructions are there from the start: number and PIN.
+    assert_eq!(alice["join"]["dial_in"]["number"], "+15550100", "{resp}");
+    assert_eq!(
+        alice["join"]["dial_in"]["pin"].as_str().map(str::len),
+        Some(6),
+        "{resp}"
+    );
+
+    // The browser rings with video at once, the mobile with audio only, later.
+    let ring_b = expect_msg(&mut browser, "ring", Duration::from_secs(3));
+    assert_eq!(ring_b["media"], "audio_video", "{ring_b}");
+    assert_eq!(ring_b["subject"], "Q3 numbers", "{ring_b}");
+    let ring_m = expect_msg(&mut mobile, "ring", Duration::from_secs(3));
+    assert_eq!(ring_m["media"], "audio", "a mobile without video: {ring_m}");
+
+    // The browser answers: the mobile stops ringing, the browser is told to join.
+    browser.send(&json!({ "type": "answer", "leg": ring_b["leg"] }).to_string());
+    let cancel = expect_msg(&mut mobile, "cancel", Duration::from_secs(3));
+    assert_eq!(cancel["leg"], ring_m["leg"], "{cancel}");
+    assert_eq!(cancel["reason"], "answered_elsewhere", "{cancel}");
+    let join = expect_msg(&mut browser, "join", Duration::from_secs(3));
+    let room = join["room"].as_u64().expect("room");
+    let client = join["token"].as_str().expect("a client token");
+    let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let (status, _, p) = s.request_as(
+        client,
+        "POST",
+        &format!("/v1/rooms/{room}/participants"),
+        Some(&rtp_join(&peer)),
+    );
+    assert_eq!(status, 201, "{p}");
+
+    let story = call_events_until(&mut stream, Duration::from_secs(5), |e| {
+        e["kind"] == "joined"
+    });
+    let kinds: Vec<&str> = story.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for k in [
+        "started",
+        "invited",
+        "ringing",
+        "answered",
+        "ring_cancelled",
+        "joined",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let seqs: Vec<u64> = story.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    let (status, _, call) = s.request_as(&t.im, "GET", "/v1/escalations/chat-42", None);
+    assert_eq!(status, 200, "{call}");
+    assert_eq!(call["participants"][0]["status"], "joined", "{call}");
+    let (status, _, presence) = s.request_as(&t.admin, "GET", "/v1/users/alice/presence", None);
+    assert_eq!(status, 200);
+    assert_eq!(presence["state"], "in_a_conference", "{presence}");
+
+    // The IM server ends the call: the room goes.
+    let end = json!({ "conversation": "chat-42", "modality": "voice", "end": true });
+    let (status, _, v) = s.request_as(&t.im, "POST", "/v1/escalations", Some(&end.to_string()));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ended"], true, "{v}");
+    call_events_until(&mut stream, Duration::from_secs(5), |e| {
+        e["kind"] == "ended"
+    });
+    let (status, _, _) = s.request_as(&t.admin, "GET", &format!("/v1/rooms/{room}"), None);
+    assert_eq!(status, 404, "the conversation's room is closed");
+
+    let (status, data) = s.stop_keeping_data();
+    assert!(status.success());
+    // The archive holds the whole story, verifies, and detects tampering.
+    let records = exported(&data);
+    let of = |kind: &str| {
+        records
+            .iter()
+            .filter(|r| r["details"]["kind"] == kind && r["conversation"] == "chat-42")
+            .count()
+    };
+    for k in [
+        "started",
+        "ringing",
+        "answered",
+        "ring_cancelled",
+        "joined",
+        "ended",
+    ] {
+        assert!(of(k) >= 1, "no {k} record in {records:#?}");
+    }
+    // The room's PIN went to the IM server, never into the archive.
+    let pin = alice["join"]["dial_in"]["pin"].as_str().expect("pin");
+    assert!(
+        !records.iter().any(|r| holds_string(r, pin)),
+        "the PIN is in the archive"
+    );
+    let out = archive(&["verify"], &data);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let victim = records[records.len() / 2]["seq"].as_u64().expect("seq");
+    tamper(&data.join("archive.db"), victim);
+    let out = archive(&["verify"], &data);
+    assert!(!out.status.success(), "tampering went unnoticed");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(&victim.to_string()), "{said}");
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// base64url without padding (RFC 4648 section 5).
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An admin token signed with the secret whose lifetime ended 100 s ago.
+fn expired_admin_token() -> String {
+    use hmac::Mac;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let header = b64url(br#"{"alg":"HS256","typ":"JWT","kid":"1"}"#);
+    let claims = json!({
+        "sub": "ops", "scope": { "kind": "admin" }, "iat": now - 400, "nbf": now - 400,
+        "exp": now - 100, "jti": "AAAAAAAAAAAAAAAAAAAAAA",
+    });
+    let mut token = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
+    let key: Vec<u8> = (0..SECRET.len() / 2)
+        .map(|i| u8::from_str_radix(&SECRET[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
+    mac.update(token.as_bytes());
+    token.push('.');
+    token.push_str(&b64url(&mac.finalize().into_bytes()));
+    token
+}
+
+/// Whether any string inside `v` is `s`.
+fn holds_string(v: &Value, s: &str) -> bool {
+    match v {
+        Value::String(x) => x == s,
+        Value::Array(a) => a.iter().any(|x| holds_string(x, s)),
+        Value::Object(o) => o.values().any(|x| holds_string(x, s)),
+        _ => false,
+    }
+}
+
+/// Rewrites one record's details in the SQLite archive, as an insider with file access
+/// would.
+fn tamper(db: &Path, seq: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db)
+            .connect()
+            .await
+            .expect("open the archive");
+        let n =
+            sqlx::query("UPDATE archive_records SET details = '{\"edited\":true}' WHERE seq = ?")
+                .bind(i64::try_from(seq).expect("small"))
+                .execute(&mut conn)
+                .await
+                .expect("update")
+                .rows_affected();
+        assert_eq!(n, 1);
+    });
+}
+
+#[test]
+fn unanswered_devices_fall_back_to_the_pstn_and_forbidden_dial_out_gives_dial_in() {
+    let Some(sipp) = sipp() else { return };
+    let t = tokens();
+    let port = free_udp_port();
+    let trunks = format!(r#"[{{name = "carrier", address = "127.0.0.1:{port}"}}]"#);
+    let (s, _) = start(31, &config(""), &[("CONFER_TRUNKS", &trunks)]);
+    put(
+        &s,
+        &t.admin,
+        "/v1/users/dave",
+        json!({ "display_name": "Dave", "phone": "+15550122" }),
+    );
+    // Erin's number is abroad: the default dial-out policy (home country) refuses it.
+    put(
+        &s,
+        &t.admin,
+        "/v1/users/erin",
+        json!({ "display_name": "Erin", "phone": "+442079460000" }),
+    );
+    let mut browser = session(&s, "dave", "dave-browser", "browser", true);
+    let media = free_udp_port();
+    let args: Vec<String> = [
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &media.to_string(),
+        "-m",
+        "1",
+        "-timeout",
+        "40",
+        "-timeout_error",
+        "-sn",
+        "uas",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let carrier = std::thread::spawn(move || run_sipp(&sipp, &args, Duration::from_secs(40)));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut stream = Events::open(&s, &format!("/v1/events?access_token={}", t.im), &[])
+        .unwrap_or_else(|(st, b)| panic!("{st} {b}"));
+
+    let body = json!({
+        "conversation": "chat-7",
+        "participants": [{ "user": "dave" }, { "user": "erin" }],
+        "modality": "voice",
+    });
+    let (status, _, resp) = s.request_as(&t.im, "POST", "/v1/escalations", Some(&body.to_string()));
+    assert_eq!(status, 201, "{resp}");
+    assert_eq!(resp["invitees"][0]["pstn"]["type"], "dial", "{resp}");
+    // Erin: no device and the policy forbids her number: dial-in instructions at once.
+    let erin = &resp["invitees"][1];
+    assert_eq!(erin["action"]["type"], "dial_in_instructions", "{resp}");
+    assert_eq!(erin["pstn"]["type"], "refused", "{resp}");
+    assert!(erin["join"]["dial_in"]["pin"].is_string(), "{resp}");
+
+    // Dave's browser rings and nobody answers: after the ring timeout his number is
+    // dialled through the trunk, sipp answers, and he is in the call by phone.
+    expect_msg(&mut browser, "ring", Duration::from_secs(3));
+    expect_msg(&mut browser, "cancel", Duration::from_secs(8));
+    let story = call_events_until(&mut stream, Duration::from_secs(20), |e| {
+        e["kind"] == "joined" && e["via"] == "pstn"
+    });
+    let kinds: Vec<&str> = story.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for k in [
+        "dial_in_offered",
+        "fell_back_to_pstn",
+        "dialling_pstn",
+        "answered",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let end = json!({ "conversation": "chat-7", "modality": "voice", "end": true });
+    let (status, _, _) = s.request_as(&t.im, "POST", "/v1/escalations", Some(&end.to_string()));
+    assert_eq!(status, 200);
+    let out = carrier.join().expect("sipp thread");
+    assert!(
+        out.status.success(),
+        "sipp: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (status, data) = s.stop_keeping_data();
+    assert!(status.success());
+    let records = exported(&data);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["details"]["kind"] == "dial_out_refused"),
+        "the refusal is archived"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["details"]["kind"] == "dialling_pstn"),
+        "the dial-out is archived"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_and_creates_nothing() {
+    let t = tokens();
+    let (s, _) = start(
+        32,
+        &config(
+            r#"
+[[policy.clients.rules]]
+product = "OldPhone"
+below_version = "3.0"
+action = "block"
+message = "update OldPhone to 3.0 or later"
+"#,
+        ),
+        &[],
+    );
+    put(
+        &s,
+        &t.admin,
+        "/v1/users/alice",
+        json!({ "display_name": "Alice" }),
+    );
+    let post = |tok: &str, body: &str| s.request_as(tok, "POST", "/v1/escalations", Some(body));
+    // Malformed JSON, a wrong shape, an unknown field.
+    assert_eq!(post(&t.im, "{").0, 400);
+    assert_eq!(
+        post(&t.im, r#"{"conversation":"c","modality":"smell"}"#).0,
+        400
+    );
+    assert_eq!(
+        post(&t.im, r#"{"conversation":"c","modality":"voice","x":1}"#).0,
+        400
+    );
+    // An unknown user: 404, and no call was made for the conversation.
+    let (status, _, v) = post(
+        &t.im,
+        r#"{"conversation":"c1","participants":[{"user":"nobody"}],"modality":"voice"}"#,
+    );
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(
+        s.request_as(&t.im, "GET", "/v1/escalations/c1", None).0,
+        404
+    );
+    let (_, _, rooms) = s.request_as(&t.admin, "GET", "/v1/rooms", None);
+    assert_eq!(rooms["rooms"].as_array().map(Vec::len), Some(0), "{rooms}");
+    // Tokens: none, another scope, a device token.
+    assert_eq!(s.request("POST", "/v1/escalations", Some("{}")).0, 401);
+    let device = device_token("alice", "alice-browser");
+    assert_eq!(post(&device, "{}").0, 403);
+    // An admin token that expired 100 s ago (beyond the 30 s leeway).
+    let (status, _, v) = s.request_as(&expired_admin_token(), "GET", "/v1/users", None);
+    assert_eq!(status, 401, "{v}");
+    assert_eq!(v["code"], "token_expired", "{v}");
+    // A blocked client version: refused with the policy's message, no device made.
+    let t_old = device_token("alice", "alice-old");
+    let refused = Events::open(
+        &s,
+        &format!("/v1/client?kind=desktop_app&access_token={t_old}"),
+        &[("User-Agent", "OldPhone/2.9")],
+    );
+    let (status, body) = refused.err().expect("a blocked client is refused");
+    assert!(status.contains(" 403 "), "{status}");
+    assert!(body.contains("update OldPhone"), "{body}");
+    let (_, _, u) = s.request_as(&t.admin, "GET", "/v1/users/alice", None);
+    assert_eq!(u["devices"].as_array().map(Vec::len), Some(0), "{u}");
+    // A user with a bad phone number is 422 and not created.
+    let (status, _, _) = s.request_as(
+        &t.admin,
+        "PUT",
+        "/v1/users/zed",
+        Some(r#"{"display_name":"Z","phone":"12"}"#),
+    );
+    assert_eq!(status, 422);
+    assert_eq!(s.request_as(&t.admin, "GET", "/v1/users/zed", None).0, 404);
+    assert!(s.stop().success());
+}
+
+#[test]
+fn a_killed_server_loses_no_archive_record_and_the_stream_resumes_from_its_cursor() {
+    let t = tokens();
+    let (s, _) = start(33, &config(""), &[]);
+    put(
+        &s,
+        &t.admin,
+        "/v1/users/alice",
+        json!({ "display_name": "Alice" }),
+    );
+    let mut stream = Events::open(&s, &format!("/v1/events?access_token={}", t.im), &[])
+        .unwrap_or_else(|(st, b)| panic!("{st} {b}"));
+    let body = json!({
+        "conversation": "chat-r", "participants": [{ "user": "alice" }], "modality": "dial_in",
+    });
+    let (status, _, resp) = s.request_as(&t.im, "POST", "/v1/escalations", Some(&body.to_string()));
+    assert_eq!(status, 201, "{resp}");
+    let seen = call_events_until(&mut stream, Duration::from_secs(5), |e| {
+        e["kind"] == "dial_in_offered"
+    });
+    let cursor = seen.last().and_then(|e| e["seq"].as_u64()).expect("a seq");
+    // More happens after the client's last event, then the server is killed (SIGKILL).
+    let room = resp["invitees"][0]["join"]["url"]
+        .as_str()
+        .and_then(|u| u.split('/').nth(3))
+        .and_then(|r| r.parse::<u64>().ok())
+        .expect("the room in the join URL");
+    let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let (status, _, _) = s.request_as(
+        &t.admin,
+        "POST",
+        &format!("/v1/rooms/{room}/participants"),
+        Some(&rtp_join(&peer)),
+    );
+    assert_eq!(status, 201);
+    let after_cursor: Vec<Value> = {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut v = Vec::new();
+        while Instant::now() < deadline {
+            if let Some(e) = stream.next_within(Duration::from_millis(200)) {
+                v.push(e);
+            }
+        }
+        v
+    };
+    assert!(
+        after_cursor.iter().any(|e| e["kind"] == "joined"),
+        "{after_cursor:#?}"
+    );
+    let data = s.kill();
+    // Restarted on the same data: the stream resumes after the cursor, in order, with
+    // every event the client had not seen.
+    let data_s = data.to_str().expect("utf-8").to_owned();
+    let (s2, _) = start(34, &config(""), &[("CONFER_DATA_DIR", &data_s)]);
+    let mut resumed = Events::open(
+        &s2,
+        &format!("/v1/events?after={cursor}&access_token={}", t.im),
+        &[],
+    )
+    .unwrap_or_else(|(st, b)| panic!("{st} {b}"));
+    for want in &after_cursor {
+        let got = resumed.next();
+        assert_eq!(got["seq"], want["seq"], "{got} vs {want}");
+        assert_eq!(got["kind"], want["kind"]);
+    }
+    // The archive caught up with everything the journal holds, and verifies.
+    let (status, _) = s2.stop_keeping_data();
+    assert!(status.success());
+    let records = exported(&data);
+    let archived: Vec<u64> = records
+        .iter()
+        .filter_map(|r| r["details"]["event"].as_u64())
+        .collect();
+    for e in after_cursor.iter().chain(&seen) {
+        let archivable = e["source"] == "call" || (e["source"] == "room" && e["kind"] == "joined");
+        if archivable {
+            let seq = e["seq"].as_u64().expect("seq");
+            assert!(archived.contains(&seq), "event {seq} ({e}) not archived");
+        }
+    }
+    assert!(archive(&["verify"], &data).status.success());
+    let _ = std::fs::remove_dir_all(&data);
+}
