@@ -71,6 +71,12 @@ pub struct Config {
     /// Send responses to the source port of UDP requests even when their Via asks for
     /// none (as if it carried `rport`; default true: most peers sit behind NAT).
     pub sip_force_rport: bool,
+    /// The registrar challenges phones with MD5 before SHA-256
+    /// (`CONFER_SIP_REGISTRAR_MD5_FIRST`, default false: SHA-256 first, RFC 8760). For
+    /// phones that know only MD5 and give up on the first challenge they cannot answer
+    /// (baresip 1.0, sipp 3.6, older desk phones); SHA-256 capable phones still choose
+    /// SHA-256.
+    pub sip_registrar_md5_first: bool,
     /// Session interval (RFC 4028) granted to callers, seconds (default 1800; >= 90).
     pub sip_session_expires: u32,
     /// Country calling code for dialled national numbers (default `1`: the North American
@@ -267,6 +273,7 @@ impl Default for Config {
             sip_max_calls: 500,
             sip_t1_ms: 500,
             sip_force_rport: true,
+            sip_registrar_md5_first: false,
             sip_session_expires: 1800,
             sip_country_code: "1".to_owned(),
             dial_in: Vec::new(),
@@ -375,6 +382,7 @@ impl Config {
             sip_max_calls "CONFER_SIP_MAX_CALLS",
             sip_t1_ms "CONFER_SIP_T1_MS",
             sip_force_rport "CONFER_SIP_FORCE_RPORT",
+            sip_registrar_md5_first "CONFER_SIP_REGISTRAR_MD5_FIRST",
             sip_session_expires "CONFER_SIP_SESSION_EXPIRES",
             pin_digits "CONFER_PIN_DIGITS",
             journal_retention_days "CONFER_JOURNAL_RETENTION_DAYS"
@@ -417,7 +425,7 @@ impl Config {
             self.sip_inbound = v;
         }
         if let Some(v) = get("CONFER_ARCHIVE_URL") {
-            self.archive_url = Some(DbUrl(v)).filter(|u| !u.0.is_empty());
+            self.archive_url = Some(DbUrl::new(v)).filter(|u| !u.0.is_empty());
         }
         number!(
             archive_required "CONFER_ARCHIVE_REQUIRED",

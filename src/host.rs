@@ -28,9 +28,9 @@
 //!   unreachable participant costs a counter, not the worker.
 //! - Workers and sender threads ask for `SCHED_FIFO` (`realtime_priority`): on a busy
 //!   machine the normal scheduler delayed ticks by several ms.
-//! - Room events go to a `tokio::sync::broadcast` channel as [`EventMsg`], and to the
-//!   journal's lossless tap when there is one ([`Host::tap_events`]) (a `Copy` value:
-//!   publishing allocates nothing); the WebSocket stream subscribes to it.
+//! - Room events go as [`EventMsg`] (a `Copy` value) to the journal's lossless tap
+//!   ([`Host::tap_events`]); the WebSocket stream, webhooks and the archive follow the
+//!   journal.
 //! - [`Metrics`] are atomic counters and fixed-bucket histograms, rendered as Prometheus
 //!   text by the API. Stages timed: a datagram's wait in its queue, a room's receive
 //!   hand-over, its tick without the sends (decode, mix, encode), a packet's wait for the
@@ -93,7 +93,7 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 use serde::Serialize;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 /// Datagrams queued per participant between its receive task and its worker (at 20 ms
 /// frames, over a second of one packet per frame).
@@ -102,9 +102,6 @@ pub const RX_QUEUE_LEN: usize = 64;
 pub const COMMAND_QUEUE_LEN: usize = 256;
 /// Commands a worker answers after a tick when the next tick is already due.
 const COMMANDS_PER_LATE_TICK: usize = 64;
-/// Room events buffered for slow WebSocket subscribers.
-pub const EVENT_CHANNEL_LEN: usize = 4096;
-
 /// Why a control operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -1021,9 +1018,7 @@ impl Host {
     pub fn start(cfg: &HostConfig) -> io::Result<Host> {
         let metrics = Arc::new(Metrics::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (events, _) = broadcast::channel(EVENT_CHANNEL_LEN);
         let events = Events {
-            broadcast: events,
             tap: Arc::new(std::sync::OnceLock::new()),
         };
         let frame = Duration::from_millis(u64::from(cfg.frame_ms));
@@ -1115,11 +1110,6 @@ impl Host {
     /// The counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
-    }
-
-    /// A new subscription to room events.
-    pub fn subscribe(&self) -> broadcast::Receiver<EventMsg> {
-        self.inner.events.broadcast.subscribe()
     }
 
     /// Stops the workers (ending their rooms), waits for them and then for the recordings'
@@ -3133,7 +3123,7 @@ pub fn codec_name(c: Codec) -> &'static str {
     }
 }
 
-/// Drains the room's events onto the broadcast channel.
+/// Drains the room's events to the journal's tap.
 fn publish(room_id: u64, e: &mut RoomEntry, events: &Events, signals_dropped: &AtomicU64) {
     let api = |pid: ParticipantId| e.members.get(&pid).map(|m| m.id);
     let mut pending = [None; 16];
@@ -3215,18 +3205,16 @@ fn publish(room_id: u64, e: &mut RoomEntry, events: &Events, signals_dropped: &A
     }
 }
 
-/// Where events go: the broadcast of live subscribers (lossy for the slow), and the
-/// journal's tap (unbounded: the journal must see every event).
+/// Where events go: the journal's tap (unbounded: the journal must see every event;
+/// the event stream, webhooks and the archive follow the journal).
 #[derive(Clone)]
 struct Events {
-    broadcast: broadcast::Sender<EventMsg>,
     tap: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<EventMsg>>>,
 }
 
 impl Events {
     fn send(&self, msg: EventMsg) {
-        // No subscriber is not an error: the event simply has no audience.
-        let _ = self.broadcast.send(msg);
+        // No tap (a host without a journal, in tests) is not an error: no audience.
         if let Some(tap) = self.tap.get() {
             let _ = tap.send(msg);
         }

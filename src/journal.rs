@@ -41,6 +41,9 @@
 //!   from writing the same journal, which would fork the sequence.
 //! - A small key-value table (`journal_state`) keeps other parts' durable cursors and
 //!   state ([`Journal::save_state`]): webhook cursors, the users directory.
+//! - Schema: `journal_events(seq INTEGER PRIMARY KEY, at_ms, source, kind, body JSON
+//!   text)`, `journal_meta(head)`, `journal_state(key, value)`, created at open; `PRAGMA
+//!   user_version` = 1, and a file from a newer confer is refused rather than misread.
 //!
 //! # Event JSON
 //!
@@ -1016,6 +1019,10 @@ fn event_from_row(row: &SqliteRow) -> Option<Event> {
     })
 }
 
+/// Failures are real SQLite failures, made deterministic: another connection holding the
+/// write lock (SQLITE_BUSY) and `PRAGMA max_page_count` on the writer's connection
+/// (SQLITE_FULL, what a full disk returns). Waits poll with a 20 s bound; nothing sleeps
+/// to let time pass except the 100 ms "nothing more arrives" checks.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -205,7 +205,7 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
                 accounts: sip_accounts.clone(),
                 events: Some(registrar_tx),
                 domains: Vec::new(),
-                md5_first: false,
+                md5_first: cfg.sip_registrar_md5_first,
                 enabled: true,
             },
         )) {
@@ -322,7 +322,7 @@ struct Services {
 impl Services {
     /// Webhooks stop, the archive catches up with the journal, the journal commits.
     async fn close(self) {
-        if let Some(w) = self.webhooks.and_then(|w| Arc::into_inner(w)) {
+        if let Some(w) = self.webhooks.and_then(Arc::into_inner) {
             w.stop().await;
         }
         if let Some(a) = &self.archive {

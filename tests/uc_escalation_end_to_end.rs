@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use serve_harness::{Events, Server};
-use sip_support::{free_udp_port, run_sipp, scenario, sipp};
+use sip_support::{free_udp_port, run_sipp, sipp};
 
 const SECRET: &str = "c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff";
 
@@ -71,6 +71,8 @@ fn config(extra: &str) -> String {
     format!(
         r#"
 pin_digits = 6
+# baresip 1.0 answers only the first digest challenge, and knows only MD5.
+sip_registrar_md5_first = true
 
 [escalation]
 ring_timeout_ms = 4000
@@ -191,16 +193,112 @@ fn rtp_join(peer: &UdpSocket) -> String {
         .to_string()
 }
 
+/// baresip as bob's softphone: registers on confer (`sip`) with digest auth, answers
+/// every call at once, sends a tone, quits after `seconds`. Its configuration directory is
+/// returned (remove it after).
+fn bob_softphone(
+    baresip: &Path,
+    sip: SocketAddr,
+    seconds: u64,
+) -> (
+    std::thread::JoinHandle<(std::process::ExitStatus, String)>,
+    std::path::PathBuf,
+) {
+    let dir = std::env::temp_dir().join(format!("confer-bob-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("baresip's config dir");
+    let tone = dir.join("tone.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&tone, spec).expect("tone file");
+    for i in 0..8000 * 20 {
+        let v = (f64::from(i) * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0;
+        w.write_sample(v as i16).expect("tone sample");
+    }
+    w.finalize().expect("tone file");
+    let modules = [
+        "/usr/lib/baresip/modules",
+        "/usr/lib/x86_64-linux-gnu/baresip/modules",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).join("aufile.so").is_file())
+    .unwrap_or("/usr/lib/baresip/modules");
+    let config = format!(
+        "poll_method epoll\nsip_listen 127.0.0.1:0\nnet_interface 127.0.0.1\n\
+         call_max_calls 1\naudio_source aufile,{}\naudio_player aubridge,nil\n\
+         audio_alert aubridge,nil\nrtcp_mux no\nmodule_path {modules}\nmodule g711.so\n\
+         module aufile.so\nmodule aubridge.so\nmodule_tmp account.so\nmodule_app menu.so\n",
+        tone.display()
+    );
+    std::fs::write(dir.join("config"), config).expect("baresip config");
+    std::fs::write(
+        dir.join("accounts"),
+        format!(
+            "<sip:bob@{sip}>;auth_pass=bob-secret-1;regint=120;answermode=auto;\
+             audio_codecs=PCMU/8000/1\n"
+        ),
+    )
+    .expect("baresip accounts");
+    let args: Vec<String> = vec![
+        "-f".into(),
+        dir.display().to_string(),
+        "-s".into(),
+        "-t".into(),
+        seconds.to_string(),
+    ];
+    let program = baresip.to_path_buf();
+    let run = std::thread::spawn(move || {
+        sip_support::run_bounded(&program, &args, Duration::from_secs(seconds + 10))
+    });
+    (run, dir)
+}
+
+/// Polls until `user` has a device online (at most `wait`).
+fn wait_online(s: &Server, admin: &str, user: &str, wait: Duration) -> Value {
+    let deadline = Instant::now() + wait;
+    loop {
+        let (_, _, v) = s.request_as(admin, "GET", &format!("/v1/users/{user}"), None);
+        if v["presence"]["online_devices"].as_u64().unwrap_or(0) > 0 {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{user} never came online: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_holds_it() {
     let t = tokens();
-    let (s, _sip) = start(30, &config(""), &[]);
+    let (s, sip) = start(30, &config(""), &[]);
     put(
         &s,
         &t.admin,
         "/v1/users/alice",
         json!({ "display_name": "Alice", "phone": "+15550111" }),
     );
+    put(
+        &s,
+        &t.admin,
+        "/v1/users/bob",
+        json!({ "display_name": "Bob", "sip_password": "bob-secret-1" }),
+    );
+    // Bob's softphone registers with confer (digest) and becomes his online desk phone.
+    let bob_phone = sip_support::baresip().map(|b| bob_softphone(&b, sip, 20));
+    if bob_phone.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "CI installs baresip");
+        eprintln!("baresip is not installed: bob is left out");
+    } else {
+        let bob = wait_online(&s, &t.admin, "bob", Duration::from_secs(8));
+        assert_eq!(bob["devices"][0]["kind"], "desk_phone", "{bob}");
+        assert_eq!(
+            bob["devices"][0]["reach"]["type"], "sip_registration",
+            "{bob}"
+        );
+    }
     let mut browser = session(&s, "alice", "alice-browser", "browser", true);
     let mut mobile = session(&s, "alice", "alice-mobile", "mobile", false);
     let mut stream = Events::open(&s, &format!("/v1/events?access_token={}", t.im), &[])
@@ -208,7 +306,7 @@ fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_h
 
     let body = json!({
         "conversation": "chat-42",
-        "participants": [{ "user": "alice" }],
+        "participants": [{ "user": "alice" }, { "user": "bob" }],
         "modality": "video",
         "subject": "Q3 numbers",
         "requested_by": "carol",
@@ -286,6 +384,13 @@ fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_h
     });
     let (status, _, _) = s.request_as(&t.admin, "GET", &format!("/v1/rooms/{room}"), None);
     assert_eq!(status, 404, "the conversation's room is closed");
+    if let Some((run, dir)) = bob_phone {
+        let (_, output) = run.join().expect("baresip's runner");
+        let _ = std::fs::remove_dir_all(dir);
+        // Bob's phone was rung by INVITE, answered, and hung up by confer's BYE.
+        assert!(output.contains("INVITE sip:bob@"), "{output}");
+        assert!(output.contains("BYE sip:"), "{output}");
+    }
 
     let (status, data) = s.stop_keeping_data();
     assert!(status.success());

@@ -1,5 +1,8 @@
 //! The SIP core of `confer serve`: one UAS per call leg (the dial-in half of the B2BUA),
-//! sans-IO.
+//! sans-IO. Its submodules add the calls we place (`outbound`: dial-out, and ringing a
+//! registered phone), the trunks' registrations (`register`), who calls (`inbound`:
+//! trunks by address or digest) and the registrar of phones (`registrar`: REGISTER,
+//! bindings, their expiry, [`SipCore::ring`]).
 //!
 //! Why sans-IO here too: the call logic (which response when, when a participant joins
 //! and leaves, what happens on CANCEL, ACK timeout, session expiry and shutdown) is the
@@ -11,10 +14,12 @@
 //! # Drive contract
 //!
 //! Feed checked messages ([`SipCore::on_message`], after `inspect` accepted them), the
-//! media side's results ([`SipCore::on_media`]) and time ([`SipCore::handle_timeout`] at
+//! media side's results ([`SipCore::on_media`]), closed TCP/TLS connections
+//! ([`SipCore::on_flow_closed`]) and time ([`SipCore::handle_timeout`] at
 //! [`SipCore::next_timeout`]); after each call drain [`SipCore::poll_output`]: send each
-//! [`Output::Transmit`], run each [`Output::Media`] command (in order, per call). At the
-//! end, [`SipCore::shutdown`] ends every call and drains the same way.
+//! [`Output::Transmit`], run each [`Output::Media`] command (in order, per call), pass on
+//! each [`Output::Dial`] and [`Output::Registrar`]. At the end, [`SipCore::shutdown`]
+//! ends every call and drains the same way.
 //!
 //! # A call (dial-in to a fixed room)
 //!

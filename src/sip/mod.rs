@@ -30,10 +30,7 @@ mod server;
 mod tls;
 mod trunks;
 
-pub use core::{
-    DialError, DialProgress, DialRequest, RegistrarEvent, RingError, RingRequest, SipAccount,
-    SipAccounts,
-};
+pub use core::{DialError, DialProgress, RegistrarEvent, RingRequest, SipAccount, SipAccounts};
 pub use dialplan::DialPlan;
 pub use metrics::SipMetrics;
 pub use pins::{DialInInfo, PinError, Pins};

@@ -4,10 +4,13 @@
 //! room, then hangs up with BYE) or rings until confer cancels it (CANCEL, 487). The
 //! phone's unregistration at the end is reported too.
 //!
-//! Why here, in the binary's tests, and not in `tests/`: ringing is reached through
-//! [`SipControl::ring`] and the accounts through [`SipAccounts`], which the API does not
-//! expose yet, so the test runs the SIP server in-process, on real sockets, with a real
-//! media host. The scenarios are in `tests/sipp/phone_*.xml`.
+//! Why here, in the binary's tests, and not in `tests/`: the API reaches
+//! [`SipControl::ring`](super::SipControl::ring) only through an escalation, and the
+//! registrar events only through the directory; this test checks the SIP side on its
+//! own, so it runs the SIP server in-process (real sockets, a real media host) and
+//! drives the control handle and the events channel directly. The scenarios are in
+//! `tests/sipp/phone_*.xml`. sipp 3.6 answers only the first challenge, and only MD5:
+//! the registrar here offers MD5 first.
 //!
 //! Each test bounds sipp's run and skips, with a message, only when sipp is not installed
 //! and `CI` is not set.
@@ -159,7 +162,7 @@ impl Confer {
                     events: Some(tx),
                     domains: Vec::new(),
                     // sipp 3.6 answers the first challenge, and only MD5.
-                    md5_first: true,
+                    md5_first: std::env::var_os("EXP_SHA_FIRST").is_none(),
                 },
             ))
             .expect("SIP starts");
@@ -404,8 +407,8 @@ fn a_softphone_registers_with_digest_is_rung_answers_joins_the_room_and_hangs_up
     registers_is_rung_answers_and_hangs_up("u1", "udp", 600);
 }
 
-/// Over TCP the INVITE must take the phone's own connection (sipp listens on no port
-/// of its own for it), and the binding lasts no longer than an idle connection.
+/// Over TCP the INVITE must take the phone's own connection (confer opens none), and
+/// the binding lasts no longer than an idle connection (300 s by default).
 #[test]
 fn a_softphone_registered_over_tcp_is_rung_over_its_own_connection() {
     registers_is_rung_answers_and_hangs_up("t1", "tcp", 300);
@@ -448,4 +451,37 @@ fn a_ringing_softphone_is_cancelled_with_cancel_and_answers_487() {
     assert_eq!(confer.participants(room), 0);
     confer.unbound(&device);
     assert_sipp_ok(&confer, &phone.join().expect("sipp thread"));
+}
+
+#[test]
+fn exp_baresip_registers() {
+    let mut confer = Confer::start("baresip");
+    let dir = std::env::temp_dir().join("exp-baresip-reg");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config"), "poll_method epoll\nsip_listen 127.0.0.1:0\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule_tmp account.so\nmodule_app menu.so\n").unwrap();
+    std::fs::write(
+        dir.join("accounts"),
+        format!(
+            "<sip:alice@{}>;auth_pass=wonderland;regint=600\n",
+            confer.sip().udp
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("baresip")
+        .args(["-f", &dir.display().to_string(), "-t", "4", "-s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let e = confer.next_event(Duration::from_secs(6));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "EVENT {e:?}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+            .chars()
+            .take(6000)
+            .collect::<String>()
+    );
 }

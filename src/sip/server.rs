@@ -21,14 +21,19 @@
 //!   first byte) or silent for `sip_idle_timeout_ms` is closed. Connections are capped
 //!   in total and per source IP, and refused from banned sources.
 //! - **Core**: one task owns the [`SipCore`]; it sleeps until the core's next timer or
-//!   the next message or media result, then sends the core's transmissions (UDP
-//!   directly, streams through their connection's queue) and hands media commands to
-//!   the [`MediaDriver`]. At shutdown it ends every call (BYE or 503) and waits briefly
-//!   for the media to be released.
+//!   the next message, media result, control request ([`SipControl`]: dial, ring, hang
+//!   up) or closed connection, then sends the core's transmissions (UDP directly,
+//!   streams through their connection's queue), hands media commands to the
+//!   [`MediaDriver`], publishes dialled calls' progress (room events, and the receiver
+//!   of a tracked call or ring) and passes the registrar's bindings on
+//!   ([`RegistrarEvent`], Unix times from the system clock). At shutdown it ends every
+//!   call (BYE or 503) and waits briefly for the media to be released.
 //!
 //! Every queue is bounded and every map is capped: the core's inbound queue, the media
-//! results (sized for the call limit), each connection's outgoing queue, the connection
-//! table, and the rate limiter's source table. Every spawned task is supervised: its
+//! results (sized for the call limit), each connection's outgoing queue, the closed
+//! connections' queue, the connection table, and the rate limiter's source table. The
+//! exceptions are the per-call progress receivers and the registrar's events, which the
+//! rest of confer owns and drains (one message per step of a call or binding). Every spawned task is supervised: its
 //! error or panic is logged and counted (`confer_sip_task_errors_total`).
 //!
 //! Time comes from the tokio clock, randomness (tags) from the OS-seeded generator.
@@ -111,7 +116,7 @@ struct Shared {
     /// The trunks' inbound addresses: exempt from the per-source rate limit.
     trunk_sources: Vec<IpAddr>,
     /// Connections that closed, for the registrar (their bindings go).
-    closed_flows: mpsc::UnboundedSender<Peer>,
+    closed_flows: mpsc::Sender<Peer>,
 }
 
 /// The rate limiter and when its banned-sources gauge was last refreshed.
@@ -150,8 +155,12 @@ impl Drop for Registration {
             .fetch_sub(1, Ordering::Relaxed);
         let (tls, addr) = self.key;
         let transport = if tls { Transport::Tls } else { Transport::Tcp };
-        // The core task gone is confer stopping: nothing is registered any more.
-        let _ = self.shared.closed_flows.send(Peer::new(transport, addr));
+        // A full queue (a flood of connections) or a core gone (confer stopping) loses
+        // the news: a binding on this connection then lasts until it expires.
+        let _ = self
+            .shared
+            .closed_flows
+            .try_send(Peer::new(transport, addr));
     }
 }
 
@@ -382,8 +391,7 @@ impl SipServer {
 
         let metrics = Arc::new(SipMetrics::default());
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE);
-        // Unbounded, but one entry per connection closed (connections are capped).
-        let (flows_tx, flows_rx) = mpsc::unbounded_channel();
+        let (flows_tx, flows_rx) = mpsc::channel(CORE_QUEUE);
         let udp = Arc::new(udp);
         let shared = Arc::new(Shared {
             metrics: metrics.clone(),
@@ -572,7 +580,7 @@ struct Inputs {
     inbound: mpsc::Receiver<(Message, Peer)>,
     media_results: mpsc::Receiver<super::core::MediaEvent>,
     control: mpsc::Receiver<Control>,
-    closed_flows: mpsc::UnboundedReceiver<Peer>,
+    closed_flows: mpsc::Receiver<Peer>,
     /// Where the registrar's events go (an output, carried here with the inputs).
     registrar: Option<mpsc::UnboundedSender<RegistrarEvent>>,
 }

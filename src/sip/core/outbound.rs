@@ -78,12 +78,12 @@ impl DialRequest {
 const MAX_SHOWN_CHARS: usize = 128;
 
 /// `text` as one header line: control characters (CR and LF above all) become spaces,
-/// trimmed, at most [`MAX_SHOWN_CHARS`] characters; `None` when nothing is left.
-fn one_line(text: &str) -> Option<String> {
+/// trimmed, at most `max` characters; `None` when nothing is left.
+pub(super) fn one_line(text: &str, max: usize) -> Option<String> {
     let line: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_SHOWN_CHARS)
+        .take(max)
         .collect();
     let line = line.trim();
     (!line.is_empty()).then(|| line.to_owned())
@@ -259,7 +259,7 @@ impl<R: RngCore> SipCore<R> {
         from.display_name = r
             .caller
             .as_deref()
-            .and_then(one_line)
+            .and_then(|c| one_line(c, MAX_SHOWN_CHARS))
             .map(|n| DisplayName::new(&n));
         // A tag from `new_tag` is hex digits, always a token.
         let _ = from.set_tag(&out.from_tag);
@@ -275,7 +275,10 @@ impl<R: RngCore> SipCore<R> {
             (HeaderName::Allow, self.allow().to_owned()),
             (HeaderName::UserAgent, self.config.agent.clone()),
         ];
-        let subject = r.subject.as_deref().and_then(one_line);
+        let subject = r
+            .subject
+            .as_deref()
+            .and_then(|s| one_line(s, MAX_SHOWN_CHARS));
         let subject = subject.map(|s| (HeaderName::Subject, s));
         for (name, value) in fields.into_iter().chain(subject) {
             req.headers

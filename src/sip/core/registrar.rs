@@ -140,13 +140,8 @@ impl SipAccounts {
     }
 
     /// Accounts now.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.read().len()
-    }
-
-    /// True when there is none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, SipAccount>> {
@@ -831,10 +826,11 @@ impl<R: RngCore> SipCore<R> {
                 existing,
             });
         }
+        // Control characters (a tab) become spaces: the directory takes no other.
         let user_agent = req
             .headers
             .get(HeaderName::UserAgent)
-            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>());
+            .and_then(|ua| outbound::one_line(ua, MAX_USER_AGENT));
         let expires = plan.first().map(|p| p.granted);
         for p in plan {
             if p.granted == 0 {
@@ -1094,7 +1090,7 @@ mod tests {
                  To: <sip:{aor}@example.com>\r\n\
                  Call-ID: {call_id}\r\n\
                  CSeq: {cseq} REGISTER\r\n\
-                 User-Agent: TestPhone/1.0\r\n\
+                 User-Agent: TestPhone/1.0\t(test)\r\n\
                  {contact}{auth}{extra}Content-Length: 0\r\n\r\n",
                 src = self.source.addr,
                 aor = self.aor,
@@ -1250,7 +1246,7 @@ mod tests {
                 device: format!("sip-u-alice-{UUID}"),
                 contact: "sip:alice@10.0.0.5:5062".into(),
                 expires_at: now + Duration::from_secs(3600),
-                user_agent: Some("TestPhone/1.0".into()),
+                user_agent: Some("TestPhone/1.0 (test)".into()),
                 transport: "udp",
             }]
         );
