@@ -206,6 +206,7 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
                 events: Some(registrar_tx),
                 domains: Vec::new(),
                 md5_first: cfg.sip_registrar_md5_first,
+                md5_only: false,
                 enabled: true,
             },
         )) {

@@ -778,3 +778,137 @@ fn a_killed_server_loses_no_archive_record_and_the_stream_resumes_from_its_curso
     assert!(archive(&["verify"], &data).status.success());
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[path = "../archive-store/tests/common/mod.rs"]
+mod test_db;
+
+/// A sample of the metrics text, or 0 when absent.
+fn metric(s: &Server, admin: &str, name: &str) -> f64 {
+    s.request_text_as(admin, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn wait_metric(s: &Server, admin: &str, name: &str, want: f64, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    while metric(s, admin, name) != want {
+        assert!(Instant::now() < deadline, "{name} never became {want}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn with_the_archive_down_new_escalations_are_refused_with_the_reason_and_nothing_is_lost() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(mut db) = runtime.block_on(test_db::TestDb::postgres_dedicated()) else {
+        return;
+    };
+    let url = match &db.config().location {
+        confer_archive_store::Location::Postgres(u) => u.clone(),
+        other => panic!("not PostgreSQL: {other:?}"),
+    };
+    let t = tokens();
+    let (s, _) = start(35, &config(""), &[("CONFER_ARCHIVE_URL", &url)]);
+    put(
+        &s,
+        &t.admin,
+        "/v1/users/alice",
+        json!({ "display_name": "Alice" }),
+    );
+    let escalate = |conversation: &str| {
+        let body = json!({
+            "conversation": conversation, "participants": [{ "user": "alice" }],
+            "modality": "dial_in",
+        });
+        s.request_as(&t.im, "POST", "/v1/escalations", Some(&body.to_string()))
+    };
+    assert_eq!(escalate("before").0, 201);
+    wait_metric(
+        &s,
+        &t.admin,
+        "confer_archive_writable",
+        1.0,
+        Duration::from_secs(10),
+    );
+
+    // PostgreSQL stops. The next events cannot be archived; the archive says so.
+    runtime.block_on(db.outage_begin());
+    let (status, _, _) = s.request_as(&t.admin, "POST", "/v1/rooms", Some(r#"{"name":"during"}"#));
+    assert_eq!(status, 201, "rooms themselves go on");
+    wait_metric(
+        &s,
+        &t.admin,
+        "confer_archive_writable",
+        0.0,
+        Duration::from_secs(15),
+    );
+    let (status, _, v) = escalate("refused");
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["code"], "archive_unavailable", "{v}");
+    assert!(
+        metric(
+            &s,
+            &t.admin,
+            "confer_archive_refusals_total{what=\"escalation\"}"
+        ) >= 1.0,
+        "the refusal is counted"
+    );
+    assert_eq!(
+        s.request_as(&t.im, "GET", "/v1/escalations/refused", None)
+            .0,
+        404
+    );
+
+    // Back: escalations are taken again, and what happened meanwhile is archived.
+    runtime.block_on(db.outage_end());
+    wait_metric(
+        &s,
+        &t.admin,
+        "confer_archive_writable",
+        1.0,
+        Duration::from_secs(20),
+    );
+    assert_eq!(escalate("after").0, 201);
+    let (status, data) = s.stop_keeping_data();
+    assert!(status.success());
+    let out = confer(
+        &["archive", "export"],
+        &[
+            ("CONFER_ARCHIVE_URL", &url),
+            ("CONFER_DATA_DIR", data.to_str().expect("utf-8")),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let records: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let has = |pred: &dyn Fn(&Value) -> bool| records.iter().any(pred);
+    assert!(has(&|r| r["conversation"] == "before"), "before the outage");
+    assert!(has(&|r| r["conversation"] == "after"), "after the outage");
+    assert!(
+        has(&|r| r["details"]["kind"] == "created" && r["details"]["source"] == "room"),
+        "the room made during the outage is archived after it"
+    );
+    assert!(
+        has(&|r| r["details"]["source"] == "policy"),
+        "the refusal itself is archived"
+    );
+    let out = confer(&["archive", "verify"], &[("CONFER_ARCHIVE_URL", &url)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -91,7 +91,8 @@ use super::metrics::{CallEnd, Dropped, SipMetrics};
 pub use inbound::InboundPolicy;
 pub use outbound::{DialError, DialProgress, DialRequest};
 pub use registrar::{
-    BindingEvent, RegistrarConfig, RegistrarEvent, RingError, RingRequest, SipAccount, SipAccounts,
+    BindingEvent, Challenges, RegistrarConfig, RegistrarEvent, RingError, RingRequest, SipAccount,
+    SipAccounts,
 };
 
 /// How long a call may wait for the media side (room, socket, join) before it is

@@ -64,8 +64,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 
 use super::core::{CallId, DialError, DialProgress, DialRequest, InboundPolicy};
+use super::core::{
+    Challenges, RegistrarConfig, RegistrarEvent, RingError, RingRequest, SipAccounts,
+};
 use super::core::{CoreConfig, LocalAddrs, Output, SipCore};
-use super::core::{RegistrarConfig, RegistrarEvent, RingError, RingRequest, SipAccounts};
 use super::dialplan::DialPlan;
 use super::limits::{RateLimiter, Verdict};
 use super::media::{MediaDriver, PromptSetup};
@@ -346,8 +348,11 @@ pub struct RegistrarSetup {
     pub events: Option<mpsc::UnboundedSender<RegistrarEvent>>,
     /// Our SIP domains (empty: any host name is ours; IP literals always are).
     pub domains: Vec<String>,
-    /// Challenge phones with MD5 first (see [`RegistrarConfig::md5_first`]).
+    /// Challenge phones with MD5 first (for sipp 3.6 and phones like it).
     pub md5_first: bool,
+    /// Challenge phones with MD5 alone (for baresip 1.0 and phones like it); wins over
+    /// `md5_first`.
+    pub md5_only: bool,
 }
 
 impl SipServer {
@@ -464,7 +469,11 @@ impl SipServer {
                 accounts: registrar.accounts,
                 domains: registrar.domains,
                 stream_idle: Some(Duration::from_millis(cfg.sip_idle_timeout_ms)),
-                md5_first: registrar.md5_first,
+                challenges: match (registrar.md5_only, registrar.md5_first) {
+                    (true, _) => Challenges::Md5Only,
+                    (false, true) => Challenges::Md5ThenSha256,
+                    (false, false) => Challenges::Sha256ThenMd5,
+                },
             },
         };
         tracing::info!(

@@ -151,6 +151,11 @@ impl Server {
         (status, body)
     }
 
+    /// `GET path` with a bearer token; returns the body as text.
+    pub fn request_text_as(&self, token: &str, path: &str) -> String {
+        self.exchange("GET", path, None, Some(token)).2
+    }
+
     /// One request with a bearer token; returns the status, the response head and the
     /// body as JSON (`Null` when empty or not JSON).
     pub fn request_as(

@@ -66,6 +66,20 @@ impl InboundAuth {
     }
 }
 
+/// Which digest challenges a 401 offers, in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Challenges {
+    /// SHA-256, then MD5 (RFC 8760): a client answers the first it knows.
+    #[default]
+    Sha256ThenMd5,
+    /// MD5 first: for clients that answer the first challenge whatever it is, and know
+    /// only MD5 (sipp 3.6).
+    Md5ThenSha256,
+    /// MD5 alone: for clients that give up on any challenge they cannot answer
+    /// (baresip 1.0 with libre 1.1: "Function not implemented").
+    Md5Only,
+}
+
 /// What the check of an INVITE decided.
 pub(super) enum Caller {
     /// From this trunk.
@@ -123,7 +137,7 @@ impl<R: RngCore> SipCore<R> {
             return match self.check_digest(req, &auth, Some(&password), now) {
                 DigestVerdict::Valid => Caller::Trunk(trunk),
                 DigestVerdict::Rechallenge { stale } => {
-                    self.challenge(tx, req, stale, false, now);
+                    self.challenge(tx, req, stale, Challenges::default(), now);
                     Caller::Answered
                 }
                 DigestVerdict::Refused(e) => {
@@ -142,7 +156,7 @@ impl<R: RngCore> SipCore<R> {
             self.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
             self.answer(tx, req, StatusCode::FORBIDDEN, &[], now);
         } else {
-            self.challenge(tx, req, false, false, now);
+            self.challenge(tx, req, false, Challenges::default(), now);
         }
         self.metrics.call_ended(CallEnd::Rejected);
         Caller::Answered
@@ -188,14 +202,13 @@ impl<R: RngCore> SipCore<R> {
         }
     }
 
-    /// 401 with one challenge per algorithm we take (SHA-256, then MD5; MD5 first with
-    /// `md5_first`, for clients that answer only the first challenge and know only MD5).
+    /// 401 with one challenge per algorithm of `offer` (by default SHA-256, then MD5).
     pub(super) fn challenge(
         &mut self,
         tx: TransactionId,
         req: &Request,
         stale: bool,
-        md5_first: bool,
+        offer: Challenges,
         now: Instant,
     ) {
         let Some(auth) = made(&mut self.inbound_auth, &mut self.rng, now) else {
@@ -203,9 +216,11 @@ impl<R: RngCore> SipCore<R> {
         };
         let at = now.saturating_duration_since(auth.epoch);
         let mut algorithms = auth.server.algorithms().to_vec();
-        if md5_first {
+        match offer {
+            Challenges::Sha256ThenMd5 => {}
             // A stable sort: MD5 first, the rest in the server's order.
-            algorithms.sort_by_key(|a| *a != Algorithm::Md5);
+            Challenges::Md5ThenSha256 => algorithms.sort_by_key(|a| *a != Algorithm::Md5),
+            Challenges::Md5Only => algorithms.retain(|a| *a == Algorithm::Md5),
         }
         let extra: Vec<(HeaderName, String)> = algorithms
             .into_iter()

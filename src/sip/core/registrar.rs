@@ -11,8 +11,8 @@
 //!    listed in [`RegistrarConfig::domains`] (any host name when none is listed) or an
 //!    IP literal (a request that reached us by address is for us: we are no proxy).
 //! 2. Digest, with the trunk side's server, realm and stateless nonces (`inbound.rs`):
-//!    SHA-256 and MD5 challenges (SHA-256 first, unless [`RegistrarConfig::md5_first`]),
-//!    `qop=auth`. No credentials for our realm, a stale
+//!    SHA-256 and MD5 challenges (SHA-256 first; [`RegistrarConfig::challenges`] can put
+//!    MD5 first or offer it alone, for phones that need it), `qop=auth`. No credentials for our realm, a stale
 //!    nonce or one from before a restart: 401. A wrong password or an unknown username:
 //!    403 (the same answer and work for both), and a failure counted for the lock-out.
 //! 3. The AOR's user must be the digest username, else 403.
@@ -71,6 +71,7 @@ use confer_pstn_bridge::ivr::{LockoutConfig, Lockouts};
 use confer_pstn_bridge::sip::{Contacts, NameAddr, Param, ParamValue, Token};
 use sha2::{Digest, Sha256};
 
+pub use super::inbound::Challenges;
 use super::inbound::{DigestVerdict, our_authorization};
 use super::*;
 use crate::sip::metrics::RegisterResult;
@@ -167,10 +168,8 @@ pub struct RegistrarConfig {
     /// How long a silent TCP/TLS connection lives (`sip_idle_timeout_ms`): stream
     /// bindings are granted at most this long unless the phone keeps the flow alive.
     pub stream_idle: Option<Duration>,
-    /// Challenge with MD5 first, then SHA-256 (default: SHA-256 first, RFC 8760). For
-    /// phones that know only MD5 and answer the first challenge whatever it is (sipp
-    /// 3.6, older desk phones).
-    pub md5_first: bool,
+    /// The challenges phones get (default: SHA-256 then MD5, RFC 8760).
+    pub challenges: Challenges,
 }
 
 /// Why a binding went.
@@ -686,9 +685,9 @@ impl<R: RngCore> SipCore<R> {
         {
             return Verdict::Status(StatusCode::FORBIDDEN, Res::LockedOut);
         }
-        let md5_first = self.config.registrar.md5_first;
+        let offer = self.config.registrar.challenges;
         let Some(auth) = our_authorization(req) else {
-            self.challenge(tx, req, false, md5_first, now);
+            self.challenge(tx, req, false, offer, now);
             return Verdict::Status(StatusCode::UNAUTHORIZED, Res::Challenged);
         };
         let (source_key, account_key) = lockout_keys(source, &auth.username);
@@ -709,7 +708,7 @@ impl<R: RngCore> SipCore<R> {
         ) {
             DigestVerdict::Valid => {}
             DigestVerdict::Rechallenge { stale } => {
-                self.challenge(tx, req, stale, md5_first, now);
+                self.challenge(tx, req, stale, offer, now);
                 return Verdict::Status(StatusCode::UNAUTHORIZED, Res::Challenged);
             }
             DigestVerdict::Refused(e) => {
@@ -1021,7 +1020,7 @@ mod tests {
             accounts,
             domains: vec!["example.com".into()],
             stream_idle: Some(Duration::from_secs(300)),
-            md5_first: false,
+            challenges: Challenges::default(),
         };
         c
     }
@@ -1201,24 +1200,26 @@ mod tests {
         assert!(challenges.iter().all(|h| h.contains("qop=\"auth\"")));
         assert!(d.bindings.is_empty());
         assert_eq!(result_count(&c, "challenged"), 1);
-        // For phones that answer the first challenge, whatever it is: MD5 first.
-        c.config.registrar.md5_first = true;
-        let m = phone.request("<sip:alice@192.0.2.20:5062>", "");
-        c.on_message(m, phone.source.clone(), t0());
-        let d = drain(&mut c);
-        let first = d
-            .response(401)
-            .headers
-            .get(HeaderName::WwwAuthenticate)
-            .unwrap();
-        assert!(first.contains("algorithm=MD5"), "{first}");
-        assert_eq!(
-            d.response(401)
+        // For phones that answer the first challenge, whatever it is: MD5 first; for
+        // those that give up on one they cannot answer: MD5 alone.
+        for (offer, expected) in [
+            (Challenges::Md5ThenSha256, &["MD5", "SHA-256"][..]),
+            (Challenges::Md5Only, &["MD5"][..]),
+        ] {
+            c.config.registrar.challenges = offer;
+            let m = phone.request("<sip:alice@192.0.2.20:5062>", "");
+            c.on_message(m, phone.source.clone(), t0());
+            let d = drain(&mut c);
+            let algorithms: Vec<String> = d
+                .response(401)
                 .headers
                 .get_all(HeaderName::WwwAuthenticate)
-                .count(),
-            2
-        );
+                .filter_map(|v| v.split("algorithm=").nth(1))
+                .filter_map(|v| v.split(',').next())
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(algorithms, expected, "{offer:?}");
+        }
     }
 
     #[test]
