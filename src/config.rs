@@ -71,12 +71,12 @@ pub struct Config {
     /// Send responses to the source port of UDP requests even when their Via asks for
     /// none (as if it carried `rport`; default true: most peers sit behind NAT).
     pub sip_force_rport: bool,
-    /// The registrar challenges phones with MD5 before SHA-256
-    /// (`CONFER_SIP_REGISTRAR_MD5_FIRST`, default false: SHA-256 first, RFC 8760). For
-    /// phones that know only MD5 and give up on the first challenge they cannot answer
-    /// (baresip 1.0, sipp 3.6, older desk phones); SHA-256 capable phones still choose
-    /// SHA-256.
-    pub sip_registrar_md5_first: bool,
+    /// The digest algorithms the registrar challenges phones with, in order
+    /// (`CONFER_SIP_REGISTRAR_DIGEST`): `sha256,md5` (default, RFC 8760), `md5,sha256`
+    /// (for phones that answer only the first challenge and know only MD5: sipp 3.6,
+    /// older desk phones) or `md5` (for phones that fail on any challenge they cannot
+    /// answer: baresip 1.0).
+    pub sip_registrar_digest: String,
     /// Session interval (RFC 4028) granted to callers, seconds (default 1800; >= 90).
     pub sip_session_expires: u32,
     /// Country calling code for dialled national numbers (default `1`: the North American
@@ -273,7 +273,7 @@ impl Default for Config {
             sip_max_calls: 500,
             sip_t1_ms: 500,
             sip_force_rport: true,
-            sip_registrar_md5_first: false,
+            sip_registrar_digest: "sha256,md5".to_owned(),
             sip_session_expires: 1800,
             sip_country_code: "1".to_owned(),
             dial_in: Vec::new(),
@@ -382,11 +382,13 @@ impl Config {
             sip_max_calls "CONFER_SIP_MAX_CALLS",
             sip_t1_ms "CONFER_SIP_T1_MS",
             sip_force_rport "CONFER_SIP_FORCE_RPORT",
-            sip_registrar_md5_first "CONFER_SIP_REGISTRAR_MD5_FIRST",
             sip_session_expires "CONFER_SIP_SESSION_EXPIRES",
             pin_digits "CONFER_PIN_DIGITS",
             journal_retention_days "CONFER_JOURNAL_RETENTION_DAYS"
         );
+        if let Some(v) = get("CONFER_SIP_REGISTRAR_DIGEST") {
+            self.sip_registrar_digest = v;
+        }
         if let Some(v) = get("CONFER_SIP_COUNTRY_CODE") {
             self.sip_country_code = v;
         }
@@ -462,7 +464,20 @@ impl Config {
         self.validate_sip()
     }
 
+    /// The registrar's challenge order: (MD5 first, MD5 only).
+    pub fn registrar_digest(&self) -> anyhow::Result<(bool, bool)> {
+        match self.sip_registrar_digest.replace(' ', "").as_str() {
+            "sha256,md5" => Ok((false, false)),
+            "md5,sha256" => Ok((true, false)),
+            "md5" => Ok((true, true)),
+            other => bail!(
+                "sip_registrar_digest must be \"sha256,md5\", \"md5,sha256\" or \"md5\", not {other:?}"
+            ),
+        }
+    }
+
     fn validate_sip(&self) -> anyhow::Result<()> {
+        self.registrar_digest()?;
         if !(1024..=1 << 20).contains(&self.sip_max_message_bytes) {
             bail!(
                 "sip_max_message_bytes must be 1024..=1048576, not {}",

@@ -193,6 +193,7 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         &cfg.dial_out_allow,
         &cfg.dial_out_deny,
     )?);
+    let (md5_first, md5_only) = cfg.registrar_digest()?;
     let sip_accounts = SipAccounts::default();
     let (registrar_tx, registrar_events) = tokio::sync::mpsc::unbounded_channel();
     let sip_server = if sip {
@@ -205,8 +206,8 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
                 accounts: sip_accounts.clone(),
                 events: Some(registrar_tx),
                 domains: Vec::new(),
-                md5_first: cfg.sip_registrar_md5_first,
-                md5_only: false,
+                md5_first,
+                md5_only,
                 enabled: true,
             },
         )) {

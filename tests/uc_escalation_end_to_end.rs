@@ -71,8 +71,8 @@ fn config(extra: &str) -> String {
     format!(
         r#"
 pin_digits = 6
-# baresip 1.0 answers only the first digest challenge, and knows only MD5.
-sip_registrar_md5_first = true
+# baresip 1.0 knows only MD5 and fails on any SHA-256 challenge.
+sip_registrar_digest = "md5"
 
 [escalation]
 ring_timeout_ms = 4000
@@ -350,9 +350,16 @@ fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_h
     );
     assert_eq!(status, 201, "{p}");
 
-    let story = call_events_until(&mut stream, Duration::from_secs(5), |e| {
-        e["kind"] == "joined"
-    });
+    // Both end up in the room: alice by her browser, bob by his phone (auto-answer).
+    let joined_count = if bob_phone.is_some() { 2 } else { 1 };
+    let mut story = Vec::new();
+    for _ in 0..joined_count {
+        story.extend(call_events_until(
+            &mut stream,
+            Duration::from_secs(10),
+            |e| e["kind"] == "joined",
+        ));
+    }
     let kinds: Vec<&str> = story.iter().filter_map(|e| e["kind"].as_str()).collect();
     for k in [
         "started",
@@ -366,10 +373,34 @@ fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_h
     }
     let seqs: Vec<u64> = story.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let joined_by = |who: &str| {
+        story
+            .iter()
+            .find(|e| e["kind"] == "joined" && e["participant"]["user"] == who)
+            .cloned()
+    };
+    let alice_joined = joined_by("alice").expect("alice joined");
+    assert_eq!(
+        alice_joined["via"]["device"], "alice-browser",
+        "{alice_joined}"
+    );
+    assert_eq!(alice_joined["media"], "audio_video", "{alice_joined}");
+    if bob_phone.is_some() {
+        let bob_joined = joined_by("bob").expect("bob joined");
+        assert_eq!(bob_joined["media"], "audio", "a desk phone: {bob_joined}");
+    }
 
     let (status, _, call) = s.request_as(&t.im, "GET", "/v1/escalations/chat-42", None);
     assert_eq!(status, 200, "{call}");
-    assert_eq!(call["participants"][0]["status"], "joined", "{call}");
+    let joined = call["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .filter(|p| p["status"] == "joined")
+        .count();
+    assert_eq!(joined, joined_count, "{call}");
+    let (_, _, room_view) = s.request_as(&t.admin, "GET", &format!("/v1/rooms/{room}"), None);
+    assert_eq!(room_view["participants"], joined_count, "{room_view}");
     let (status, _, presence) = s.request_as(&t.admin, "GET", "/v1/users/alice/presence", None);
     assert_eq!(status, 200);
     assert_eq!(presence["state"], "in_a_conference", "{presence}");
@@ -388,7 +419,8 @@ fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_h
         let (_, output) = run.join().expect("baresip's runner");
         let _ = std::fs::remove_dir_all(dir);
         // Bob's phone was rung by INVITE, answered, and hung up by confer's BYE.
-        assert!(output.contains("INVITE sip:bob@"), "{output}");
+        assert!(output.contains("INVITE sip:bob"), "{output}");
+        assert!(output.contains("SIP/2.0 200 "), "{output}");
         assert!(output.contains("BYE sip:"), "{output}");
     }
 

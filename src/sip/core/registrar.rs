@@ -11,10 +11,11 @@
 //!    listed in [`RegistrarConfig::domains`] (any host name when none is listed) or an
 //!    IP literal (a request that reached us by address is for us: we are no proxy).
 //! 2. Digest, with the trunk side's server, realm and stateless nonces (`inbound.rs`):
-//!    SHA-256 and MD5 challenges (SHA-256 first; [`RegistrarConfig::challenges`] can put
-//!    MD5 first or offer it alone, for phones that need it), `qop=auth`. No credentials for our realm, a stale
-//!    nonce or one from before a restart: 401. A wrong password or an unknown username:
-//!    403 (the same answer and work for both), and a failure counted for the lock-out.
+//!    SHA-256 and MD5 challenges with `qop=auth`, SHA-256 first
+//!    ([`RegistrarConfig::challenges`] puts MD5 first, or offers it alone, for phones
+//!    that need it). No credentials for our realm, a stale nonce or one from before a
+//!    restart: 401. A wrong password or an unknown username: 403 (the same answer and
+//!    work for both), and a failure counted for the lock-out.
 //! 3. The AOR's user must be the digest username, else 403.
 //! 4. `Contact: *` with `Expires: 0` (and nothing else) removes every binding. Each
 //!    contact's expiry is its `expires` parameter, else the `Expires` header, else
