@@ -13,7 +13,8 @@
 //! - 422: well-formed but impossible values (gain outside -60..=20 dB, unknown codec,
 //!   payload type, RTP address);
 //! - 503: no free RTP port, a media worker's command queue is full, the SIP call limit
-//!   is reached, SIP is not running, or the engine is stopping.
+//!   is reached, SIP is not running, the engine is stopping, or (dial-out) the
+//!   compliance archive cannot be written and archiving is required.
 //!
 //! Bodies are parsed with `serde_json` from the raw bytes (not axum's `Json` extractor), so
 //! that the error format is the same everywhere.
@@ -515,6 +516,16 @@ async fn dial(State(s): State<ApiState>, Path(room): Path<String>, body: Bytes) 
     let id = room_id(&room)?;
     let req: Dial = parse_body(&body, false)?;
     let sip = sip_running(&s)?;
+    // Fail closed: no new call while the compliance archive cannot be written.
+    if let Some(archive) = &s.archive
+        && let Err(r) = archive.check_writable()
+    {
+        archive.count_refusal("dial_out");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}: {r}", r.reason),
+        ));
+    }
     // A room that does not exist is a 404 before anything is dialled.
     s.host.room(id).await?;
     let request = s

@@ -194,6 +194,15 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         &cfg.dial_out_deny,
     )?);
     let (md5_first, md5_only) = cfg.registrar_digest()?;
+    let client_joins = crate::api::ClientJoins::default();
+    let records = runtime.block_on(open_records(cfg, sip, &host, client_joins.clone()));
+    let (journal, archive) = match records {
+        Ok(r) => r,
+        Err(e) => {
+            host.stop();
+            return Err(e);
+        }
+    };
     let sip_accounts = SipAccounts::default();
     let (registrar_tx, registrar_events) = tokio::sync::mpsc::unbounded_channel();
     let sip_server = if sip {
@@ -209,6 +218,10 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
                 md5_first,
                 md5_only,
                 enabled: true,
+            },
+            crate::sip::SipRecords {
+                journal: Some(journal.clone()),
+                archive: archive.clone(),
             },
         )) {
             Ok(s) => Some(s),
@@ -234,10 +247,10 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
     let sip_metrics = sip_server.as_ref().map(|s| s.metrics.clone());
     let sip_control = sip_server.as_ref().map(|s| s.control.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let client_joins = crate::api::ClientJoins::default();
     let services = runtime.block_on(start_services(
         cfg,
-        sip,
+        journal,
+        archive,
         &host,
         sip_control.clone(),
         sip_accounts,
@@ -245,7 +258,6 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
         &trunks,
         &pins,
         auth.clone(),
-        client_joins.clone(),
         stop_rx.clone(),
     ));
     let services = match services {
@@ -334,20 +346,15 @@ impl Services {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn start_services(
+/// The event journal (in memory for `confer bench`) with the host's events relayed into
+/// it, and the compliance archive that follows it (not in `confer bench`). Opened before
+/// SIP, which records into them and asks the archive before taking a call.
+async fn open_records(
     cfg: &Config,
     full: bool,
     host: &Host,
-    sip: Option<SipControl>,
-    accounts: SipAccounts,
-    registrar_events: tokio::sync::mpsc::UnboundedReceiver<RegistrarEvent>,
-    trunks: &Arc<Trunks>,
-    pins: &Arc<Pins>,
-    keys: Option<Arc<confer_signalling::token::Keyring>>,
     client_joins: ClientJoins,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Services> {
+) -> anyhow::Result<(Journal, Option<Archive>)> {
     let journal_config = JournalConfig {
         path: full.then(|| cfg.data_dir.join("journal.db")),
         retention: Duration::from_secs(u64::from(cfg.journal_retention_days) * 86_400),
@@ -365,16 +372,36 @@ async fn start_services(
         tokio::spawn(relay_room_events(rx, journal.clone(), client_joins));
     }
     if !full {
+        return Ok((journal, None));
+    }
+    let archive = Archive::open(cfg, journal.clone())
+        .await
+        .context("opening the compliance archive")?;
+    Ok((journal, Some(archive)))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_services(
+    cfg: &Config,
+    journal: Journal,
+    archive: Option<Archive>,
+    host: &Host,
+    sip: Option<SipControl>,
+    accounts: SipAccounts,
+    registrar_events: tokio::sync::mpsc::UnboundedReceiver<RegistrarEvent>,
+    trunks: &Arc<Trunks>,
+    pins: &Arc<Pins>,
+    keys: Option<Arc<confer_signalling::token::Keyring>>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Services> {
+    let Some(archive) = archive else {
         return Ok(Services {
             journal,
             archive: None,
             webhooks: None,
             uc: None,
         });
-    }
-    let archive = Archive::open(cfg, journal.clone())
-        .await
-        .context("opening the compliance archive")?;
+    };
     let webhooks = Webhooks::start(journal.clone(), cfg.webhooks.clone())
         .await
         .context("starting webhooks")?;

@@ -304,6 +304,37 @@ fn three_wrong_pins_end_the_call_with_a_goodbye_and_a_bye_and_the_pin_is_not_log
         !log.contains(&pin) && !log.contains(&wrong),
         "a PIN is in the log"
     );
+    // The compliance archive holds each failed entry (three), never the PIN.
+    let (status, data) = s.server.stop_keeping_data();
+    assert!(status.success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confer"))
+        .args(["archive", "export"])
+        .env("CONFER_DATA_DIR", &data)
+        .output()
+        .expect("confer archive export runs");
+    let _ = std::fs::remove_dir_all(&data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let export = String::from_utf8_lossy(&out.stdout);
+    let pin_records: Vec<serde_json::Value> = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "pin_entry")
+        .collect();
+    assert_eq!(pin_records.len(), 3, "{export}");
+    assert!(
+        pin_records
+            .iter()
+            .all(|r| r["details"]["outcome"] == "rejected"),
+        "{export}"
+    );
+    assert!(
+        !export.contains(&format!("\"{wrong}\"")) && !export.contains(&format!("\"{pin}\"")),
+        "a PIN is in the archive"
+    );
 }
 
 /// `keys` as DTMF tones in PCMA RTP (20 ms packets at 8 kHz, payload type 8), for a

@@ -814,6 +814,29 @@ fn a_killed_server_loses_no_archive_record_and_the_stream_resumes_from_its_curso
 #[path = "../archive-store/tests/common/mod.rs"]
 mod test_db;
 
+/// An INVITE from `from` to `number` at confer, offering PCMU.
+fn dial_in_invite(from: SocketAddr, number: &str, call_id: &str) -> Vec<u8> {
+    let sdp = format!(
+        "v=0\r\no=uac 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+        from.port() + 2
+    );
+    format!(
+        "INVITE sip:{number}@127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {from};branch=z9hG4bK-{call_id};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:+15550199@127.0.0.1>;tag=uac-{call_id}\r\n\
+         To: <sip:{number}@127.0.0.1>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:uac@{from}>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+    .into_bytes()
+}
+
 /// A sample of the metrics text, or 0 when absent.
 fn metric(s: &Server, admin: &str, name: &str) -> f64 {
     s.request_text_as(admin, "/metrics")
@@ -844,7 +867,14 @@ fn with_the_archive_down_new_escalations_are_refused_with_the_reason_and_nothing
         other => panic!("not PostgreSQL: {other:?}"),
     };
     let t = tokens();
-    let (s, _) = start(35, &config(""), &[("CONFER_ARCHIVE_URL", &url)]);
+    let (s, sip) = start(
+        35,
+        &config(""),
+        &[
+            ("CONFER_ARCHIVE_URL", &url),
+            ("CONFER_DIAL_IN", "+15550100=lobby,+15550177"),
+        ],
+    );
     put(
         &s,
         &t.admin,
@@ -894,6 +924,15 @@ fn with_the_archive_down_new_escalations_are_refused_with_the_reason_and_nothing
             .0,
         404
     );
+    // A phone calling in is refused too: 503, with the reason in a Warning.
+    let phone = sip_support::UdpClient::bind("127.0.0.1:0", sip);
+    phone.send(&dial_in_invite(phone.addr(), "+15550100", "refused-call"));
+    let (status, answer) = phone
+        .final_response(Duration::from_secs(5))
+        .expect("an answer to the INVITE");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&answer));
+    let warning = sip_support::header_of(&answer, "Warning").expect("a Warning");
+    assert!(warning.contains("archive"), "{warning}");
 
     // Back: escalations are taken again, and what happened meanwhile is archived.
     runtime.block_on(db.outage_end());
@@ -905,6 +944,13 @@ fn with_the_archive_down_new_escalations_are_refused_with_the_reason_and_nothing
         Duration::from_secs(20),
     );
     assert_eq!(escalate("after").0, 201);
+    // A dial-in is taken again, and archived with its numbers.
+    phone.send(&dial_in_invite(phone.addr(), "+15550100", "taken-call"));
+    let (status, answer) = phone
+        .final_response(Duration::from_secs(5))
+        .expect("an answer to the INVITE");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    std::thread::sleep(Duration::from_millis(500));
     let (status, data) = s.stop_keeping_data();
     assert!(status.success());
     let out = confer(
@@ -935,6 +981,14 @@ fn with_the_archive_down_new_escalations_are_refused_with_the_reason_and_nothing
     assert!(
         has(&|r| r["details"]["source"] == "policy"),
         "the refusal itself is archived"
+    );
+    assert!(
+        has(&|r| r["details"]["source"] == "sip" && r["details"]["kind"] == "call_refused"),
+        "the refused phone call is archived"
+    );
+    assert!(
+        has(&|r| r["kind"] == "dial_in" && r["details"]["called_number"] == "+15550100"),
+        "the dial-in is archived with the number: {records:#?}"
     );
     let out = confer(&["archive", "verify"], &[("CONFER_ARCHIVE_URL", &url)]);
     assert!(

@@ -272,6 +272,39 @@ pub struct CoreConfig {
     pub inbound: InboundPolicy,
     /// The registrar for phones.
     pub registrar: RegistrarConfig,
+    /// Whether new calls may start, and where accepted calls are reported.
+    pub gate: CallGate,
+}
+
+/// A dial-in call the core accepted, for the event journal and the compliance archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialIn {
+    /// From's user part (a number, as the caller or its trunk states it) or its URI.
+    pub caller: String,
+    /// The Request-URI's user part: the number dialled.
+    pub called: String,
+    /// The room's name, or `None` for the PIN prompts.
+    pub room: Option<String>,
+    /// The trunk it came through, if recognised.
+    pub trunk: Option<String>,
+}
+
+/// The shell's say on new calls: `admit` refuses with a reason (the compliance archive
+/// cannot be written: fail closed, 503), `accepted` learns of each dial-in. Both read and
+/// queue only (an atomic, a channel), so the core stays free of I/O.
+#[derive(Clone, Default)]
+pub struct CallGate {
+    pub admit: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+    pub accepted: Option<Arc<dyn Fn(DialIn) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for CallGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallGate")
+            .field("admit", &self.admit.is_some())
+            .field("accepted", &self.accepted.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -927,6 +960,21 @@ impl<R: RngCore> SipCore<R> {
                 &[header(HeaderName::RetryAfter, "10")],
             );
         }
+        if let Some(admit) = &self.config.gate.admit
+            && let Err(reason) = admit()
+        {
+            // Quotes would end the warn-text early; the reason is our own text anyway.
+            let text = reason.replace(['"', '\\'], "'");
+            let warning = format!("399 {} \"{text}\"", self.config.agent.replace(' ', "-"));
+            return reject(
+                self,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &[
+                    header(HeaderName::RetryAfter, "30"),
+                    header(HeaderName::Warning, &warning),
+                ],
+            );
+        }
         let trunk = match self.recognise(tx, &req, &source, now) {
             inbound::Caller::Answered => return,
             inbound::Caller::Trunk(t) => Some(t),
@@ -1025,6 +1073,20 @@ impl<R: RngCore> SipCore<R> {
             Target::Pin { .. } => "(PIN prompts)".to_owned(),
         };
         tracing::debug!(call, room = %room, transport = %source.transport, trunk = ?trunk, "incoming call");
+        if let Some(accepted) = &self.config.gate.accepted {
+            let caller = req.headers.from().ok().map_or_else(String::new, |f| {
+                user(&f.uri).unwrap_or_else(|| f.uri.to_string())
+            });
+            accepted(DialIn {
+                caller,
+                called: user(&req.uri).unwrap_or_else(|| req.uri.to_string()),
+                room: match &target {
+                    Target::Room(r) => Some(r.clone()),
+                    _ => None,
+                },
+                trunk: trunk.as_deref().map(str::to_owned),
+            });
+        }
         let mut c = Call::new(req, tx, source, to_tag, room.clone(), sdp);
         c.remote_offer = remote_offer;
         c.session = session;
@@ -1784,6 +1846,7 @@ mod tests {
             trunks: Arc::new(crate::sip::Trunks::new(trunks, "1", &[], &[]).unwrap()),
             inbound,
             registrar: RegistrarConfig::default(),
+            gate: CallGate::default(),
         };
         SipCore::new(
             config,

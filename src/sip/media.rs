@@ -78,6 +78,8 @@ struct Shared {
     /// The prompts at the room rate.
     prompts: Prompts,
     ivr: IvrConfig,
+    /// Where PIN outcomes are recorded (the event journal, which the archive follows).
+    journal: Option<crate::journal::Journal>,
 }
 
 /// What the PIN prompts need besides the host.
@@ -90,6 +92,8 @@ pub struct PromptSetup {
     pub prompts: Prompts,
     /// Digits of a PIN: an entry of this many digits ends by itself.
     pub pin_digits: usize,
+    /// Where PIN outcomes are recorded (never the PIN).
+    pub journal: Option<crate::journal::Journal>,
 }
 
 /// Runs media commands (see the module docs).
@@ -150,6 +154,7 @@ impl MediaDriver {
                 lockouts: std::sync::Mutex::new(setup.lockouts),
                 prompts: setup.prompts,
                 ivr,
+                journal: setup.journal,
             }),
             calls: HashMap::new(),
             tasks: JoinSet::new(),
@@ -672,6 +677,7 @@ impl CallMedia {
                 }
                 IvrOutput::CheckPin(check) => {
                     let verdict = self.check_pin(&check).await;
+                    self.record_pin(&verdict);
                     let now = Instant::now();
                     if let Some(p) = self.pin.as_mut() {
                         let mut lockouts = lock(&self.shared.lockouts);
@@ -703,6 +709,33 @@ impl CallMedia {
                 }
             }
         }
+    }
+
+    /// Journals a PIN's outcome (the archive records it; the PIN itself never).
+    fn record_pin(&self, verdict: &PinVerdict) {
+        let Some(journal) = &self.shared.journal else {
+            return;
+        };
+        let (outcome, reason, room) = match verdict {
+            PinVerdict::Accepted(a) => ("accepted", None, Some(a.room.0)),
+            PinVerdict::Rejected => ("rejected", Some("wrong_pin"), None),
+            PinVerdict::ConferenceLocked => ("rejected", Some("conference_locked"), None),
+            PinVerdict::ConferenceFull => ("rejected", Some("conference_full"), None),
+            _ => ("rejected", Some("unavailable"), None),
+        };
+        let mut body = serde_json::Map::new();
+        body.insert("outcome".into(), outcome.into());
+        body.insert("call".into(), self.call.into());
+        if let Some(r) = reason {
+            body.insert("reason".into(), r.into());
+        }
+        if let Some(r) = room {
+            body.insert("room".into(), r.into());
+        }
+        if let Some((dialed, _)) = &self.pin_target {
+            body.insert("called".into(), dialed.clone().into());
+        }
+        journal.append("sip", "pin", crate::uc::now(), body);
     }
 
     /// What the PIN opens: looked up, then the room's state.

@@ -34,5 +34,5 @@ pub use core::{DialError, DialProgress, RegistrarEvent, RingRequest, SipAccount,
 pub use dialplan::DialPlan;
 pub use metrics::SipMetrics;
 pub use pins::{DialInInfo, PinError, Pins};
-pub use server::{RegistrarSetup, SipControl, SipServer};
+pub use server::{RegistrarSetup, SipControl, SipRecords, SipServer};
 pub use trunks::{PlanError, TrunkConfig, Trunks};

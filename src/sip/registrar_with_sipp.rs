@@ -191,6 +191,7 @@ impl Confer {
                     md5_first: true,
                     md5_only,
                 },
+                crate::sip::SipRecords::default(),
             ))
             .expect("SIP starts");
         Confer {

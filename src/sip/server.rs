@@ -336,6 +336,52 @@ impl SipControl {
     }
 }
 
+/// Where SIP records what it does, and who may stop new calls: the event journal (dial-in
+/// calls, PIN outcomes, refusals) and the compliance archive (fail closed: while it
+/// cannot be written, new calls get 503).
+#[derive(Clone, Default)]
+pub struct SipRecords {
+    pub journal: Option<crate::journal::Journal>,
+    pub archive: Option<crate::archive::Archive>,
+}
+
+impl SipRecords {
+    fn gate(&self) -> super::core::CallGate {
+        let journal = self.journal.clone();
+        let admit = self.archive.clone().map(|archive| {
+            let journal = journal.clone();
+            Arc::new(move || {
+                archive.check_writable().map_err(|r| {
+                    archive.count_refusal("sip_call");
+                    if let Some(j) = &journal {
+                        let mut body = serde_json::Map::new();
+                        body.insert("what".into(), "sip_call".into());
+                        body.insert("rule".into(), r.reason.into());
+                        body.insert("reason".into(), r.to_string().into());
+                        j.append("sip", "call_refused", crate::uc::now(), body);
+                    }
+                    r.to_string()
+                })
+            }) as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
+        });
+        let accepted = journal.map(|j| {
+            Arc::new(move |d: super::core::DialIn| {
+                let mut body = serde_json::Map::new();
+                body.insert("caller".into(), d.caller.into());
+                body.insert("called".into(), d.called.into());
+                if let Some(r) = d.room {
+                    body.insert("room_name".into(), r.into());
+                }
+                if let Some(t) = d.trunk {
+                    body.insert("trunk".into(), t.into());
+                }
+                j.append("sip", "dial_in", crate::uc::now(), body);
+            }) as Arc<dyn Fn(super::core::DialIn) + Send + Sync>
+        });
+        super::core::CallGate { admit, accepted }
+    }
+}
+
 /// What the registrar needs from the rest of confer. The default is no registrar:
 /// REGISTER is answered 405.
 #[derive(Debug, Default)]
@@ -364,6 +410,7 @@ impl SipServer {
         pins: Arc<Pins>,
         trunks: Arc<Trunks>,
         registrar: RegistrarSetup,
+        records: SipRecords,
     ) -> anyhow::Result<SipServer> {
         use anyhow::Context;
         let udp = UdpSocket::bind(cfg.sip_listen)
@@ -475,6 +522,7 @@ impl SipServer {
                     (false, false) => Challenges::Sha256ThenMd5,
                 },
             },
+            gate: records.gate(),
         };
         tracing::info!(
             numbers = core_config.dial_plan.len(),
@@ -511,6 +559,7 @@ impl SipServer {
             prompts: Prompts::embedded(ROOM_RATE)
                 .map_err(|e| anyhow::anyhow!("the PIN prompts' audio: {e}"))?,
             pin_digits: cfg.pin_digits,
+            journal: records.journal.clone(),
         };
         let events = host.clone();
         let media = MediaDriver::new(host, media_tx, metrics.clone(), setup)?;
