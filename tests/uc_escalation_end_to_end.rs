@@ -415,6 +415,12 @@ fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_h
     });
     let (status, _, _) = s.request_as(&t.admin, "GET", &format!("/v1/rooms/{room}"), None);
     assert_eq!(status, 404, "the conversation's room is closed");
+    let (_, _, presence) = s.request_as(&t.admin, "GET", "/v1/users/alice/presence", None);
+    assert_eq!(
+        presence["calls"], 0,
+        "the call ended for presence too: {presence}"
+    );
+    assert_ne!(presence["state"], "in_a_conference", "{presence}");
     if let Some((run, dir)) = bob_phone {
         let (_, output) = run.join().expect("baresip's runner");
         let _ = std::fs::remove_dir_all(dir);

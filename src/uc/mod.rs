@@ -620,7 +620,24 @@ impl Uc {
             let room = st.rooms.remove(conversation);
             if let Some(r) = &room {
                 st.room_conv.remove(&r.room);
+                // Its members' presence leaves the call with it (their `left` events
+                // come after the room is gone from these maps).
+                let users: Vec<UserId> = st
+                    .members
+                    .iter()
+                    .filter(|((room, _), _)| *room == r.room)
+                    .filter_map(|(_, m)| match &m.participant {
+                        Participant::User(u) => Some(u.clone()),
+                        Participant::Phone(_) => None,
+                    })
+                    .collect();
                 st.members.retain(|(room, _), _| *room != r.room);
+                if let Ok(call) = PresenceCall::new(conversation.as_str()) {
+                    let at = now();
+                    for u in users {
+                        let _ = st.presence.on_call_ended(&u, &call, at);
+                    }
+                }
             }
             st.legs.retain(|_, l| &l.conversation != conversation);
             room
