@@ -730,6 +730,26 @@ message = "update OldPhone to 3.0 or later"
     );
     assert_eq!(status, 422);
     assert_eq!(s.request_as(&t.admin, "GET", "/v1/users/zed", None).0, 404);
+
+    // A policy that does not validate is refused whole; a valid one takes effect at once:
+    // alice's group blocks video, so a video escalation rings her browser with audio.
+    let bad_policy = json!({ "groups": { "default": { "blocked": ["teleport"] } } });
+    let (status, _, _) = s.request_as(&t.admin, "PUT", "/v1/policy", Some(&bad_policy.to_string()));
+    assert_eq!(status, 400);
+    let policy = json!({
+        "groups": { "default": {}, "no-video": { "escalate": ["voice", "dial_in"], "blocked": ["video"] } },
+        "members": { "alice": "no-video" },
+    });
+    let (status, _, v) = s.request_as(&t.admin, "PUT", "/v1/policy", Some(&policy.to_string()));
+    assert_eq!(status, 200, "{v}");
+    let mut browser = session(&s, "alice", "alice-browser", "browser", true);
+    let body = json!({
+        "conversation": "chat-nv", "participants": [{ "user": "alice" }], "modality": "video",
+    });
+    let (status, _, resp) = post(&t.im, &body.to_string());
+    assert_eq!(status, 201, "{resp}");
+    let ring = expect_msg(&mut browser, "ring", Duration::from_secs(3));
+    assert_eq!(ring["media"], "audio", "video is blocked for alice: {ring}");
     assert!(s.stop().success());
 }
 

@@ -324,6 +324,13 @@ pub trait DialOutPolicy {
         invitee: &Participant,
         number: &PhoneNumber,
     ) -> DialOutDecision;
+
+    /// May `invitee` send and receive video (policy can block it per group)? When not,
+    /// every leg and join of theirs is audio, whatever the device can do. Asked once per
+    /// invitation; default yes.
+    fn video_allowed(&self, _invitee: &Participant) -> bool {
+        true
+    }
 }
 
 impl<F> DialOutPolicy for F
@@ -870,6 +877,8 @@ struct Invitee {
     pstn: PstnPlan,
     /// The answered or joined endpoint can do video.
     video: bool,
+    /// Policy lets this invitee have video (see [`DialOutPolicy::video_allowed`]).
+    video_allowed: bool,
     deadline: Option<Timestamp>,
     /// The current attempt's legs.
     legs: Vec<LegId>,
@@ -1153,7 +1162,13 @@ impl Call {
     }
 
     /// Invites one participant per its plan (validated beforehand).
-    fn invite(&mut self, io: &mut Io<'_>, who: Participant, plan: Plan) -> InviteeReport {
+    fn invite(
+        &mut self,
+        io: &mut Io<'_>,
+        who: Participant,
+        plan: Plan,
+        video_allowed: bool,
+    ) -> InviteeReport {
         let idx = match self.find(&who) {
             Some(idx) => idx,
             None => {
@@ -1163,12 +1178,16 @@ impl Call {
                     phase: Phase::Left,
                     pstn: PstnPlan::NotApplicable,
                     video: false,
+                    video_allowed: true,
                     deadline: None,
                     legs: Vec::new(),
                 });
                 self.invitees.len() - 1
             }
         };
+        if let Some(inv) = self.invitees.get_mut(idx) {
+            inv.video_allowed = video_allowed;
+        }
         // A new attempt: the previous one's legs are all over; forget them (bounds legs).
         if let Some(inv) = self.invitees.get_mut(idx) {
             for id in inv.legs.drain(..) {
@@ -1494,6 +1513,7 @@ impl Call {
                     phase: Phase::Left,
                     pstn: PstnPlan::NotApplicable,
                     video: false,
+                    video_allowed: true,
                     deadline: None,
                     legs: Vec::new(),
                 });
@@ -1501,6 +1521,7 @@ impl Call {
             }
         };
         let phase = self.invitees.get(idx).map(|i| i.phase.clone());
+        let video = video && self.invitees.get(idx).is_some_and(|i| i.video_allowed);
         let leg = match phase {
             Some(Phase::Joined { .. }) | None => return Ok(InputOutcome::Duplicate),
             Some(Phase::Answered(l)) => Some(l),
@@ -1983,7 +2004,10 @@ impl Escalations {
         let mut invitees = Vec::with_capacity(plans.len());
         for (p, plan) in plans {
             invitees.push(match plan {
-                Ok(plan) => call.invite(&mut io, p, plan),
+                Ok(plan) => {
+                    let video_allowed = dial_out.video_allowed(&p);
+                    call.invite(&mut io, p, plan, video_allowed)
+                }
                 Err(status) => InviteeReport {
                     invitee: p,
                     action: InviteeAction::AlreadyPresent { status },
@@ -2049,6 +2073,7 @@ impl Escalations {
         }
         let dir = presence.directory();
         let pstn = dir.fallback_number(user).map_or(PstnPlan::NoNumber, decide);
+        let video_ok = dial_out.video_allowed(who);
         let mut rings: Vec<(RingPlan, Timestamp)> = dir
             .online_devices(user, now)
             .filter(|d| d.capabilities.audio && d.kind != DeviceKind::PstnNumber)
@@ -2057,7 +2082,7 @@ impl Escalations {
                     RingPlan {
                         device: d.id.clone(),
                         kind: d.kind,
-                        video: d.capabilities.video,
+                        video: d.capabilities.video && video_ok,
                         delay: self.policy.ring_delays.of(d.kind),
                     },
                     d.last_activity.unwrap_or_default(),

@@ -1325,3 +1325,65 @@ fn requests_and_events_have_a_stable_json_form() {
     let back: Event = serde_json::from_value(json).unwrap();
     assert_eq!(back, first);
 }
+
+/// A policy that blocks video for `blocked` and allows every dial-out.
+struct NoVideoFor(&'static str);
+
+impl DialOutPolicy for NoVideoFor {
+    fn decide(&self, _: &ConversationId, _: &Participant, _: &PhoneNumber) -> DialOutDecision {
+        DialOutDecision::Allow
+    }
+
+    fn video_allowed(&self, invitee: &Participant) -> bool {
+        *invitee != user(self.0)
+    }
+}
+
+#[test]
+fn an_invitee_whose_policy_blocks_video_is_rung_and_joins_with_audio_only() {
+    let p = world();
+    let mut e = new_escalations();
+    let c = conv("chat-nv");
+    let resp = e
+        .escalate(
+            request("chat-nv", &[user("alice"), user("carol")], Modality::Video),
+            &p,
+            &NoVideoFor("alice"),
+            at(0),
+        )
+        .unwrap();
+    // alice's browser can do video, but her policy says no; carol's desktop app keeps it.
+    let media_of = |i: usize| match &resp.invitees[i].action {
+        InviteeAction::Ringing { devices, .. } => devices.iter().map(|d| d.media).collect(),
+        other => panic!("not rung: {other:?}"),
+    };
+    let alice: Vec<Media> = media_of(0);
+    assert!(alice.iter().all(|m| *m == Media::Audio), "{alice:?}");
+    assert_eq!(media_of(1), [Media::AudioVideo]);
+    let out = drain(&mut e);
+    let browser = ring_leg(&out, "alice-browser");
+    assert_eq!(e.on_answered(browser, at(1)), Ok(InputOutcome::Applied));
+    let out = drain(&mut e);
+    assert!(
+        commands(&out).iter().any(|c| matches!(
+            c,
+            Command::JoinRoom { media: Media::Audio, participant, .. } if *participant == user("alice")
+        )),
+        "{out:?}"
+    );
+    let via = JoinedVia::Device(did("alice-browser"));
+    assert_eq!(
+        e.on_joined(p.directory(), &c, user("alice"), via, at(2)),
+        Ok(InputOutcome::Applied)
+    );
+    let out = drain(&mut e);
+    assert!(
+        story(&out).contains(&"joined alice Audio".to_owned()),
+        "{:?}",
+        story(&out)
+    );
+    assert_eq!(
+        e.call(&c).unwrap().participants[0].media,
+        Some(Media::Audio)
+    );
+}

@@ -40,7 +40,7 @@ use confer_signalling::directory::{
     Device, DeviceId, Directory, DirectoryLimits, Reachability, Timestamp, User, UserId,
 };
 use confer_signalling::escalation::{
-    Command, ConversationId, DialOutDecision, EscalationError, EscalationRequest,
+    Command, ConversationId, DialOutDecision, DialOutPolicy, EscalationError, EscalationRequest,
     EscalationResponse, Escalations, Event as CallEvent, JoinedVia, LegFailure, LegId, LegTarget,
     Media, Modality, Output, Participant, RoutingPolicy,
 };
@@ -965,6 +965,7 @@ impl Uc {
             });
         }
         let trunks = self.0.trunks.clone();
+        let journal = self.0.journal.clone();
         let requester = requester.map(str::to_owned);
         let im_server = im_server.map(str::to_owned);
         let result = self
@@ -985,22 +986,12 @@ impl Uc {
                             .map_err(|r| UcError::refusal(&r))?;
                     }
                 }
-                let policy = st.policy.clone();
-                let dial_out = |_: &ConversationId, p: &Participant, n: &_| {
-                    let number: &confer_signalling::directory::PhoneNumber = n;
-                    let user = match p {
-                        Participant::User(u) => u.as_str().to_owned(),
-                        Participant::Phone(_) => requester.clone().unwrap_or_default(),
-                    };
-                    if let Err(r) = policy.check_dial_out(&user, number.as_str()) {
-                        return DialOutDecision::Deny { reason: r.reason };
-                    }
-                    match trunks.plan(0, number.as_str(), None) {
-                        Ok(_) => DialOutDecision::Allow,
-                        Err(e) => DialOutDecision::Deny {
-                            reason: e.to_string(),
-                        },
-                    }
+                let dial_out = InviteePolicy {
+                    policy: &st.policy,
+                    trunks: &trunks,
+                    requester: requester.as_deref(),
+                    journal: &journal,
+                    at,
                 };
                 Ok(st
                     .escalations
@@ -1043,7 +1034,7 @@ impl Uc {
         let mut body = Map::new();
         body.insert("what".into(), json!(what));
         if let Some(w) = who {
-            body.insert("user".into(), json!(w));
+            body.insert("who".into(), json!(w));
         }
         body.insert("rule".into(), json!(code));
         body.insert("reason".into(), json!(reason));
@@ -1084,6 +1075,61 @@ impl Uc {
             .save_state(DIRECTORY_KEY, &text)
             .await
             .map_err(|e| UcError::new(503, format!("saving the directory: {e}")))
+    }
+}
+
+/// What escalation asks of policy per invitee: may their number be dialled (the group's
+/// dial-out rules, then the trunks' dial-out policy), may they have video (the group's
+/// blocked activities; a refusal is journaled, so archived).
+struct InviteePolicy<'a> {
+    policy: &'a Policy,
+    trunks: &'a Trunks,
+    requester: Option<&'a str>,
+    journal: &'a Journal,
+    at: Timestamp,
+}
+
+impl DialOutPolicy for InviteePolicy<'_> {
+    fn decide(
+        &self,
+        _: &ConversationId,
+        p: &Participant,
+        number: &confer_signalling::directory::PhoneNumber,
+    ) -> DialOutDecision {
+        let user = match p {
+            Participant::User(u) => u.as_str(),
+            Participant::Phone(_) => self.requester.unwrap_or_default(),
+        };
+        if let Err(r) = self.policy.check_dial_out(user, number.as_str()) {
+            return DialOutDecision::Deny { reason: r.reason };
+        }
+        match self.trunks.plan(0, number.as_str(), None) {
+            Ok(_) => DialOutDecision::Allow,
+            Err(e) => DialOutDecision::Deny {
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn video_allowed(&self, p: &Participant) -> bool {
+        let Participant::User(u) = p else {
+            return true;
+        };
+        match self
+            .policy
+            .check_activity(u.as_str(), policy::Activity::Video)
+        {
+            Ok(()) => true,
+            Err(r) => {
+                let mut body = Map::new();
+                body.insert("what".into(), json!("video"));
+                body.insert("who".into(), json!(u));
+                body.insert("rule".into(), json!(r.rule));
+                body.insert("reason".into(), json!(r.reason));
+                self.journal.append("policy", "refused", self.at, body);
+                false
+            }
+        }
     }
 }
 
