@@ -971,6 +971,8 @@ fn with_the_archive_down_new_escalations_are_refused_with_the_reason_and_nothing
     );
     assert_eq!(escalate("after").0, 201);
     // A dial-in is taken again, and archived with its numbers.
+    // A new phone: the first one still hears the 503 retransmitted (it never ACKed).
+    let phone = sip_support::UdpClient::bind("127.0.0.1:0", sip);
     phone.send(&dial_in_invite(phone.addr(), "+15550100", "taken-call"));
     let (status, answer) = phone
         .final_response(Duration::from_secs(5))
