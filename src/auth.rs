@@ -15,6 +15,7 @@
 //! - `POST /v1/escalations`, `GET /v1/escalations/{c}`: an IM server token with
 //!   `escalate`, or an admin.
 //! - `/v1/users/{user}/presence`: an IM server token with `presence`, or an admin.
+//! - `GET /v1/policy/decision`: an IM server or admin token.
 //! - Everything else: an admin token.
 //!
 //! Without `api_secret` there are no tokens and the API is open; [`crate::config`] then
@@ -125,6 +126,12 @@ fn allowed(method: &Method, path: &str, who: &Principal) -> Result<(), AuthError
             Requirement::Admin
         }
         (&Method::GET, ["v1", "client"]) => Requirement::Session,
+        (&Method::GET, ["v1", "policy", "decision"]) => {
+            if matches!(who.scope(), Scope::ImServer { .. }) {
+                return Ok(());
+            }
+            Requirement::Admin
+        }
         (&Method::POST, ["v1", "escalations"]) | (&Method::GET, ["v1", "escalations", _]) => {
             Requirement::Escalate
         }

@@ -750,6 +750,31 @@ message = "update OldPhone to 3.0 or later"
     assert_eq!(status, 201, "{resp}");
     let ring = expect_msg(&mut browser, "ring", Duration::from_secs(3));
     assert_eq!(ring["media"], "audio", "video is blocked for alice: {ring}");
+    // The IM server asks the policy about what it carries itself.
+    let decide = |q: &str| {
+        let (status, _, v) = s.request_as(&t.im, "GET", &format!("/v1/policy/decision?{q}"), None);
+        assert_eq!(status, 200, "{q}: {v}");
+        v
+    };
+    let v = decide("user=alice&activity=video");
+    assert_eq!(v["allowed"], false, "{v}");
+    assert_eq!(v["code"], "activity_blocked", "{v}");
+    assert_eq!(v["rule"], "groups.no-video.blocked", "{v}");
+    assert_eq!(decide("user=alice&activity=file_transfer")["allowed"], true);
+    let (status, _, _) = s.request_as(
+        &t.im,
+        "GET",
+        "/v1/policy/decision?user=alice&activity=teleport",
+        None,
+    );
+    assert_eq!(status, 400);
+    let (status, _, _) = s.request_as(
+        &t.im,
+        "GET",
+        "/v1/policy/decision?user=nobody&activity=video",
+        None,
+    );
+    assert_eq!(status, 404);
     assert!(s.stop().success());
 }
 

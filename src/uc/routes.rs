@@ -46,6 +46,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/escalations", axum::routing::post(escalate))
         .route("/v1/escalations/{conversation}", get(get_escalation))
         .route("/v1/policy", get(get_policy).put(put_policy))
+        .route("/v1/policy/decision", get(policy_decision))
         .route("/v1/client", get(client_session))
 }
 
@@ -446,6 +447,59 @@ async fn put_policy(State(s): State<ApiState>, body: Bytes) -> Res {
         st.policy = policy;
     }
     ok(StatusCode::OK, &config)
+}
+
+/// `GET /v1/policy/decision` query: may `user` do `activity` (for `dial_out`, to
+/// `number`)?
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionQuery {
+    user: String,
+    activity: confer_signalling::policy::Activity,
+    #[serde(default)]
+    number: Option<String>,
+    /// The token, for symmetry with the WebSocket routes (read by the auth layer).
+    #[serde(default, rename = "access_token")]
+    _access_token: Option<String>,
+}
+
+/// What the IM server applies itself (file transfer, screen share) or checks ahead: the
+/// policy's answer for one user and activity. A refusal is journaled (and archived) like
+/// confer's own.
+async fn policy_decision(
+    State(s): State<ApiState>,
+    query: Result<Query<DecisionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Res {
+    let uc = uc(&s)?;
+    let Query(q) = query.map_err(|e| UcError::new(400, e.body_text()))?;
+    let user = user_id(&q.user)?;
+    let decision = {
+        let st = lock(&uc.0.state);
+        if st.presence.directory().user(&user).is_none() {
+            return Err(UcError::new(404, format!("no user {user}")));
+        }
+        match (q.activity, &q.number) {
+            (confer_signalling::policy::Activity::DialOut, Some(n)) => {
+                st.policy.check_dial_out(user.as_str(), n).map(|_| ())
+            }
+            (activity, _) => st.policy.check_activity(user.as_str(), activity),
+        }
+    };
+    match decision {
+        Ok(()) => ok(StatusCode::OK, &json!({ "allowed": true })),
+        Err(r) => {
+            uc.policy_refused(
+                q.activity.as_str(),
+                Some(user.as_str()),
+                r.code.as_str(),
+                &r.reason,
+            );
+            ok(
+                StatusCode::OK,
+                &json!({ "allowed": false, "code": r.code, "reason": r.reason, "rule": r.rule }),
+            )
+        }
+    }
 }
 
 /// `GET /v1/client` query: what the device is. With tokens, the user and device are the
