@@ -518,9 +518,8 @@ async fn dial(State(s): State<ApiState>, Path(room): Path<String>, body: Bytes) 
     let sip = sip_running(&s)?;
     // Fail closed: no new call while the compliance archive cannot be written.
     if let Some(archive) = &s.archive
-        && let Err(r) = archive.check_writable()
+        && let Err(r) = archive.admit("dial_out")
     {
-        archive.count_refusal("dial_out");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{}: {r}", r.reason),

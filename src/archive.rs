@@ -665,6 +665,13 @@ impl Archive {
 
     /// Counts a refusal made because of [`Archive::check_writable`] (`what`: `escalation`,
     /// `sip_call`, ...), for `confer_archive_refusals_total{what}`.
+    /// [`check_writable`](Self::check_writable) before a new call of kind `what`
+    /// (`escalation`, `sip_call`, `dial_out`), counting a refusal under it.
+    pub fn admit(&self, what: &'static str) -> Result<(), ArchiveRefusal> {
+        self.check_writable()
+            .inspect_err(|_| self.count_refusal(what))
+    }
+
     pub fn count_refusal(&self, what: &'static str) {
         if let Ok(mut r) = self.inner.refusals.lock() {
             match r.iter_mut().find(|(w, _)| *w == what) {

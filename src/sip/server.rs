@@ -351,16 +351,23 @@ impl SipRecords {
         let admit = self.archive.clone().map(|archive| {
             let journal = journal.clone();
             Arc::new(move || {
-                archive.check_writable().map_err(|r| {
-                    archive.count_refusal("sip_call");
+                archive.admit("sip_call").map_err(|r| {
+                    let reason = r.to_string();
                     if let Some(j) = &journal {
-                        let mut body = serde_json::Map::new();
-                        body.insert("what".into(), "sip_call".into());
-                        body.insert("rule".into(), r.reason.into());
-                        body.insert("reason".into(), r.to_string().into());
-                        j.append("sip", "call_refused", crate::uc::now(), body);
+                        crate::uc::Refused {
+                            what: "sip_call",
+                            who: None,
+                            rule: r.reason,
+                            reason: &reason,
+                        }
+                        .journal(
+                            j,
+                            "sip",
+                            "call_refused",
+                            crate::uc::now(),
+                        );
                     }
-                    r.to_string()
+                    reason
                 })
             }) as Arc<dyn Fn() -> Result<(), String> + Send + Sync>
         });

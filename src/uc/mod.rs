@@ -954,9 +954,8 @@ impl Uc {
     ) -> Result<EscalationResponse, UcError> {
         if !request.end
             && let Some(archive) = &self.0.archive
-            && let Err(r) = archive.check_writable()
+            && let Err(r) = archive.admit("escalation")
         {
-            archive.count_refusal("escalation");
             self.policy_refused("escalation", requester, "archive", &r.to_string());
             return Err(UcError {
                 status: 503,
@@ -1031,14 +1030,13 @@ impl Uc {
     }
 
     fn policy_refused(&self, what: &str, who: Option<&str>, code: &str, reason: &str) {
-        let mut body = Map::new();
-        body.insert("what".into(), json!(what));
-        if let Some(w) = who {
-            body.insert("who".into(), json!(w));
+        Refused {
+            what,
+            who,
+            rule: code,
+            reason,
         }
-        body.insert("rule".into(), json!(code));
-        body.insert("reason".into(), json!(reason));
-        self.0.journal.append("policy", "refused", now(), body);
+        .journal(&self.0.journal, "policy", "refused", now());
     }
 
     /// The call of a conversation, for `GET /v1/escalations/{conversation}`.
@@ -1075,6 +1073,27 @@ impl Uc {
             .save_state(DIRECTORY_KEY, &text)
             .await
             .map_err(|e| UcError::new(503, format!("saving the directory: {e}")))
+    }
+}
+
+/// Something refused, as the journal (and so the archive's policy decisions) records it.
+pub(crate) struct Refused<'a> {
+    pub what: &'a str,
+    pub who: Option<&'a str>,
+    pub rule: &'a str,
+    pub reason: &'a str,
+}
+
+impl Refused<'_> {
+    pub(crate) fn journal(self, journal: &Journal, source: &str, kind: &str, at: Timestamp) {
+        let mut body = Map::new();
+        body.insert("what".into(), json!(self.what));
+        if let Some(w) = self.who {
+            body.insert("who".into(), json!(w));
+        }
+        body.insert("rule".into(), json!(self.rule));
+        body.insert("reason".into(), json!(self.reason));
+        journal.append(source, kind, at, body);
     }
 }
 
@@ -1121,12 +1140,13 @@ impl DialOutPolicy for InviteePolicy<'_> {
         {
             Ok(()) => true,
             Err(r) => {
-                let mut body = Map::new();
-                body.insert("what".into(), json!("video"));
-                body.insert("who".into(), json!(u));
-                body.insert("rule".into(), json!(r.rule));
-                body.insert("reason".into(), json!(r.reason));
-                self.journal.append("policy", "refused", self.at, body);
+                Refused {
+                    what: "video",
+                    who: Some(u.as_str()),
+                    rule: &r.rule,
+                    reason: &r.reason,
+                }
+                .journal(self.journal, "policy", "refused", self.at);
                 false
             }
         }
