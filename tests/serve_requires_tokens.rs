@@ -57,10 +57,17 @@ fn tokens_open_what_their_scope_allows_and_nothing_else() {
     assert_eq!(status, 201, "{v}");
     let room = v["id"].as_u64().expect("room id");
     assert_eq!(s.request_as(&admin, "GET", "/v1/rooms", None).0, 200);
-    // One character changed in the signature: 401.
-    let mut forged = admin.clone();
-    let last = forged.pop().expect("non-empty");
-    forged.push(if last == 'A' { 'B' } else { 'A' });
+    // One character changed in the signature: 401. The signature's first character, whose
+    // six bits are all signature (the last one's low bits must be zero in canonical
+    // base64url, so changing it could make the token malformed instead of forged).
+    let at = admin.rfind('.').expect("three parts") + 1;
+    let first = &admin[at..at + 1];
+    let forged = format!(
+        "{}{}{}",
+        &admin[..at],
+        if first == "A" { "B" } else { "A" },
+        &admin[at + 1..]
+    );
     let (status, _, v) = s.request_as(&forged, "GET", "/v1/rooms", None);
     assert_eq!(status, 401, "{v}");
     assert_eq!(v["code"], "token_bad_signature", "{v}");
