@@ -20,6 +20,7 @@
 //! that the error format is the same everywhere.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -47,15 +48,15 @@ pub struct ApiState {
     /// Becomes `true` at shutdown; event streams close.
     pub shutdown: watch::Receiver<bool>,
     /// SIP's counters, appended to `/metrics` when SIP runs.
-    pub sip_metrics: Option<std::sync::Arc<crate::sip::SipMetrics>>,
+    pub sip_metrics: Option<Arc<crate::sip::SipMetrics>>,
     /// The rooms' dial-in PINs.
-    pub pins: std::sync::Arc<Pins>,
+    pub pins: Arc<Pins>,
     /// Places calls, when SIP runs.
     pub sip: Option<SipControl>,
     /// Where dialled calls go, and whether they may.
-    pub trunks: std::sync::Arc<Trunks>,
+    pub trunks: Arc<Trunks>,
     /// Token keys; `None`: the API is open (loopback only).
-    pub auth: Option<std::sync::Arc<confer_signalling::token::Keyring>>,
+    pub auth: Option<Arc<confer_signalling::token::Keyring>>,
     /// The participant each client device joined as, by (room, user, device): a device
     /// is in a room once.
     pub client_joins: ClientJoins,
@@ -66,12 +67,11 @@ pub struct ApiState {
     /// The compliance archive (not in `confer bench`).
     pub archive: Option<crate::archive::Archive>,
     /// Webhook deliveries (not in `confer bench`).
-    pub webhooks: Option<std::sync::Arc<crate::webhooks::Webhooks>>,
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// The participant each client device joined as, by (room, user, device).
-pub type ClientJoins =
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(u64, String, String), u64>>>;
+pub type ClientJoins = Arc<std::sync::Mutex<std::collections::HashMap<(u64, String, String), u64>>>;
 
 /// A room as the API shows it: the host's view and its dial-in, if it has one.
 #[derive(Serialize)]
@@ -448,6 +448,7 @@ async fn join(
     State(s): State<ApiState>,
     Path(room): Path<String>,
     caller: Option<axum::Extension<crate::auth::Caller>>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let id = room_id(&room)?;
@@ -474,7 +475,18 @@ async fn join(
             ));
         }
     }
-    let info = s.host.join(id, spec).await?;
+    let identity = device.as_ref().map(|(user, dev)| {
+        Arc::new(crate::host::Identity {
+            user: user.clone(),
+            device: dev.clone(),
+            client: user_agent(&headers),
+        })
+    });
+    let options = crate::host::JoinOptions {
+        identity,
+        ..Default::default()
+    };
+    let info = s.host.join_with(id, spec, options).await?;
     if let Some((user, dev)) = device {
         {
             let mut joins = s.client_joins.lock().unwrap_or_else(|e| e.into_inner());
@@ -487,6 +499,16 @@ async fn join(
         }
     }
     ok(StatusCode::CREATED, &info)
+}
+
+/// The request's User-Agent, when it is short printable text.
+fn user_agent(headers: &axum::http::HeaderMap) -> Option<String> {
+    const MAX: usize = 256;
+    headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|ua| !ua.is_empty() && ua.len() <= MAX)
+        .map(str::to_owned)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -714,21 +736,121 @@ struct RecordingBody {
     /// Also record every participant's own input.
     #[serde(default)]
     tracks: bool,
+    /// The user who asked for it: the policy's `recording` activity of their group
+    /// decides. Required from an IM server, optional for an admin.
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// Who may record `room`: an admin, or an IM server for a user (`by`) in one of its
+/// escalated conversations' rooms; a user the policy forbids recording is refused (403,
+/// journaled). `Some` is the refusal, whole.
+fn refusal_to_record(
+    st: &ApiState,
+    room: u64,
+    by: Option<&str>,
+    caller: Option<&crate::auth::Caller>,
+) -> Option<Response> {
+    let refuse = |status, message: String| Some(ApiError::new(status, message).into_response());
+    if caller.and_then(|c| c.im_server()).is_some() {
+        let Some(uc) = &st.uc else {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "users and escalation are not running".into(),
+            );
+        };
+        if by.is_none() {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "by: an IM server records for a user (the one who asked)".into(),
+            );
+        }
+        if !uc.is_conversation_room(room) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("room {room} is no escalated conversation's: only an admin may record it"),
+            );
+        }
+    }
+    match (by, &st.uc) {
+        (Some(by), Some(uc)) => uc
+            .check_recording(room, by)
+            .err()
+            .map(IntoResponse::into_response),
+        (Some(_), None) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "by: users and policy are not running".into(),
+        ),
+        (None, _) => None,
+    }
 }
 
 async fn start_recording(
     State(st): State<ApiState>,
     Path(room): Path<String>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     body: Bytes,
 ) -> ApiResult {
     let room = room_id(&room)?;
     let b: RecordingBody = parse_body(&body, true)?;
+    if let Some(refused) = refusal_to_record(&st, room, b.by.as_deref(), caller.as_deref()) {
+        return Ok(refused);
+    }
+    // Fail closed like a new call: a recording the archive cannot record is not made.
+    if let Some(archive) = &st.archive
+        && let Err(r) = archive.admit("recording")
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}: {r}", r.reason),
+        ));
+    }
     let files = st.host.start_recording(room, b.tracks).await?;
+    // The archive's record of it: which files, for whom (the host says when it stops).
+    let mut record = serde_json::Map::new();
+    record.insert("room".into(), room.into());
+    if let Some((_, started, _)) = files
+        .first()
+        .and_then(|f| crate::host::parse_recording_name(&f.name))
+    {
+        record.insert("recording".into(), started.into());
+    }
+    record.insert("tracks".into(), b.tracks.into());
+    record.insert(
+        "files".into(),
+        files
+            .iter()
+            .map(|f| f.name.clone())
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    if let Some(by) = &b.by {
+        record.insert("user".into(), by.clone().into());
+    }
+    st.journal
+        .append("room", "recording_started", crate::uc::now(), record);
     ok(StatusCode::CREATED, &json!({ "files": files }))
 }
 
-async fn stop_recording(State(st): State<ApiState>, Path(room): Path<String>) -> ApiResult {
+async fn stop_recording(
+    State(st): State<ApiState>,
+    Path(room): Path<String>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+) -> ApiResult {
     let room = room_id(&room)?;
+    if caller.as_ref().and_then(|c| c.im_server()).is_some()
+        && !st
+            .uc
+            .as_ref()
+            .is_some_and(|uc| uc.is_conversation_room(room))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "room {room} is no escalated conversation's: only an admin may stop its recording"
+            ),
+        ));
+    }
     let files = st.host.stop_recording(room).await?;
     ok(StatusCode::OK, &json!({ "files": files }))
 }

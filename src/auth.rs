@@ -132,6 +132,9 @@ fn allowed(method: &Method, path: &str, who: &Principal) -> Result<(), AuthError
             }
             Requirement::Admin
         }
+        // An IM server records its conversations' rooms for a user (the handler checks
+        // the room and the user's policy).
+        (&Method::POST | &Method::DELETE, ["v1", "rooms", _, "recording"]) => Requirement::Escalate,
         (&Method::POST, ["v1", "escalations"]) | (&Method::GET, ["v1", "escalations", _]) => {
             Requirement::Escalate
         }

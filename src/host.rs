@@ -28,7 +28,7 @@
 //!   unreachable participant costs a counter, not the worker.
 //! - Workers and sender threads ask for `SCHED_FIFO` (`realtime_priority`): on a busy
 //!   machine the normal scheduler delayed ticks by several ms.
-//! - Room events go as [`EventMsg`] (a `Copy` value) to the journal's lossless tap
+//! - Room events go as [`EventMsg`] values to the journal's lossless tap
 //!   ([`Host::tap_events`]); the WebSocket stream, webhooks and the archive follow the
 //!   journal.
 //! - [`Metrics`] are atomic counters and fixed-bucket histograms, rendered as Prometheus
@@ -158,19 +158,20 @@ pub enum HostError {
 }
 
 /// One room event as published on the event stream.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventMsg {
     /// The room's id.
     pub room: u64,
     /// `created`, `ended`, `joined`, `left`, `started_talking`, `stopped_talking`, `muted`,
-    /// `unmuted`, `deafened`, `undeafened`, `locked`, `unlocked`, `digit`, `playback_finished`;
-    /// for calls confer dials: `dial_trying`, `dial_ringing`, `dial_answered` (with the
+    /// `unmuted`, `deafened`, `undeafened`, `locked`, `unlocked`, `digit`, `playback_finished`,
+    /// `recording_stopped` (the API journals `recording_started`); for calls confer dials: `dial_trying`, `dial_ringing`, `dial_answered` (with the
     /// participant), `dial_failed` (with the SIP status), `dial_hung_up`.
     pub kind: &'static str,
     /// The participant concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub participant: Option<u64>,
-    /// `left`: `left`, `kicked` or `room_ended`; `joined`: `moderator` when one.
+    /// `left`: `left`, `kicked` or `room_ended`; `joined`: `moderator` when one;
+    /// `recording_stopped`: `stopped` or `room_ended`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     /// `digit`: the key pressed (RFC 4733 telephone-event), `0-9`, `*`, `#`, `A-D`.
@@ -182,6 +183,13 @@ pub struct EventMsg {
     /// `dial_failed`: the final SIP status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// `recording_stopped`: when the recording started, Unix ms; its files are named
+    /// `room-{room}-{recording}-*.opus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<u64>,
+    /// `joined`, `left`: who, when the joiner said ([`JoinOptions::identity`]).
+    #[serde(flatten)]
+    pub identity: Option<Arc<Identity>>,
     /// Media time of the room (since it was created), in ms; none on `dial_*` events
     /// (they happen in SIP, not in the room).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -654,8 +662,8 @@ impl RtpSocket {
     }
 }
 
-/// What a join may add to its [`JoinSpec`] (everything optional; the control API uses
-/// none of it).
+/// What a join may add to its [`JoinSpec`] (everything optional; the control API gives a
+/// client's identity, SIP the rest).
 #[derive(Debug, Default)]
 pub struct JoinOptions {
     /// A socket reserved with [`Host::reserve_rtp`]; `None` binds the next free port.
@@ -670,6 +678,20 @@ pub struct JoinOptions {
     /// The packet time to send at, ms: whole frames, at most 120
     /// ([`confer_engine::leg::fit_packet_time`] makes any value so); `None` is one frame.
     pub ptime_ms: Option<u32>,
+    /// Who joins, when known: named in its `joined` and `left` events.
+    pub identity: Option<Arc<Identity>>,
+}
+
+/// Who a participant is: a client's user and device, and the client software.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// The directory user.
+    pub user: String,
+    /// The user's device.
+    pub device: String,
+    /// The client's User-Agent, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// What the host tells whoever drives a participant ([`JoinOptions::signals`]).
@@ -846,6 +868,7 @@ struct NewMember {
     signals: Option<tokio::sync::mpsc::Sender<Signal>>,
     inband_dtmf: bool,
     peer: tokio::sync::watch::Sender<SocketAddr>,
+    identity: Option<Arc<Identity>>,
 }
 
 /// A participant between two rooms ([`Host::move_participant`]): its leg and everything
@@ -1279,12 +1302,6 @@ impl Host {
         Ok(all)
     }
 
-    /// Adds a participant: binds its socket, builds its leg, starts its receive task, and
-    /// has the room's worker join it.
-    pub async fn join(&self, room: u64, spec: JoinSpec) -> Result<ParticipantInfo, HostError> {
-        self.join_with(room, spec, JoinOptions::default()).await
-    }
-
     /// Binds an RTP socket on the next free port for a later [`Host::join_with`].
     pub fn reserve_rtp(&self) -> Result<RtpSocket, HostError> {
         let socket = self.bind_rtp_socket()?;
@@ -1292,7 +1309,8 @@ impl Host {
         Ok(RtpSocket { socket, local })
     }
 
-    /// [`Host::join`] with a reserved socket and/or a telephone-event payload type.
+    /// Adds a participant: binds its socket (or takes the reserved one of `options`),
+    /// builds its leg, starts its receive task, and has the room's worker join it.
     pub async fn join_with(
         &self,
         room: u64,
@@ -1366,6 +1384,7 @@ impl Host {
             signals: options.signals,
             inband_dtmf: options.inband_dtmf,
             peer,
+            identity: options.identity,
         });
         let r = self
             .call(worker, |reply| Command::Join {
@@ -1661,6 +1680,8 @@ struct Member {
     peer: tokio::sync::watch::Sender<SocketAddr>,
     /// The number of the last [`Host::play_to`].
     play_number: u64,
+    /// See [`JoinOptions::identity`].
+    identity: Option<Arc<Identity>>,
 }
 
 impl Drop for Member {
@@ -1700,7 +1721,7 @@ pub struct RecordingListing {
 }
 
 /// `room-{room}-{unix_ms}-{track}.opus` -> its parts.
-fn parse_recording_name(name: &str) -> Option<(u64, u64, String)> {
+pub(crate) fn parse_recording_name(name: &str) -> Option<(u64, u64, String)> {
     let rest = name.strip_prefix("room-")?.strip_suffix(".opus")?;
     let mut parts = rest.splitn(3, '-');
     let room = parts.next()?.parse().ok()?;
@@ -2238,6 +2259,8 @@ struct RoomEntry {
     announce_joins: bool,
     members: HashMap<ParticipantId, Member>,
     by_api: HashMap<u64, ParticipantId>,
+    /// The running recording's start, Unix ms (its name).
+    recording: Option<u64>,
 }
 
 struct Worker {
@@ -2703,13 +2726,24 @@ impl Worker {
             }
             Command::StopRecording { room, reply } => match self.rooms.get_mut(&room) {
                 // The writer answers once the files are complete.
-                Some(e) => {
-                    if let Err(RecDone::Files(reply)) =
-                        finish_recording(&mut e.room, RecDone::Files(reply))
-                    {
+                Some(e) => match finish_recording(&mut e.room, RecDone::Files(reply)) {
+                    Ok(()) => {
+                        if let Some(ms) = e.recording.take()
+                            && !e.internal
+                        {
+                            self.events.send(recording_event(
+                                room,
+                                "recording_stopped",
+                                Some("stopped"),
+                                ms,
+                            ));
+                        }
+                    }
+                    Err(RecDone::Files(reply)) => {
                         let _ = reply.send(Err(HostError::NotRecording(room)));
                     }
-                }
+                    Err(_) => {}
+                },
                 None => {
                     let _ = reply.send(Err(HostError::UnknownRoom(room)));
                 }
@@ -2766,6 +2800,8 @@ impl Worker {
         let files = sink.files();
         // Refused only while recording, checked above; a refused sink stops its writer.
         e.room.start_recording(Box::new(sink), tracks)?;
+        // The API journals the start (with its files and requester); the stop is ours.
+        e.recording = Some(unix_ms);
         Ok(files)
     }
 
@@ -2791,6 +2827,7 @@ impl Worker {
             announce_joins: spec.announce_joins,
             members: HashMap::new(),
             by_api: HashMap::new(),
+            recording: None,
         };
         publish(id, &mut entry, &self.events, &self.metrics.signals_dropped);
         let info = room_info(self.index, id, &entry);
@@ -2811,6 +2848,16 @@ impl Worker {
             if let Some(m) = entry.members.get(&pid) {
                 bye(&mut leg, m, &mut self.out, &mut self.tx_buf, now);
             }
+        }
+        if let Some(ms) = entry.recording.take()
+            && !entry.internal
+        {
+            self.events.send(recording_event(
+                id,
+                "recording_stopped",
+                Some("room_ended"),
+                ms,
+            ));
         }
         publish(id, &mut entry, &self.events, &self.metrics.signals_dropped);
         self.metrics
@@ -2852,6 +2899,7 @@ impl Worker {
             inband_dtmf: n.inband_dtmf,
             peer: n.peer,
             play_number: 0,
+            identity: n.identity,
         };
         self.adopt(room, Moving { member, leg: n.leg }, spec, now)
             .map_err(|(e, _)| e)
@@ -3198,10 +3246,37 @@ fn publish(room_id: u64, e: &mut RoomEntry, events: &Events, signals_dropped: &A
                 digit,
                 call: None,
                 status: None,
+                recording: None,
+                identity: match ev.kind {
+                    RoomEventKind::Joined { id, .. } | RoomEventKind::Left { id, .. } => {
+                        e.members.get(&id).and_then(|m| m.identity.clone())
+                    }
+                    _ => None,
+                },
                 media_time_ms: Some(ev.media_time.as_secs_f64() * 1000.0),
             };
             events.send(msg);
         }
+    }
+}
+
+fn recording_event(
+    room: u64,
+    kind: &'static str,
+    reason: Option<&'static str>,
+    started_unix_ms: u64,
+) -> EventMsg {
+    EventMsg {
+        room,
+        kind,
+        participant: None,
+        reason,
+        digit: None,
+        call: None,
+        status: None,
+        recording: Some(started_unix_ms),
+        identity: None,
+        media_time_ms: None,
     }
 }
 

@@ -19,7 +19,6 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::api::ClientJoins;
 use crate::api::{ApiState, router};
 use crate::archive::Archive;
 use crate::config::Config;
@@ -195,7 +194,7 @@ pub fn spawn_with(cfg: &Config, sip: bool) -> anyhow::Result<Running> {
     )?);
     let (md5_first, md5_only) = cfg.registrar_digest()?;
     let client_joins = crate::api::ClientJoins::default();
-    let records = runtime.block_on(open_records(cfg, sip, &host, client_joins.clone()));
+    let records = runtime.block_on(open_records(cfg, sip, &host));
     let (journal, archive) = match records {
         Ok(r) => r,
         Err(e) => {
@@ -353,7 +352,6 @@ async fn open_records(
     cfg: &Config,
     full: bool,
     host: &Host,
-    client_joins: ClientJoins,
 ) -> anyhow::Result<(Journal, Option<Archive>)> {
     let journal_config = JournalConfig {
         path: full.then(|| cfg.data_dir.join("journal.db")),
@@ -369,7 +367,7 @@ async fn open_records(
         .await
         .context("opening the event journal")?;
     if let Some(rx) = host.tap_events() {
-        tokio::spawn(relay_room_events(rx, journal.clone(), client_joins));
+        tokio::spawn(relay_room_events(rx, journal.clone()));
     }
     if !full {
         return Ok((journal, None));
@@ -435,28 +433,17 @@ async fn start_services(
     })
 }
 
-/// Copies the host's room events into the journal, with the user and device of client
-/// participants on `joined` and `left`.
+/// Copies the host's room events into the journal (`joined` and `left` name the user,
+/// device and client of a client participant: [`crate::host::Identity`]).
 async fn relay_room_events(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<EventMsg>,
     journal: Journal,
-    client_joins: ClientJoins,
 ) {
     while let Some(ev) = rx.recv().await {
-        let Ok(serde_json::Value::Object(mut body)) = serde_json::to_value(ev) else {
+        let Ok(serde_json::Value::Object(mut body)) = serde_json::to_value(&ev) else {
             continue;
         };
         body.remove("kind");
-        if let (Some(p), "joined" | "left") = (ev.participant, ev.kind) {
-            let joins = client_joins.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(((_, user, device), _)) = joins
-                .iter()
-                .find(|((room, _, _), id)| *room == ev.room && **id == p)
-            {
-                body.insert("user".into(), user.clone().into());
-                body.insert("device".into(), device.clone().into());
-            }
-        }
         journal.append("room", ev.kind, crate::uc::now(), body);
     }
 }

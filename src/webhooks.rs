@@ -34,12 +34,22 @@
 //! hook: nothing here runs on a media thread or makes [`Journal::append`] wait, and a slow
 //! receiver only lets its own hook fall behind (the journal keeps the events).
 //!
+//! `https://` goes through rustls (ureq's TLS configuration, nothing hand-rolled). The
+//! server certificate is checked against the Mozilla root certificates (webpki-roots), or,
+//! when the hook has a `ca_file`, against the CA certificates in that PEM file and nothing
+//! else: a receiver behind a private (enterprise) CA is trusted without trusting every
+//! public CA for it. The file is read and checked once, at start, so a missing or empty
+//! file stops `confer serve` with an error naming the hook rather than failing every
+//! delivery; a certificate the CAs did not sign is a transport error, retried like any
+//! other (the CA may be fixed on the receiver's side while the journal keeps the events).
+//!
 //! # Limits
 //!
-//! - `https://` goes through rustls with the Mozilla root certificates (webpki-roots): a
-//!   receiver with a private CA needs a TLS-terminating proxy in front of it for now.
+//! - No client certificates (mutual TLS) yet: the signature authenticates the sender.
+//! - Changing `ca_file` takes a restart.
 //! - `ureq` honours the `HTTP_PROXY`/`NO_PROXY` environment variables.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,6 +61,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use ureq::tls::{PemItem, RootCerts, TlsConfig};
 
 use crate::journal::{Event, Journal, JournalError, Subscription};
 
@@ -76,12 +87,18 @@ fn default_timeout_ms() -> u64 {
 }
 
 /// One webhook (`[[webhooks]]` in the configuration).
+///
+/// `ca_file` (optional, `https://` URLs only): a PEM file with one or more CA certificates;
+/// when set, the receiver's certificate must chain to one of them and the public roots are
+/// not trusted for this hook (a private or enterprise CA). Without it, the Mozilla roots
+/// (webpki-roots). It is read at start: an unreadable file, one without a certificate, or
+/// a `ca_file` on an `http://` URL is a configuration error.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Letters, digits, `-`, `_`, `.`; unique (its cursor is kept under this name).
     pub name: String,
-    /// `http://host[:port]/path`.
+    /// `http://host[:port]/path` or `https://host[:port]/path`.
     pub url: String,
     /// The HMAC-SHA256 key, at least 16 bytes; kept out of `Debug`.
     pub secret: String,
@@ -97,6 +114,10 @@ pub struct WebhookConfig {
     /// How long one request may take, in ms (default 5000).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// PEM file of the CA certificates trusted for the `https://` URL, instead of the
+    /// Mozilla roots (none: the Mozilla roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl WebhookConfig {
@@ -139,7 +160,40 @@ impl WebhookConfig {
         if uri.host().is_none_or(str::is_empty) {
             return bad("the url has no host");
         }
+        if self.ca_file.is_some() && uri.scheme_str() != Some("https") {
+            return bad("ca_file is set but the url is not https://");
+        }
         Ok(())
+    }
+
+    /// The hook's TLS configuration: the CAs of `ca_file` only, or the Mozilla roots.
+    async fn tls_config(&self) -> Result<TlsConfig, WebhookError> {
+        let roots = match &self.ca_file {
+            None => RootCerts::WebPki,
+            Some(path) => {
+                let pem = tokio::fs::read(path).await.map_err(|source| {
+                    WebhookError::CaFileUnreadable {
+                        name: self.name.clone(),
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                ca_certificates(&self.name, path, &pem)?
+            }
+        };
+        Ok(TlsConfig::builder().root_certs(roots).build())
+    }
+
+    /// The hook's HTTP client, trusting the roots of `tls`.
+    fn agent(&self, tls: TlsConfig) -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(self.timeout_ms)))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("confer-webhooks/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls)
+            .build()
+            .into()
     }
 
     fn wants(&self, event: &Event) -> bool {
@@ -168,8 +222,40 @@ impl std::fmt::Debug for WebhookConfig {
             .field("retry_initial_ms", &self.retry_initial_ms)
             .field("retry_max_ms", &self.retry_max_ms)
             .field("timeout_ms", &self.timeout_ms)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
+}
+
+/// The trust roots in the PEM bytes `pem` of hook `name`'s `ca_file` at `path`: every
+/// certificate in it (other sections, such as keys, are ignored); at least one, and each
+/// one usable as a trust anchor (rustls would silently drop one that is not).
+fn ca_certificates(name: &str, path: &Path, pem: &[u8]) -> Result<RootCerts, WebhookError> {
+    let invalid = |reason| WebhookError::CaFileInvalid {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        reason,
+    };
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(_) => return Err(invalid("is not valid PEM")),
+        }
+    }
+    if certs.is_empty() {
+        return Err(invalid("holds no certificate"));
+    }
+    let (_, unusable) = rustls::RootCertStore::empty().add_parsable_certificates(
+        certs
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.der())),
+    );
+    if unusable > 0 {
+        return Err(invalid("holds a certificate that is not valid X.509"));
+    }
+    Ok(RootCerts::new_with_certs(&certs))
 }
 
 /// Why the webhooks could not start.
@@ -177,6 +263,19 @@ impl std::fmt::Debug for WebhookConfig {
 pub enum WebhookError {
     #[error("webhook {name:?}: {reason}")]
     Invalid { name: String, reason: &'static str },
+    #[error("webhook {name:?}: cannot read ca_file {}: {source}", path.display())]
+    CaFileUnreadable {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("webhook {name:?}: ca_file {} {reason}", path.display())]
+    CaFileInvalid {
+        name: String,
+        path: PathBuf,
+        reason: &'static str,
+    },
     #[error("two webhooks are named {0:?}")]
     DuplicateName(String),
     /// The saved cursor is not a number (the state table was edited by hand).
@@ -253,6 +352,10 @@ impl Webhooks {
                 return Err(WebhookError::DuplicateName(hook.name.clone()));
             }
         }
+        let mut tls = Vec::with_capacity(hooks.len());
+        for hook in &hooks {
+            tls.push(hook.tls_config().await?);
+        }
         let mut subscriptions = Vec::with_capacity(hooks.len());
         for hook in &hooks {
             subscriptions.push(subscribe(&journal, hook).await?);
@@ -260,19 +363,14 @@ impl Webhooks {
         let (stop, _) = watch::channel(false);
         let mut names = Vec::with_capacity(hooks.len());
         let mut tasks = Vec::with_capacity(hooks.len());
-        for (i, (hook, (sub, skipped))) in hooks.into_iter().zip(subscriptions).enumerate() {
+        let each = hooks.into_iter().zip(tls).zip(subscriptions).enumerate();
+        for (i, ((hook, tls), (sub, skipped))) in each {
             let metrics = Arc::new(HookMetrics::default());
             metrics.cursor.store(sub.cursor(), Ordering::Relaxed);
             metrics.skipped.store(skipped, Ordering::Relaxed);
             metrics.up.store(true, Ordering::Relaxed);
             names.push((hook.name.clone(), metrics.clone()));
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_millis(hook.timeout_ms)))
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .user_agent(concat!("confer-webhooks/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .into();
+            let agent = hook.agent(tls);
             let task = HookTask {
                 rng: StdRng::seed_from_u64(seed.wrapping_add(i as u64)),
                 hook: Arc::new(hook),
@@ -582,6 +680,7 @@ mod tests {
     use axum::http::{HeaderMap, StatusCode};
     use confer_signalling::directory::Timestamp;
     use rand::SeedableRng;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     use serde_json::{Map, Value};
 
     use super::*;
@@ -604,6 +703,7 @@ mod tests {
                 retry_initial_ms: default_retry_initial_ms(),
                 retry_max_ms: default_retry_max_ms(),
                 timeout_ms: default_timeout_ms(),
+                ca_file: None,
             }
         }
     }
@@ -623,6 +723,80 @@ mod tests {
     struct Receiver {
         got: Arc<Mutex<Vec<Got>>>,
         script: Arc<Mutex<VecDeque<(u16, Duration)>>>,
+        /// TLS handshakes that failed (`start_tls` only).
+        handshakes_failed: Arc<AtomicU64>,
+    }
+
+    /// TLS on a TCP listener for `axum::serve`: a connection is handed over once its
+    /// handshake succeeded; a failed handshake is counted and the connection dropped.
+    struct TlsListener {
+        tcp: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        failed: Arc<AtomicU64>,
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        type Addr = std::net::SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            loop {
+                let Ok((tcp, addr)) = self.tcp.accept().await else {
+                    continue;
+                };
+                match self.acceptor.accept(tcp).await {
+                    Ok(tls) => return (tls, addr),
+                    Err(_) => {
+                        self.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            self.tcp.local_addr()
+        }
+    }
+
+    /// A test certificate authority.
+    struct TestCa {
+        pem: String,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    }
+
+    impl TestCa {
+        fn new(name: &str) -> TestCa {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            let key = rcgen::KeyPair::generate().unwrap();
+            let pem = params.self_signed(&key).unwrap().pem();
+            TestCa {
+                pem,
+                issuer: rcgen::Issuer::new(params, key),
+            }
+        }
+
+        /// A server certificate for localhost and 127.0.0.1 signed by this CA, and its key.
+        fn server_certificate(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+            let mut params =
+                rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                    .unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "localhost");
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (vec![cert.der().clone()], key)
+        }
     }
 
     impl Receiver {
@@ -646,6 +820,39 @@ mod tests {
 
         /// Serves on `listener`; the URL to post to.
         fn serve(&self, listener: tokio::net::TcpListener) -> String {
+            self.serve_on(listener, "http")
+        }
+
+        /// Serves HTTP over TLS on a loopback port with the certificate chain `chain` and
+        /// its key; the URL to post to.
+        async fn start_tls(
+            &self,
+            chain: Vec<CertificateDer<'static>>,
+            key: PrivateKeyDer<'static>,
+        ) -> String {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+            let listener = TlsListener {
+                tcp: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+                failed: self.handshakes_failed.clone(),
+            };
+            self.serve_on(listener, "https")
+        }
+
+        fn handshakes_failed(&self) -> u64 {
+            self.handshakes_failed.load(Ordering::Relaxed)
+        }
+
+        fn serve_on<L>(&self, listener: L, scheme: &str) -> String
+        where
+            L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+        {
             async fn handle(
                 State(r): State<Receiver>,
                 headers: HeaderMap,
@@ -670,7 +877,7 @@ mod tests {
                 tokio::time::sleep(delay).await;
                 StatusCode::from_u16(status).unwrap()
             }
-            let url = format!("http://{}/hook", listener.local_addr().unwrap());
+            let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
             let app = axum::Router::new()
                 .route("/hook", axum::routing::post(handle))
                 .with_state(self.clone());
@@ -1104,6 +1311,211 @@ mod tests {
             .await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn webhooks_an_https_receiver_with_a_private_ca_gets_signed_events_in_order() {
+        let ca = TestCa::new("confer test CA");
+        let unrelated = TestCa::new("an unrelated CA");
+        let (chain, key) = ca.server_certificate();
+        let receiver = Receiver::default();
+        let url = receiver.start_tls(chain, key).await;
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+        let dir = tempfile::tempdir().unwrap();
+        // A bundle: the right CA need not be the first one.
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, format!("{}{}", unrelated.pem, ca.pem)).unwrap();
+        let journal = Journal::open(&JournalConfig::default()).await.unwrap();
+        let private = WebhookConfig {
+            ca_file: Some(ca_file),
+            ..hook("im", &url)
+        };
+        let hooks = Webhooks::start_with_seed(journal.clone(), vec![private], 12)
+            .await
+            .unwrap();
+        for i in 1..=5 {
+            append(&journal, "room", i);
+        }
+        wait_until("5 deliveries", || receiver.got().len() == 5).await;
+        assert_eq!(receiver.seqs(), vec![1, 2, 3, 4, 5]);
+        for g in receiver.got() {
+            assert_eq!(g.content_type, "application/json");
+            assert!(verifies(SECRET, &g.signature, &g.body), "{}", g.signature);
+            let v: Value = serde_json::from_str(&g.body).unwrap();
+            assert_eq!(v["seq"].to_string(), g.seq);
+        }
+        let ok = "confer_webhook_deliveries_total{hook=\"im\",result=\"ok\"}";
+        wait_until("5 ok", || metric(&hooks, ok) == 5).await;
+        assert_eq!(
+            metric(
+                &hooks,
+                "confer_webhook_deliveries_total{hook=\"im\",result=\"error\"}"
+            ),
+            0
+        );
+        assert_eq!(receiver.handshakes_failed(), 0);
+        hooks.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn webhooks_an_https_receiver_whose_certificate_the_ca_did_not_sign_is_retried_and_gets_nothing()
+     {
+        let ca = TestCa::new("confer test CA");
+        let other = TestCa::new("the receiver's CA");
+        let (chain, key) = other.server_certificate();
+        let receiver = Receiver::default();
+        let url = receiver.start_tls(chain, key).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        let journal = Journal::open(&JournalConfig::default()).await.unwrap();
+        // "private" trusts only `ca`; "public" trusts only the Mozilla roots.
+        let private = WebhookConfig {
+            ca_file: Some(ca_file),
+            ..hook("private", &url)
+        };
+        let public = hook("public", &url);
+        let hooks =
+            Webhooks::start_with_seed(journal.clone(), vec![private.clone(), public.clone()], 13)
+                .await
+                .unwrap();
+        append(&journal, "room", 1);
+        for name in ["private", "public"] {
+            let error =
+                format!("confer_webhook_deliveries_total{{hook=\"{name}\",result=\"error\"}}");
+            wait_until("3 failures", || metric(&hooks, &error) >= 3).await;
+        }
+        // Every attempt reached the server and was dropped during the TLS handshake (the
+        // client hangs up without an alert; the server may see it after the metric moved).
+        wait_until("6 failed handshakes", || receiver.handshakes_failed() >= 6).await;
+        // Why, as the hook's own request sees it: the CA did not sign the certificate.
+        for cfg in [private, public] {
+            let request = Request {
+                agent: cfg.agent(cfg.tls_config().await.unwrap()),
+                hook: Arc::new(cfg),
+                seq: 1,
+                signature: String::new(),
+                body: "{}".into(),
+            };
+            let e = tokio::task::spawn_blocking(move || request.send())
+                .await
+                .unwrap()
+                .unwrap_err();
+            let rustls_error = match &e {
+                ureq::Error::Rustls(e) => Some(e),
+                ureq::Error::Io(e) => e.get_ref().and_then(|e| e.downcast_ref()),
+                _ => None,
+            };
+            assert_eq!(
+                rustls_error,
+                Some(&rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                )),
+                "{e:?}"
+            );
+        }
+        assert!(receiver.got().is_empty());
+        for name in ["private", "public"] {
+            let ok = format!("confer_webhook_deliveries_total{{hook=\"{name}\",result=\"ok\"}}");
+            assert_eq!(metric(&hooks, &ok), 0);
+            assert_eq!(
+                metric(
+                    &hooks,
+                    &format!("confer_webhook_lag_events{{hook=\"{name}\"}}")
+                ),
+                1
+            );
+            assert_eq!(
+                metric(&hooks, &format!("confer_webhook_up{{hook=\"{name}\"}}")),
+                1
+            );
+        }
+        hooks.stop().await;
+        assert_eq!(
+            journal
+                .load_state("webhook:private")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("0"),
+            "nothing was acknowledged"
+        );
+    }
+
+    #[tokio::test]
+    async fn webhooks_an_unusable_ca_file_is_refused_naming_the_hook() {
+        let journal = Journal::open(&JournalConfig::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("confer test CA");
+        let file = |name: &str, content: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            path
+        };
+        let good = file("good.pem", &ca.pem);
+        let key_only = file(
+            "key.pem",
+            &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        let empty = file("empty.pem", "");
+        let not_pem = file(
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n",
+        );
+        let not_x509 = file(
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+        );
+        let with = |url: &str, path: &Path| WebhookConfig {
+            ca_file: Some(path.to_owned()),
+            ..hook("corp", url)
+        };
+        let https = "https://127.0.0.1:9/hook";
+        let missing = dir.path().join("missing.pem");
+        let result = Webhooks::start(journal.clone(), vec![with(https, &missing)]).await;
+        let Err(e @ WebhookError::CaFileUnreadable { .. }) = result else {
+            panic!("a missing ca_file was accepted");
+        };
+        assert!(
+            e.to_string()
+                .starts_with("webhook \"corp\": cannot read ca_file "),
+            "{e}"
+        );
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        for (path, reason) in [
+            (&key_only, "holds no certificate"),
+            (&empty, "holds no certificate"),
+            (&not_pem, "is not valid PEM"),
+            (&not_x509, "holds a certificate that is not valid X.509"),
+        ] {
+            let result = Webhooks::start(journal.clone(), vec![with(https, path)]).await;
+            let Err(e @ WebhookError::CaFileInvalid { .. }) = result else {
+                panic!("{} was accepted", path.display());
+            };
+            assert_eq!(
+                e.to_string(),
+                format!("webhook \"corp\": ca_file {} {reason}", path.display())
+            );
+        }
+        let plain = Webhooks::start(
+            journal.clone(),
+            vec![with("http://127.0.0.1:9/hook", &good)],
+        )
+        .await;
+        let Err(e @ WebhookError::Invalid { .. }) = plain else {
+            panic!("a ca_file with an http:// url was accepted");
+        };
+        assert_eq!(
+            e.to_string(),
+            "webhook \"corp\": ca_file is set but the url is not https://"
+        );
+        // Refused before the hook took a cursor.
+        assert_eq!(journal.load_state("webhook:corp").await.unwrap(), None);
+        Webhooks::start(journal, vec![with(https, &good)])
+            .await
+            .unwrap()
+            .stop()
+            .await;
+    }
+
     #[test]
     fn webhooks_the_config_parses_with_defaults_and_debug_hides_the_secret() {
         let cfg: WebhookConfig = toml::from_str(&format!(
@@ -1118,9 +1530,20 @@ mod tests {
             (cfg.retry_initial_ms, cfg.retry_max_ms, cfg.timeout_ms),
             (1000, 300_000, 5000)
         );
+        assert_eq!(cfg.ca_file, None);
         let debug = format!("{cfg:?}");
         assert!(
             !debug.contains(SECRET) && debug.contains("<redacted>"),
+            "{debug}"
+        );
+        let corp: WebhookConfig = toml::from_str(&format!(
+            "name = \"corp\"\nurl = \"https://im.corp/hook\"\nsecret = \"{SECRET}\"\nca_file = \"/etc/confer/corp-ca.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(corp.ca_file, Some(PathBuf::from("/etc/confer/corp-ca.pem")));
+        let debug = format!("{corp:?}");
+        assert!(
+            !debug.contains(SECRET) && debug.contains("corp-ca.pem"),
             "{debug}"
         );
         assert!(

@@ -404,6 +404,16 @@ fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_h
     let (status, _, presence) = s.request_as(&t.admin, "GET", "/v1/users/alice/presence", None);
     assert_eq!(status, 200);
     assert_eq!(presence["state"], "in_a_conference", "{presence}");
+    // alice asks the IM server to record: it records for her (her policy allows it).
+    let record = format!("/v1/rooms/{room}/recording");
+    let (status, _, v) = s.request_as(&t.im, "POST", &record, Some("{}"));
+    assert_eq!(status, 400, "an IM server records for someone: {v}");
+    let (status, _, rec) = s.request_as(&t.im, "POST", &record, Some(r#"{"by":"alice"}"#));
+    assert_eq!(status, 201, "{rec}");
+    let mix_file = rec["files"][0]["name"]
+        .as_str()
+        .expect("the mix file")
+        .to_owned();
 
     // The IM server ends the call: the room goes.
     let end = json!({ "conversation": "chat-42", "modality": "voice", "end": true });
@@ -450,6 +460,43 @@ fn an_escalated_chat_rings_the_right_devices_first_answer_wins_and_the_archive_h
     ] {
         assert!(of(k) >= 1, "no {k} record in {records:#?}");
     }
+    // The room's own records name the client participant: user, device and client.
+    let in_room = |kind: &str| {
+        records
+            .iter()
+            .filter(|r| r["conversation"] == format!("room:{room}") && r["details"]["kind"] == kind)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let browser_joined = in_room("joined")
+        .into_iter()
+        .find(|r| r["user"] == "alice")
+        .unwrap_or_else(|| panic!("no room joined record for alice in {records:#?}"));
+    assert_eq!(
+        browser_joined["details"]["device"], "alice-browser",
+        "{browser_joined}"
+    );
+    assert_eq!(
+        browser_joined["details"]["client"],
+        serve_harness::USER_AGENT,
+        "{browser_joined}"
+    );
+    // The recording: started for alice with its files, stopped when the room ended.
+    let started = in_room("recording_started");
+    assert_eq!(started.len(), 1, "{records:#?}");
+    assert_eq!(started[0]["user"], "alice", "{started:?}");
+    assert_eq!(
+        started[0]["details"]["files"][0],
+        mix_file.as_str(),
+        "{started:?}"
+    );
+    let stopped = in_room("recording_stopped");
+    assert_eq!(stopped.len(), 1, "{records:#?}");
+    assert_eq!(stopped[0]["details"]["reason"], "room_ended", "{stopped:?}");
+    assert_eq!(
+        stopped[0]["details"]["recording"], started[0]["details"]["recording"],
+        "the stop names the recording it ends"
+    );
     // The room's PIN went to the IM server, never into the archive.
     let pin = alice["join"]["dial_in"]["pin"].as_str().expect("pin");
     assert!(
@@ -737,7 +784,7 @@ message = "update OldPhone to 3.0 or later"
     let (status, _, _) = s.request_as(&t.admin, "PUT", "/v1/policy", Some(&bad_policy.to_string()));
     assert_eq!(status, 400);
     let policy = json!({
-        "groups": { "default": {}, "no-video": { "escalate": ["voice", "dial_in"], "blocked": ["video"] } },
+        "groups": { "default": {}, "no-video": { "escalate": ["voice", "dial_in"], "blocked": ["video", "recording"] } },
         "members": { "alice": "no-video" },
     });
     let (status, _, v) = s.request_as(&t.admin, "PUT", "/v1/policy", Some(&policy.to_string()));
@@ -750,6 +797,32 @@ message = "update OldPhone to 3.0 or later"
     assert_eq!(status, 201, "{resp}");
     let ring = expect_msg(&mut browser, "ring", Duration::from_secs(3));
     assert_eq!(ring["media"], "audio", "video is blocked for alice: {ring}");
+    // Recording too: the IM server may not record the conversation's room for her, nor
+    // for an unknown user, nor a room that is no conversation's.
+    let (_, _, call) = s.request_as(&t.im, "GET", "/v1/escalations/chat-nv", None);
+    let room = call["room"].as_u64().expect("the conversation's room");
+    let record = format!("/v1/rooms/{room}/recording");
+    let (status, _, v) = s.request_as(&t.im, "POST", &record, Some(r#"{"by":"alice"}"#));
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["code"], "activity_blocked", "{v}");
+    let (status, _, v) = s.request_as(&t.im, "POST", &record, Some(r#"{"by":"nobody"}"#));
+    assert_eq!(status, 404, "{v}");
+    let (status, _, v) = s.request_as(&t.admin, "POST", "/v1/rooms", Some("{}"));
+    assert_eq!(status, 201, "{v}");
+    let other = v["id"].as_u64().expect("room id");
+    let (status, _, v) = s.request_as(
+        &t.im,
+        "POST",
+        &format!("/v1/rooms/{other}/recording"),
+        Some(r#"{"by":"alice"}"#),
+    );
+    assert_eq!(status, 403, "{v}");
+    let (_, _, listed) = s.request_as(&t.admin, "GET", "/v1/recordings", None);
+    assert_eq!(
+        listed["recordings"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
     // The IM server asks the policy about what it carries itself.
     let decide = |q: &str| {
         let (status, _, v) = s.request_as(&t.im, "GET", &format!("/v1/policy/decision?{q}"), None);

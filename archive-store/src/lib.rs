@@ -1,5 +1,4 @@
-//! confer-archive-store: the compliance archive's storage, and the fail-closed front the
-//! binary calls.
+//! confer-archive-store: the compliance archive's storage.
 //!
 //! The records, their hash chain, verification and retention rules are the sans-IO model in
 //! `confer_signalling::archive`; this crate only moves them to and from a database:
@@ -11,21 +10,11 @@
 //!   an async mutex inside the process, and across processes `BEGIN IMMEDIATE` (SQLite) or
 //!   a transaction-scoped advisory lock (PostgreSQL); the sequence number is the primary
 //!   key, so even a writer that bypasses both cannot fork the chain, only fail.
-//! - [`Archiver`]: what the binary calls. [`Archiver::require_writable`] before a new
-//!   escalation or call, [`Archiver::append`] for the record that starts it: when policy
-//!   requires archiving and the store cannot be written, both return
-//!   [`ArchiverError::Unavailable`] (or [`ArchiverError::Down`], at once, while the store
-//!   is known down) and count a refusal, and the binary refuses with
-//!   [`ArchiverError::reason`] (`archive_unavailable`). [`Archiver::record`] for records of calls already going:
-//!   written now, or queued in order (bounded, optionally spooled to disk) and written by
-//!   [`Archiver::flush`] when the store is back.
+//!
+//! Failing closed, queueing and catching up are the binary's (`src/archive.rs`): it follows
+//! the event journal, whose durable log is the queue, so this crate keeps no queue of its
+//! own.
 
-mod archiver;
-mod spool;
 mod store;
 
-pub use archiver::{
-    Archived, Archiver, ArchiverConfig, ArchiverError, ArchiverStats, DEFAULT_QUEUE_BYTES,
-    DEFAULT_QUEUE_RECORDS,
-};
 pub use store::{ArchiveStore, Location, StoreConfig, StoreError, VerifyError};

@@ -121,15 +121,8 @@ text_id!(
     "conversation id"
 );
 
-/// What the IM server asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Modality {
-    Voice,
-    Video,
-    /// Nobody is rung; everyone gets the dial-in number and PIN.
-    DialIn,
-}
+/// What the IM server asks for: the policy's modality, one type for both.
+pub use crate::policy::Modality;
 
 /// What one leg or participant sends and receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

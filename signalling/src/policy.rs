@@ -84,12 +84,14 @@ const MAX_VERSION_PARTS: usize = 8;
 const MAX_VERSION_LEN: usize = 64;
 const MAX_NUMBER_DIGITS: usize = 32;
 
-/// What a call is, as far as escalation policy goes.
+/// What a call is: what the IM server asks an escalation for, and what the escalation
+/// policy allows per group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Modality {
     Voice,
     Video,
+    /// Nobody is rung; everyone gets the dial-in number and PIN.
     DialIn,
 }
 

@@ -91,8 +91,8 @@ use super::metrics::{CallEnd, Dropped, SipMetrics};
 pub use inbound::InboundPolicy;
 pub use outbound::{DialError, DialProgress, DialRequest};
 pub use registrar::{
-    BindingEvent, Challenges, RegistrarConfig, RegistrarEvent, RingError, RingRequest, SipAccount,
-    SipAccounts,
+    BindingEvent, Challenges, RegistrarConfig, RegistrarEvent, RingError, RingRequest,
+    SavedBinding, SipAccount, SipAccounts, SipSecret,
 };
 
 /// How long a call may wait for the media side (room, socket, join) before it is

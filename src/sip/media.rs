@@ -475,6 +475,7 @@ impl CallMedia {
                     signals,
                     inband_dtmf: prompts && !rfc4733,
                     ptime_ms: Some(spec.ptime_ms),
+                    identity: None,
                 },
             )
             .await;

@@ -30,7 +30,9 @@ mod server;
 mod tls;
 mod trunks;
 
-pub use core::{DialError, DialProgress, RegistrarEvent, RingRequest, SipAccount, SipAccounts};
+pub use core::{
+    DialError, DialProgress, RegistrarEvent, RingRequest, SipAccount, SipAccounts, SipSecret,
+};
 pub use dialplan::DialPlan;
 pub use metrics::SipMetrics;
 pub use pins::{DialInInfo, PinError, Pins};

@@ -3,7 +3,9 @@
 //! binding, confer rings it into a room over the flow it registered on, and the phone
 //! answers (joins the room, then hangs up with BYE) or rings until confer cancels it
 //! (CANCEL, 487). baresip registers (MD5 only), auto-answers and is hung up by confer.
-//! The phones' unregistrations at the end are reported too.
+//! The phones' unregistrations at the end are reported too. A baresip registered before
+//! confer restarts is rung after it: the registrar's bindings are saved in the journal
+//! and restored at start.
 //!
 //! Why here, in the binary's tests, and not in `tests/`: the API reaches
 //! [`SipControl::ring`](super::SipControl::ring) only through an escalation, and the
@@ -26,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::{
     DialPlan, DialProgress, Pins, RegistrarEvent, RegistrarSetup, RingRequest, SipAccount,
-    SipAccounts, SipServer, Trunks,
+    SipAccounts, SipSecret, SipServer, Trunks,
 };
 use crate::config::Config;
 use crate::host::{Host, HostConfig, RoomSpec};
@@ -125,6 +127,11 @@ struct Confer {
     host: Host,
     sip: Option<SipServer>,
     events: mpsc::UnboundedReceiver<RegistrarEvent>,
+    cfg: Config,
+    accounts: SipAccounts,
+    md5_only: bool,
+    /// Where the bindings are saved (in memory: it outlives the SIP server, not the test).
+    journal: crate::journal::Journal,
 }
 
 impl Confer {
@@ -167,40 +174,70 @@ impl Confer {
             "alice",
             SipAccount {
                 user: "u-alice".into(),
-                password: "wonderland".into(),
+                secret: SipSecret::from_password("alice", "wonderland"),
             },
         );
+        let journal = runtime
+            .block_on(crate::journal::Journal::open(
+                &crate::journal::JournalConfig::default(),
+            ))
+            .expect("a journal in memory");
+        let (_, events) = mpsc::unbounded_channel();
+        let mut confer = Confer {
+            errors,
+            runtime,
+            host,
+            sip: None,
+            events,
+            cfg,
+            accounts,
+            md5_only,
+            journal,
+        };
+        confer.start_sip();
+        confer
+    }
+
+    /// Starts the SIP server (its registrar events replace those of the one before).
+    fn start_sip(&mut self) {
         let (tx, events) = mpsc::unbounded_channel();
         let pins = Arc::new(Pins::new(
             DialPlan::new(&[], "1").expect("plan").pin_number(),
             6,
         ));
         let trunks = Arc::new(Trunks::new(&[], "1", &[], &[]).expect("no trunks"));
-        let sip = runtime
+        let sip = self
+            .runtime
             .block_on(SipServer::start(
-                &cfg,
-                host.clone(),
+                &self.cfg,
+                self.host.clone(),
                 pins,
                 trunks,
                 RegistrarSetup {
                     enabled: true,
-                    accounts,
+                    accounts: self.accounts.clone(),
                     events: Some(tx),
                     domains: Vec::new(),
                     // sipp 3.6 answers the first challenge, and only MD5.
                     md5_first: true,
-                    md5_only,
+                    md5_only: self.md5_only,
                 },
-                crate::sip::SipRecords::default(),
+                crate::sip::SipRecords {
+                    journal: Some(self.journal.clone()),
+                    archive: None,
+                },
             ))
             .expect("SIP starts");
-        Confer {
-            errors,
-            runtime,
-            host,
-            sip: Some(sip),
-            events,
+        self.sip = Some(sip);
+        self.events = events;
+    }
+
+    /// Stops the SIP server and starts another (on another port) with the same journal.
+    fn restart_sip(&mut self) {
+        if let Some(sip) = self.sip.take() {
+            self.runtime.block_on(sip.stop());
         }
+        self.start_sip();
     }
 
     fn sip(&self) -> &SipServer {
@@ -511,15 +548,18 @@ fn baresip() -> Option<PathBuf> {
     found
 }
 
-/// baresip 1.0 gives up on a 401 with any challenge it cannot answer (SHA-256): with MD5
-/// alone it registers. It answers the ring by itself (`answermode=auto`), joins the room,
-/// and confer hangs up with BYE; at its exit it unregisters.
-#[test]
-fn a_baresip_softphone_registers_with_md5_is_rung_answers_and_is_hung_up() {
-    let Some(baresip) = baresip() else { return };
-    let mut confer = Confer::start("baresip", true);
-    let room = confer.room();
-    let dir = std::env::temp_dir().join(format!("confer-registrar-baresip-{}", std::process::id()));
+/// baresip as alice's softphone registered with `confer` (MD5, auto-answer), quitting
+/// after `seconds`, in a thread; its output when it ends, and its directory.
+fn baresip_phone(
+    confer: &Confer,
+    baresip: PathBuf,
+    name: &str,
+    seconds: u32,
+) -> (std::thread::JoinHandle<Output>, PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "confer-registrar-baresip-{name}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("baresip's directory");
     let modules = [
@@ -554,13 +594,86 @@ fn a_baresip_softphone_registers_with_md5_is_rung_answers_and_is_hung_up() {
         ),
     )
     .expect("baresip's accounts");
-    let args: Vec<String> = ["-f", &dir.to_string_lossy(), "-t", "8", "-s"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "-f",
+        &dir.to_string_lossy(),
+        "-t",
+        &seconds.to_string(),
+        "-s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let phone = std::thread::spawn(move || run_bounded(&baresip, &args, Duration::from_secs(20)));
-    let device = match confer.next_event(Duration::from_secs(5)) {
-        Some(RegistrarEvent::Bound { device, .. }) => device,
+    (phone, dir)
+}
+
+/// baresip 1.0 gives up on a 401 with any challenge it cannot answer (SHA-256): with MD5
+/// alone it registers. It answers the ring by itself (`answermode=auto`), joins the room,
+/// and confer hangs up with BYE; at its exit it unregisters.
+#[test]
+fn a_baresip_softphone_registers_with_md5_is_rung_answers_and_is_hung_up() {
+    let Some(baresip) = baresip() else { return };
+    let mut confer = Confer::start("baresip", true);
+    let room = confer.room();
+    let (phone, dir) = baresip_phone(&confer, baresip, "rung", 8);
+    let (device, phone) = baresip_bound(&mut confer, phone);
+    ring_answered_and_hung_up(&confer, room, &device);
+    // baresip quits after 8 s and removes its binding.
+    let e = confer.next_event(Duration::from_secs(12));
+    assert!(
+        matches!(&e, Some(RegistrarEvent::Unbound { device: d, reason: "unregistered", .. }) if *d == device),
+        "{e:?}"
+    );
+    let _ = phone.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A phone registered before confer restarts is rung after the restart, before it
+/// registers again: the new SIP server restores the binding the old one saved in the
+/// journal, reports it bound, and rings the phone's address from its own new socket.
+#[test]
+fn a_baresip_softphone_registered_before_a_restart_is_rung_after_it() {
+    let Some(baresip) = baresip() else { return };
+    let mut confer = Confer::start("baresip-restart", true);
+    let room = confer.room();
+    let (phone, dir) = baresip_phone(&confer, baresip, "restart", 8);
+    let (device, phone) = baresip_bound(&mut confer, phone);
+    let before = confer.sip().udp;
+    confer.restart_sip();
+    assert_ne!(
+        confer.sip().udp,
+        before,
+        "another socket, as after a restart"
+    );
+    match confer.next_event(Duration::from_secs(5)) {
+        Some(RegistrarEvent::Bound {
+            device: restored,
+            transport: "udp",
+            expires_at_ms,
+            ..
+        }) if restored == device => {
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis() as u64;
+            let left = expires_at_ms.saturating_sub(unix_ms);
+            assert!((590_000..=600_000).contains(&left), "expires in {left} ms");
+        }
+        other => panic!("the binding was not restored: {other:?}"),
+    }
+    ring_answered_and_hung_up(&confer, room, &device);
+    let _ = phone.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The device of baresip's binding, reported within 5 s (else what baresip said).
+fn baresip_bound(
+    confer: &mut Confer,
+    phone: std::thread::JoinHandle<Output>,
+) -> (String, std::thread::JoinHandle<Output>) {
+    match confer.next_event(Duration::from_secs(5)) {
+        Some(RegistrarEvent::Bound { device, .. }) => (device, phone),
         other => {
             let out = phone.join().expect("baresip thread");
             panic!(
@@ -568,14 +681,19 @@ fn a_baresip_softphone_registers_with_md5_is_rung_answers_and_is_hung_up() {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-    };
+    }
+}
+
+/// confer rings `device` (baresip), which answers by itself and joins `room`; confer
+/// hangs up with BYE and it leaves.
+fn ring_answered_and_hung_up(confer: &Confer, room: u64, device: &str) {
     let sip = confer.sip().control.clone();
     let (call, mut rx) = confer
         .runtime
         .block_on(sip.ring(RingRequest {
             room,
             user: "u-alice".into(),
-            device: device.clone(),
+            device: device.into(),
             caller: Some("Bob".into()),
             subject: None,
         }))
@@ -612,12 +730,4 @@ fn a_baresip_softphone_registers_with_md5_is_rung_answers_and_is_hung_up() {
         0,
         "baresip left the room"
     );
-    // baresip quits after 8 s and removes its binding.
-    let e = confer.next_event(Duration::from_secs(12));
-    assert!(
-        matches!(&e, Some(RegistrarEvent::Unbound { device: d, reason: "unregistered", .. }) if *d == device),
-        "{e:?}"
-    );
-    let _ = phone.join();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,6 +28,15 @@
 //!   of a tracked call or ring) and passes the registrar's bindings on
 //!   ([`RegistrarEvent`], Unix times from the system clock). At shutdown it ends every
 //!   call (BYE or 503) and waits briefly for the media to be released.
+//! - **Bindings**: with a journal, the registrar's bindings outlive a restart (see
+//!   "Restarts" in `core/registrar.rs`). At start the core is given the snapshot saved
+//!   in the journal's state (`registrar_bindings`); the UDP bindings that have not
+//!   lapsed come back, are reported as bound and can be rung at once, while TCP and TLS
+//!   ones are dropped (their connections died with the old process). After a change the
+//!   core task takes a new snapshot, at most once per [`BINDINGS_SAVE_INTERVAL`] and once
+//!   more at shutdown, and one writer task saves it, so a slow database never holds up
+//!   SIP (a snapshot taken while the previous one is still being written waits for the
+//!   next turn).
 //!
 //! Every queue is bounded and every map is capped: the core's inbound queue, the media
 //! results (sized for the call limit), each connection's outgoing queue, the closed
@@ -63,6 +72,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 
+use super::core::SavedBinding;
 use super::core::{CallId, DialError, DialProgress, DialRequest, InboundPolicy};
 use super::core::{
     Challenges, RegistrarConfig, RegistrarEvent, RingError, RingRequest, SipAccounts,
@@ -76,8 +86,10 @@ use super::pins::Pins;
 use super::trunks::Trunks;
 use crate::config::Config;
 use crate::host::{EventMsg, Host};
+use crate::journal::Journal;
 use confer_conference::room::ROOM_RATE;
 use confer_pstn_bridge::ivr::{LockoutConfig, Lockouts, Prompts};
+use serde::{Deserialize, Serialize};
 
 /// Messages queued from the transports to the core task.
 const CORE_QUEUE: usize = 4096;
@@ -99,6 +111,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Read buffer of a connection.
 const READ_CHUNK: usize = 16 * 1024;
+/// The journal state key of the registrar's bindings.
+const BINDINGS_KEY: &str = "registrar_bindings";
+/// The bindings are saved at most this often (and at shutdown).
+const BINDINGS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// The version of the saved bindings' document.
+const BINDINGS_VERSION: u32 = 1;
 
 /// What the transports and the core task share.
 struct Shared {
@@ -538,7 +556,14 @@ impl SipServer {
             tls = ?tls_addr,
             "SIP listening"
         );
-        let core = SipCore::new(core_config, StdRng::from_os_rng(), metrics.clone());
+        let mut core = SipCore::new(core_config, StdRng::from_os_rng(), metrics.clone());
+        let bindings = match &records.journal {
+            Some(journal) if registrar.enabled => {
+                restore_bindings(&mut core, journal).await;
+                Some(BindingSaver::start(journal.clone()))
+            }
+            _ => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
 
         supervise(
@@ -579,6 +604,7 @@ impl SipServer {
                 control: control_rx,
                 closed_flows: flows_rx,
                 registrar: registrar.events,
+                bindings,
             },
             media,
             events,
@@ -648,6 +674,147 @@ struct Inputs {
     closed_flows: mpsc::Receiver<Peer>,
     /// Where the registrar's events go (an output, carried here with the inputs).
     registrar: Option<mpsc::UnboundedSender<RegistrarEvent>>,
+    /// Where the registrar's bindings are saved (an output too).
+    bindings: Option<BindingSaver>,
+}
+
+/// The registrar's bindings as saved in the journal's state ([`BINDINGS_KEY`]):
+/// `{"version": 1, "bindings": [...]}`, each binding a [`SavedBinding`] (expiries in
+/// Unix milliseconds).
+#[derive(Serialize, Deserialize)]
+struct SavedBindings {
+    version: u32,
+    bindings: Vec<SavedBinding>,
+}
+
+/// The wall clock now, Unix milliseconds.
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
+
+/// Gives `core` the bindings saved before a restart. A snapshot that cannot be read is
+/// left alone (the phones register again, as they would without one).
+async fn restore_bindings(core: &mut SipCore<StdRng>, journal: &Journal) {
+    let text = match journal.load_state(BINDINGS_KEY).await {
+        Ok(Some(text)) => text,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("reading the saved SIP bindings: {e}");
+            return;
+        }
+    };
+    let doc = match serde_json::from_str::<SavedBindings>(&text) {
+        Ok(doc) if doc.version == BINDINGS_VERSION => doc,
+        Ok(doc) => {
+            tracing::warn!(
+                version = doc.version,
+                "saved SIP bindings of another version"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("reading the saved SIP bindings: {e}");
+            return;
+        }
+    };
+    let saved = doc.bindings.len();
+    let restored = core.restore_bindings(doc.bindings, now(), unix_now_ms());
+    tracing::info!(
+        restored,
+        dropped = saved - restored,
+        "SIP bindings restored (lapsed, TCP and TLS ones are dropped)"
+    );
+}
+
+/// Saves snapshots of the registrar's bindings (see "Bindings" in the module docs).
+struct BindingSaver {
+    /// To the writer task; one snapshot waits at most.
+    tx: mpsc::Sender<String>,
+    writer: JoinHandle<()>,
+    /// Bindings changed since the last snapshot.
+    dirty: bool,
+    /// When the last snapshot was taken.
+    last: std::time::Instant,
+}
+
+impl BindingSaver {
+    fn start(journal: Journal) -> BindingSaver {
+        let (tx, mut rx) = mpsc::channel::<String>(1);
+        let writer = tokio::spawn(async move {
+            while let Some(text) = rx.recv().await {
+                if let Err(e) = journal.save_state(BINDINGS_KEY, &text).await {
+                    tracing::warn!("saving the SIP bindings: {e}");
+                }
+            }
+        });
+        BindingSaver {
+            tx,
+            writer,
+            dirty: false,
+            last: now(),
+        }
+    }
+
+    /// When the next snapshot is due (none: nothing changed).
+    fn due(&self) -> Option<std::time::Instant> {
+        self.dirty.then_some(self.last + BINDINGS_SAVE_INTERVAL)
+    }
+
+    fn snapshot(core: &SipCore<StdRng>) -> Option<String> {
+        let doc = SavedBindings {
+            version: BINDINGS_VERSION,
+            bindings: core.export_bindings(now(), unix_now_ms()),
+        };
+        serde_json::to_string(&doc)
+            .map_err(|e| tracing::error!("the SIP bindings as JSON: {e}"))
+            .ok()
+    }
+
+    /// Hands a snapshot to the writer unless it is still busy with the previous one (then
+    /// the next turn takes one).
+    fn save(&mut self, core: &SipCore<StdRng>) {
+        self.last = now();
+        let Some(text) = Self::snapshot(core) else {
+            self.dirty = false;
+            return;
+        };
+        match self.tx.try_send(text) {
+            Ok(()) => self.dirty = false,
+            Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the SIP bindings' writer stopped: bindings are no longer saved");
+                self.dirty = false;
+            }
+        }
+    }
+
+    /// Takes the last snapshot (when something changed); the future writes it and ends
+    /// the writer, giving up after [`SHUTDOWN_GRACE`].
+    fn finish(self, core: &SipCore<StdRng>) -> impl std::future::Future<Output = ()> + use<> {
+        let BindingSaver {
+            tx, writer, dirty, ..
+        } = self;
+        let last = if dirty { Self::snapshot(core) } else { None };
+        async move {
+            let written = async {
+                if let Some(text) = last {
+                    // The writer gone has said so already.
+                    let _ = tx.send(text).await;
+                }
+                drop(tx);
+                writer.await
+            };
+            match tokio::time::timeout(SHUTDOWN_GRACE, written).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("the SIP bindings' writer failed: {e}"),
+                Err(_) => tracing::warn!("the SIP bindings were not saved in time"),
+            }
+        }
+    }
 }
 
 /// Unix milliseconds of `at`, read off the system clock at `now` (the core keeps
@@ -698,6 +865,8 @@ fn dial_event(call: CallId, room: u64, progress: DialProgress) -> EventMsg {
         digit: None,
         call: Some(call),
         status,
+        recording: None,
+        identity: None,
         media_time_ms: None,
     }
 }
@@ -716,10 +885,13 @@ async fn run_core(
         mut control,
         mut closed_flows,
         registrar,
+        mut bindings,
     } = inputs;
     core.start_registrations(now());
     let mut trackers = Trackers::default();
+    // Passes the core's output on; whether a binding changed.
     let flush = |core: &mut SipCore<StdRng>, media: &mut MediaDriver, trackers: &mut Trackers| {
+        let mut changed = false;
         while let Some(o) = core.poll_output() {
             match o {
                 Output::Transmit(t) => {
@@ -740,6 +912,7 @@ async fn run_core(
                     events.publish(dial_event(call, room, progress));
                 }
                 Output::Registrar(e) => {
+                    changed = true;
                     if let Some(tx) = &registrar {
                         let at = now();
                         // A receiver gone is the rest of confer stopping.
@@ -748,12 +921,23 @@ async fn run_core(
                 }
             }
         }
+        changed
     };
-    flush(&mut core, &mut media, &mut trackers);
+    let mut changed = flush(&mut core, &mut media, &mut trackers);
     loop {
+        if let Some(b) = &mut bindings {
+            b.dirty |= changed;
+        }
         let deadline = core.next_timeout();
         let sleep = async {
             match deadline {
+                Some(at) => tokio::time::sleep_until(TokioInstant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let save_at = bindings.as_ref().and_then(BindingSaver::due);
+        let save = async {
+            match save_at {
                 Some(at) => tokio::time::sleep_until(TokioInstant::from_std(at)).await,
                 None => std::future::pending().await,
             }
@@ -785,14 +969,28 @@ async fn run_core(
                 }
             },
             () = sleep => core.handle_timeout(now()),
+            () = save => {
+                if let Some(b) = &mut bindings {
+                    b.save(&core);
+                }
+            }
             _ = stop.changed() => break,
         }
-        flush(&mut core, &mut media, &mut trackers);
+        changed = flush(&mut core, &mut media, &mut trackers);
     }
     core.shutdown(now());
-    flush(&mut core, &mut media, &mut trackers);
+    changed = flush(&mut core, &mut media, &mut trackers);
+    let saved = bindings.map(|mut b| {
+        b.dirty |= changed;
+        b.finish(&core)
+    });
     drop(media_results);
-    media.finish(SHUTDOWN_GRACE).await;
+    let saved = async {
+        if let Some(saved) = saved {
+            saved.await;
+        }
+    };
+    tokio::join!(media.finish(SHUTDOWN_GRACE), saved);
     // The last BYEs on stream connections leave through their writers.
     tokio::time::sleep(Duration::from_millis(100)).await;
 }

@@ -29,6 +29,8 @@
 //! Session and registration reachability are not persisted: they are live facts that a
 //! restart ends.
 
+#[cfg(test)]
+mod invitee_tests;
 pub mod routes;
 mod session;
 
@@ -42,7 +44,7 @@ use confer_signalling::directory::{
 use confer_signalling::escalation::{
     Command, ConversationId, DialOutDecision, DialOutPolicy, EscalationError, EscalationRequest,
     EscalationResponse, Escalations, Event as CallEvent, JoinedVia, LegFailure, LegId, LegTarget,
-    Media, Modality, Output, Participant, RoutingPolicy,
+    Media, Output, Participant, RoutingPolicy,
 };
 use confer_signalling::policy::{self, Policy, PolicyConfig, RateLimiters, Refusal};
 use confer_signalling::presence::{CallId as PresenceCall, CallKind, Presence, PresenceConfig};
@@ -54,7 +56,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::host::{Host, RoomSpec};
 use crate::journal::Journal;
 use crate::sip::{
-    DialProgress, Pins, RegistrarEvent, RingRequest, SipAccount, SipAccounts, SipControl, Trunks,
+    DialProgress, Pins, RegistrarEvent, RingRequest, SipAccount, SipAccounts, SipControl,
+    SipSecret, Trunks,
 };
 
 /// The wall clock as a [`Timestamp`] (the cores never read it themselves).
@@ -173,8 +176,9 @@ struct State {
     legs: HashMap<LegId, LegInfo>,
     members: HashMap<(u64, u64), Member>,
     sessions: HashMap<String, SessionHandle>,
-    /// SIP usernames (= user ids) and passwords, persisted with the directory.
-    sip_passwords: HashMap<String, String>,
+    /// SIP usernames (= user ids) and their digest HA1s (never the passwords), persisted
+    /// with the directory.
+    sip_secrets: HashMap<String, SipSecret>,
     next_session: u64,
 }
 
@@ -183,8 +187,28 @@ struct State {
 struct Persisted {
     users: Vec<User>,
     devices: Vec<Device>,
+    /// SIP usernames and their digest HA1s.
     #[serde(default)]
+    sip_secrets: HashMap<String, SipSecret>,
+    /// What versions before HA1s saved: clear SIP passwords. Read only to be turned into
+    /// HA1s ([`Persisted::hash_sip_passwords`]), never written.
+    #[serde(default, skip_serializing)]
     sip_passwords: HashMap<String, String>,
+}
+
+impl Persisted {
+    /// Turns the clear SIP passwords of a document saved by an older version into HA1s;
+    /// whether there were any (then the document must be saved again at once, so that
+    /// no password stays in the database).
+    fn hash_sip_passwords(&mut self) -> bool {
+        let clear = std::mem::take(&mut self.sip_passwords);
+        let found = !clear.is_empty();
+        for (username, password) in clear {
+            let secret = SipSecret::from_password(&username, &password);
+            self.sip_secrets.insert(username, secret);
+        }
+        found
+    }
 }
 
 const DIRECTORY_KEY: &str = "directory";
@@ -235,10 +259,11 @@ impl Uc {
         use anyhow::Context;
         let at = now();
         let mut directory = Directory::new(settings.limits);
-        let persisted: Persisted = match parts.journal.load_state(DIRECTORY_KEY).await? {
+        let mut persisted: Persisted = match parts.journal.load_state(DIRECTORY_KEY).await? {
             Some(text) => serde_json::from_str(&text).context("reading the saved directory")?,
             None => Persisted::default(),
         };
+        let clear_sip_passwords = persisted.hash_sip_passwords();
         for u in persisted.users {
             directory
                 .add_user(u)
@@ -250,12 +275,12 @@ impl Uc {
             }
             directory.add_device(d).context("loading a saved device")?;
         }
-        for (username, password) in &persisted.sip_passwords {
+        for (username, secret) in &persisted.sip_secrets {
             parts.accounts.set(
                 username,
                 SipAccount {
                     user: username.clone(),
-                    password: password.clone(),
+                    secret: secret.clone(),
                 },
             );
         }
@@ -277,7 +302,7 @@ impl Uc {
             legs: HashMap::new(),
             members: HashMap::new(),
             sessions: HashMap::new(),
-            sip_passwords: persisted.sip_passwords,
+            sip_secrets: persisted.sip_secrets,
             next_session: 1,
         };
         let uc = Uc(Arc::new(Shared {
@@ -293,6 +318,15 @@ impl Uc {
             keys: parts.keys,
             archive: parts.archive,
         }));
+        if clear_sip_passwords {
+            uc.persist().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "saving the directory without its clear SIP passwords: {}",
+                    e.message
+                )
+            })?;
+            tracing::info!("the saved SIP passwords were replaced by their digest HA1s");
+        }
         tokio::spawn(uc.clone().drive(shutdown.clone()));
         tokio::spawn(uc.clone().follow_rooms(shutdown));
         Ok(uc)
@@ -981,7 +1015,7 @@ impl Uc {
                         .map_err(|r| UcError::refusal(&r))?;
                     if !request.end {
                         st.policy
-                            .check_escalation(user, policy_modality(request.modality))
+                            .check_escalation(user, request.modality)
                             .map_err(|r| UcError::refusal(&r))?;
                     }
                 }
@@ -1039,6 +1073,30 @@ impl Uc {
         .journal(&self.0.journal, "policy", "refused", now());
     }
 
+    /// May `by` have room `room` recorded? The policy's `recording` activity of `by`'s
+    /// group decides; a refusal is journaled (and archived) like the others.
+    pub fn check_recording(&self, room: u64, by: &str) -> Result<(), UcError> {
+        let user = UserId::new(by).map_err(|e| UcError::new(400, format!("by: {e}")))?;
+        let decision = {
+            let st = lock(&self.0.state);
+            if st.presence.directory().user(&user).is_none() {
+                return Err(UcError::new(404, format!("no user {user}")));
+            }
+            st.policy
+                .check_activity(user.as_str(), policy::Activity::Recording)
+        };
+        decision.map_err(|r| {
+            tracing::info!(room, user = %user, reason = %r.reason, "recording refused");
+            self.policy_refused("recording", Some(user.as_str()), r.code.as_str(), &r.reason);
+            UcError::refusal(&r)
+        })
+    }
+
+    /// Whether room `room` is an escalated conversation's (what an IM server may record).
+    pub fn is_conversation_room(&self, room: u64) -> bool {
+        lock(&self.0.state).room_conv.contains_key(&room)
+    }
+
     /// The call of a conversation, for `GET /v1/escalations/{conversation}`.
     pub fn call_view(&self, conversation: &str) -> Option<Value> {
         let c = ConversationId::new(conversation).ok()?;
@@ -1051,7 +1109,7 @@ impl Uc {
         Some(v)
     }
 
-    /// Saves the directory and SIP passwords (after an admin change).
+    /// Saves the directory and the SIP accounts' HA1s (after an admin change).
     async fn persist(&self) -> Result<(), UcError> {
         let doc = {
             let st = lock(&self.0.state);
@@ -1064,7 +1122,8 @@ impl Uc {
             Persisted {
                 users,
                 devices,
-                sip_passwords: st.sip_passwords.clone(),
+                sip_secrets: st.sip_secrets.clone(),
+                sip_passwords: HashMap::new(),
             }
         };
         let text = serde_json::to_string(&doc).map_err(|e| UcError::new(500, e.to_string()))?;
@@ -1211,10 +1270,26 @@ fn drain(st: &mut State) -> Vec<Out> {
     v
 }
 
-fn policy_modality(m: Modality) -> policy::Modality {
-    match m {
-        Modality::Voice => policy::Modality::Voice,
-        Modality::Video => policy::Modality::Video,
-        Modality::DialIn => policy::Modality::DialIn,
+#[cfg(test)]
+mod sip_secret_tests {
+    use super::*;
+
+    #[test]
+    fn the_saved_directory_keeps_only_sip_ha1s_and_hashes_an_old_ones_clear_passwords() {
+        // As saved by a version before HA1s.
+        let old = r#"{"users":[],"devices":[],"sip_passwords":{"alice":"wonderland-1"}}"#;
+        let mut doc: Persisted = serde_json::from_str(old).unwrap();
+        assert!(doc.hash_sip_passwords());
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(!text.contains("wonderland"), "{text}");
+        assert!(!text.contains("sip_passwords"), "{text}");
+        assert_eq!(
+            doc.sip_secrets.get("alice"),
+            Some(&SipSecret::from_password("alice", "wonderland-1"))
+        );
+        // Read back, nothing is left to convert and the HA1s are the same.
+        let mut again: Persisted = serde_json::from_str(&text).unwrap();
+        assert!(!again.hash_sip_passwords());
+        assert_eq!(again.sip_secrets, doc.sip_secrets);
     }
 }

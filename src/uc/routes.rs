@@ -24,7 +24,7 @@ use super::session::{self, SessionHello};
 use super::{POLICY_KEY, Uc, UcError, lock};
 use crate::api::ApiState;
 use crate::auth::Caller;
-use crate::sip::SipAccount;
+use crate::sip::{SipAccount, SipSecret};
 
 /// The routes, merged into the API's router.
 pub fn routes() -> Router<ApiState> {
@@ -106,7 +106,7 @@ fn user_view(uc: &Uc, id: &UserId) -> Option<Value> {
     Some(json!({
         "user": user,
         "devices": devices,
-        "sip": st.sip_passwords.contains_key(id.as_str()),
+        "sip": st.sip_secrets.contains_key(id.as_str()),
         "presence": st.presence.view(id, super::now()),
     }))
 }
@@ -151,6 +151,12 @@ async fn put_user(State(s): State<ApiState>, Path(user): Path<String>, body: Byt
     {
         return Err(invalid("sip_password must be 8..=128 bytes"));
     }
+    // Only the password's HA1s are kept (made here, outside the state's lock).
+    let sip_secret = req
+        .sip_password
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(|p| SipSecret::from_password(id.as_str(), p));
     let mut u = User::new(id.clone(), req.display_name);
     u.phone = phone;
     u.groups = req.groups.into_iter().collect();
@@ -166,22 +172,23 @@ async fn put_user(State(s): State<ApiState>, Path(user): Path<String>, body: Byt
                     }
                 })
                 .map_err(invalid)?;
-            match &req.sip_password {
-                Some(p) if p.is_empty() => {
-                    st.sip_passwords.remove(id.as_str());
-                    uc.0.accounts.remove(id.as_str());
-                }
-                Some(p) => {
-                    st.sip_passwords.insert(id.as_str().to_owned(), p.clone());
+            match (&req.sip_password, &sip_secret) {
+                (Some(_), Some(secret)) => {
+                    st.sip_secrets
+                        .insert(id.as_str().to_owned(), secret.clone());
                     uc.0.accounts.set(
                         id.as_str(),
                         SipAccount {
                             user: id.as_str().to_owned(),
-                            password: p.clone(),
+                            secret: secret.clone(),
                         },
                     );
                 }
-                None => {}
+                (Some(_), None) => {
+                    st.sip_secrets.remove(id.as_str());
+                    uc.0.accounts.remove(id.as_str());
+                }
+                (None, _) => {}
             }
             Ok(!exists)
         })
@@ -202,7 +209,7 @@ async fn delete_user(State(s): State<ApiState>, Path(user): Path<String>) -> Res
         st.presence
             .update_directory(at, |dir| dir.remove_user(&id))
             .map_err(|e| UcError::new(404, e.to_string()))?;
-        st.sip_passwords.remove(id.as_str());
+        st.sip_secrets.remove(id.as_str());
         uc.0.accounts.remove(id.as_str());
         Ok(())
     })

@@ -37,6 +37,9 @@ pub struct Server {
 }
 
 /// A data directory no other test uses.
+/// The User-Agent of the harness's requests (a client's joins name it).
+pub const USER_AGENT: &str = "confer-tests/1.0";
+
 pub fn fresh_data_dir() -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -188,7 +191,8 @@ impl Server {
         let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+             User-Agent: {USER_AGENT}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
             self.http,
             body.len()
         );

@@ -134,7 +134,8 @@ impl<R: RngCore> SipCore<R> {
             Some((a, c.trunk.clone(), c.password.clone()))
         });
         if let Some((auth, trunk, password)) = ours {
-            return match self.check_digest(req, &auth, Some(&password), now) {
+            let secret = StoredSecret::Password(&password);
+            return match self.check_digest(req, &auth, Some(secret), now) {
                 DigestVerdict::Valid => Caller::Trunk(trunk),
                 DigestVerdict::Rechallenge { stale } => {
                     self.challenge(tx, req, stale, Challenges::default(), now);
@@ -162,14 +163,15 @@ impl<R: RngCore> SipCore<R> {
         Caller::Answered
     }
 
-    /// Checks `auth` (for our realm) on `req` against `password`. `None` is a user we do
-    /// not know: the same work is done against nothing, and it is refused like a wrong
+    /// Checks `auth` (for our realm) on `req` against `secret` (a trunk's password, or
+    /// the HA1 of a phone's account for the algorithm it used). `None` is a user we do not
+    /// know: the same work is done against an HA1 of zeros, and it is refused like a wrong
     /// password (neither timing nor answer tells which usernames exist).
     pub(super) fn check_digest(
         &mut self,
         req: &Request,
         auth: &Authorization,
-        password: Option<&str>,
+        secret: Option<StoredSecret<'_>>,
         now: Instant,
     ) -> DigestVerdict {
         // The digest binds the Request-URI as the client wrote it: compare parsed.
@@ -180,6 +182,8 @@ impl<R: RngCore> SipCore<R> {
             return DigestVerdict::Refused(DigestError::InvalidArgument("realm"));
         };
         let at = now.saturating_duration_since(state.epoch);
+        let known = secret.is_some();
+        let secret = secret.unwrap_or_else(|| decoy(auth));
         let verdict = state.server.verify(
             auth,
             &DigestRequest {
@@ -187,18 +191,18 @@ impl<R: RngCore> SipCore<R> {
                 uri: &auth.uri,
                 body: b"",
             },
-            StoredSecret::Password(password.unwrap_or("")),
+            secret,
             at,
             &mut state.tracker,
         );
-        match (verdict, password) {
-            (Err(DigestError::StaleNonce), Some(_)) => DigestVerdict::Rechallenge { stale: true },
+        match (verdict, known) {
+            (Err(DigestError::StaleNonce), true) => DigestVerdict::Rechallenge { stale: true },
             (Err(DigestError::BadNonce | DigestError::Replay), _) => {
                 DigestVerdict::Rechallenge { stale: false }
             }
-            (Ok(_), Some(_)) => DigestVerdict::Valid,
-            (Err(e), Some(_)) => DigestVerdict::Refused(e),
-            (_, None) => DigestVerdict::Refused(DigestError::BadResponse),
+            (Ok(_), true) => DigestVerdict::Valid,
+            (Err(e), true) => DigestVerdict::Refused(e),
+            (_, false) => DigestVerdict::Refused(DigestError::BadResponse),
         }
     }
 
@@ -229,6 +233,21 @@ impl<R: RngCore> SipCore<R> {
             .collect();
         self.metrics.auth_challenges.fetch_add(1, Ordering::Relaxed);
         self.answer(tx, req, StatusCode::UNAUTHORIZED, &extra, now);
+    }
+}
+
+/// What an unknown user's digest is checked against: an HA1 of zeros for the hash the
+/// client used, so that the work is that of a known user's (decode, response).
+fn decoy(auth: &Authorization) -> StoredSecret<'static> {
+    const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    match auth.algorithm().map(Algorithm::hash) {
+        Ok(hash) => StoredSecret::Ha1 {
+            hash,
+            // Every hash we know is at most 32 bytes (64 hex digits).
+            hex: ZEROS.get(..hash.output_len() * 2).unwrap_or(ZEROS),
+        },
+        // An algorithm we do not know is refused before any secret is used.
+        Err(_) => StoredSecret::Password(""),
     }
 }
 

@@ -15,7 +15,9 @@
 //!    ([`RegistrarConfig::challenges`] puts MD5 first, or offers it alone, for phones
 //!    that need it). No credentials for our realm, a stale nonce or one from before a
 //!    restart: 401. A wrong password or an unknown username: 403 (the same answer and
-//!    work for both), and a failure counted for the lock-out.
+//!    work for both: an unknown user's digest is checked against an HA1 of zeros), and
+//!    a failure counted for the lock-out. Accounts hold no password, only its HA1s
+//!    ([`SipSecret`]); the one of the algorithm the phone answered with is used.
 //! 3. The AOR's user must be the digest username, else 403.
 //! 4. `Contact: *` with `Expires: 0` (and nothing else) removes every binding. Each
 //!    contact's expiry is its `expires` parameter, else the `Expires` header, else
@@ -41,8 +43,8 @@
 //! - Events: [`BindingEvent::Bound`] on every registration and refresh (with the new
 //!   expiry), [`BindingEvent::Unbound`] when one is removed (`unregistered`), lapses
 //!   (`expired`), is replaced, or its TCP/TLS connection closes (`disconnected`:
-//!   [`SipCore::on_flow_closed`]). Nothing is said at shutdown: bindings live in memory
-//!   and phones register again.
+//!   [`SipCore::on_flow_closed`]). Nothing is said at shutdown: UDP bindings outlive a
+//!   restart (see "Restarts"), and stream ones die with their connections.
 //!
 //! # Flows
 //!
@@ -57,6 +59,18 @@
 //! keep-alives, which we do not answer. Several flows of one instance (several
 //! `reg-id`s) are one binding: the last one registered is used.
 //!
+//! # Restarts
+//!
+//! The shell saves a snapshot of the bindings ([`SipCore::export_bindings`], expiries in
+//! Unix milliseconds) after changes and at shutdown, and gives it back at the next start
+//! ([`SipCore::restore_bindings`]): a phone registered before a restart can be rung at
+//! once, over UDP to the address it registered from, and its binding lapses when it
+//! would have. Each restored binding comes out as [`BindingEvent::Bound`], so the rest of
+//! confer sees the device reachable again. Only UDP bindings come back: a TCP or TLS
+//! binding is reachable only over its connection, which the restart closed (its phone
+//! registers again when it notices, at the latest at its refresh). Bindings that lapsed
+//! while confer was down are not restored. The lock-outs are not saved.
+//!
 //! # Lock-out
 //!
 //! Like the PIN's ([`Lockouts`]): 5 failed attempts within 10 minutes lock a username
@@ -68,12 +82,14 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use confer_pstn_bridge::digest::{DigestHash, StoredSecret, ha1_hex};
 use confer_pstn_bridge::ivr::{LockoutConfig, Lockouts};
 use confer_pstn_bridge::sip::{Contacts, NameAddr, Param, ParamValue, Token};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use super::inbound::Challenges;
-use super::inbound::{DigestVerdict, our_authorization};
+use super::inbound::{DigestVerdict, REALM, our_authorization};
 use super::*;
 use crate::sip::metrics::RegisterResult;
 
@@ -93,20 +109,90 @@ const MAX_USER_AGENT: usize = 256;
 const SOURCE_MAX_FAILURES: u32 = 20;
 
 /// A user's SIP credentials (the map's key is the SIP username).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipAccount {
     /// The directory user the registered phones belong to.
     pub user: String,
-    /// The digest password.
-    pub password: String,
+    /// What the digest is checked against: HA1s, never the password.
+    pub secret: SipSecret,
 }
 
-impl std::fmt::Debug for SipAccount {
+/// The digest HA1s of a SIP account in our realm: lowercase hex of MD5 and of SHA-256
+/// over `username:confer:password` (what Kamailio's `ha1`/`ha1b` and Asterisk's
+/// `md5secret` keep). The password itself is never stored: these are enough to check
+/// a phone's digest with either algorithm we offer, and (like a password) to answer
+/// our challenges, so they are still secrets: `Debug` redacts them.
+///
+/// An HA1 binds the username and the realm: renaming the account or changing
+/// [`REALM`](super::inbound::REALM) needs the password again.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SipSecretFields", into = "SipSecretFields")]
+pub struct SipSecret {
+    md5: String,
+    sha256: String,
+}
+
+/// [`SipSecret`] as saved: `{"md5": "<32 hex>", "sha256": "<64 hex>"}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SipSecretFields {
+    md5: String,
+    sha256: String,
+}
+
+/// A saved [`SipSecret`] that is not two HA1s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a SIP secret must be an MD5 and a SHA-256 HA1 in hex")]
+pub struct SipSecretError;
+
+impl TryFrom<SipSecretFields> for SipSecret {
+    type Error = SipSecretError;
+
+    fn try_from(f: SipSecretFields) -> Result<SipSecret, SipSecretError> {
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(&f.md5, 32) || !hex(&f.sha256, 64) {
+            return Err(SipSecretError);
+        }
+        Ok(SipSecret {
+            md5: f.md5.to_ascii_lowercase(),
+            sha256: f.sha256.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl From<SipSecret> for SipSecretFields {
+    fn from(s: SipSecret) -> SipSecretFields {
+        SipSecretFields {
+            md5: s.md5,
+            sha256: s.sha256,
+        }
+    }
+}
+
+impl std::fmt::Debug for SipSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SipAccount")
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .finish()
+        f.write_str("SipSecret(<redacted>)")
+    }
+}
+
+impl SipSecret {
+    /// The HA1s of `username`'s `password` in our realm.
+    pub fn from_password(username: &str, password: &str) -> SipSecret {
+        SipSecret {
+            md5: ha1_hex(DigestHash::Md5, username, REALM, password),
+            sha256: ha1_hex(DigestHash::Sha256, username, REALM, password),
+        }
+    }
+
+    /// What a digest with `hash` is checked against (none for SHA-512-256, which we do
+    /// not offer).
+    pub(super) fn stored(&self, hash: DigestHash) -> Option<StoredSecret<'_>> {
+        let hex = match hash {
+            DigestHash::Md5 => &self.md5,
+            DigestHash::Sha256 => &self.sha256,
+            DigestHash::Sha512_256 => return None,
+        };
+        Some(StoredSecret::Ha1 { hash, hex })
     }
 }
 
@@ -125,7 +211,8 @@ impl std::fmt::Debug for SipAccounts {
 
 impl SipAccounts {
     /// Adds or replaces `username`'s account. Existing bindings stay until they lapse or
-    /// the phone registers again (with the new password).
+    /// the phone registers again (with the new password); `account.secret` must be made
+    /// for `username` ([`SipSecret::from_password`]).
     pub fn set(&self, username: &str, account: SipAccount) {
         self.write().insert(username.to_owned(), account);
     }
@@ -313,6 +400,38 @@ pub enum RingError {
     /// The call could not be placed.
     #[error(transparent)]
     Dial(#[from] DialError),
+}
+
+/// A binding as saved across a restart (see "Restarts" in the module docs), with its
+/// expiry in Unix milliseconds. Made by [`SipCore::export_bindings`], read back by
+/// [`SipCore::restore_bindings`]; serialized as a JSON object with these fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBinding {
+    /// The device id.
+    device: String,
+    /// The SIP username (the AOR's user).
+    username: String,
+    /// The directory user.
+    user: String,
+    /// The AOR: To of our INVITEs.
+    aor: String,
+    /// The Contact as registered.
+    contact: String,
+    /// The RFC 5626 instance id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
+    /// Call-ID and CSeq of its last REGISTER (for the out-of-order check).
+    call_id: String,
+    cseq: u32,
+    /// When it lapses unless refreshed, Unix milliseconds.
+    expires_at_ms: u64,
+    /// `udp`, `tcp` or `tls`: the flow it came on.
+    transport: String,
+    /// Where it came from: where ringing it goes.
+    source: SocketAddr,
+    /// The phone's User-Agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_agent: Option<String>,
 }
 
 /// One registered contact.
@@ -516,6 +635,45 @@ impl Registrar {
     }
 }
 
+/// The binding `s` describes, if it may come back at `now` (= `now_unix_ms`): a UDP one,
+/// not lapsed, that reads back as a registration would have made it.
+fn restorable(s: SavedBinding, now: Instant, now_unix_ms: u64) -> Option<(String, Binding)> {
+    let left_ms = s
+        .expires_at_ms
+        .checked_sub(now_unix_ms)
+        .filter(|&ms| ms > 0)?;
+    let left = Duration::from_millis(left_ms).min(Duration::from_secs(u64::from(MAX_EXPIRES)));
+    let aor: Uri = s.aor.parse().ok()?;
+    let contact: NameAddr = s.contact.parse().ok()?;
+    let clean = |t: &str| !t.is_empty() && !t.chars().any(|c| c.is_whitespace() || c.is_control());
+    let valid = s.transport == "udp"
+        && aor.as_sip().is_some()
+        && contact.uri.as_sip().is_some()
+        && clean(&s.device)
+        && s.device.len() <= MAX_DEVICE_ID
+        && !s.username.is_empty()
+        && !s.user.is_empty();
+    if !valid {
+        return None;
+    }
+    let binding = Binding {
+        username: s.username,
+        user: s.user,
+        aor,
+        contact,
+        instance: s.instance,
+        call_id: s.call_id,
+        cseq: s.cseq,
+        expires_at: now.checked_add(left)?,
+        refreshed: 0,
+        flow: Peer::udp(s.source),
+        user_agent: s
+            .user_agent
+            .and_then(|ua| outbound::one_line(&ua, MAX_USER_AGENT)),
+    };
+    Some((s.device, binding))
+}
+
 /// `udp`, `tcp`, `tls` (`other` for transports we do not listen on).
 fn transport_name(t: &Transport) -> &'static str {
     match t {
@@ -701,12 +859,12 @@ impl<R: RngCore> SipCore<R> {
             return Verdict::Status(StatusCode::FORBIDDEN, Res::LockedOut);
         }
         let account = self.config.registrar.accounts.get(&auth.username);
-        match self.check_digest(
-            req,
-            &auth,
-            account.as_ref().map(|a| a.password.as_str()),
-            now,
-        ) {
+        // The HA1 of the algorithm the phone answered with.
+        let secret = account.as_ref().and_then(|a| {
+            let hash = auth.algorithm().ok()?.hash();
+            a.secret.stored(hash)
+        });
+        match self.check_digest(req, &auth, secret, now) {
             DigestVerdict::Valid => {}
             DigestVerdict::Rechallenge { stale } => {
                 self.challenge(tx, req, stale, offer, now);
@@ -730,7 +888,7 @@ impl<R: RngCore> SipCore<R> {
                 return Verdict::Status(StatusCode::FORBIDDEN, Res::AuthFailed);
             }
         }
-        // Verified: `account` is the one the password matched.
+        // Verified: `account` is the one whose HA1 matched.
         let Some(account) = account else { return bad };
         if aor_user.as_deref() != Some(auth.username.as_str()) {
             tracing::info!(source = %source.addr, "a REGISTER for another user's AOR");
@@ -972,6 +1130,62 @@ impl<R: RngCore> SipCore<R> {
         }
     }
 
+    /// Every binding, to be saved across a restart (see "Restarts" in the module docs),
+    /// the one refreshed longest ago first; `now` is `now_unix_ms` on the wall clock (the
+    /// shell reads both clocks).
+    pub fn export_bindings(&self, now: Instant, now_unix_ms: u64) -> Vec<SavedBinding> {
+        let mut list: Vec<(&String, &Binding)> = self.registrar.bindings.iter().collect();
+        list.sort_by_key(|(_, b)| b.refreshed);
+        list.into_iter()
+            .map(|(device, b)| {
+                let left = b.expires_at.saturating_duration_since(now);
+                SavedBinding {
+                    device: device.clone(),
+                    username: b.username.clone(),
+                    user: b.user.clone(),
+                    aor: b.aor.to_string(),
+                    contact: b.contact.to_string(),
+                    instance: b.instance.clone(),
+                    call_id: b.call_id.clone(),
+                    cseq: b.cseq,
+                    expires_at_ms: now_unix_ms
+                        .saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
+                    transport: transport_name(&b.flow.transport).to_owned(),
+                    source: b.flow.addr,
+                    user_agent: b.user_agent.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Restores bindings saved before a restart ([`SipCore::export_bindings`]); `now` is
+    /// `now_unix_ms` on the wall clock. Each lapses at its saved expiry (at most
+    /// [`MAX_EXPIRES`] from now: the wall clock may have stepped back) and comes out as
+    /// [`BindingEvent::Bound`]. Left out: those that lapsed, TCP and TLS ones (their
+    /// connections are gone), any that does not read back, and all of them with the
+    /// registrar off. Returns how many were restored.
+    pub fn restore_bindings(
+        &mut self,
+        saved: Vec<SavedBinding>,
+        now: Instant,
+        now_unix_ms: u64,
+    ) -> usize {
+        if !self.config.registrar.enabled {
+            return 0;
+        }
+        let mut restored = 0;
+        for s in saved {
+            if let Some((device, binding)) = restorable(s, now, now_unix_ms) {
+                self.registrar.bind(device, binding, &mut self.out);
+                restored += 1;
+            }
+        }
+        self.metrics
+            .registrations
+            .store(self.registrar.len() as u64, Ordering::Relaxed);
+        restored
+    }
+
     /// When the next binding lapses.
     pub(super) fn registrar_timeout(&self) -> Option<Instant> {
         self.registrar.next_timeout()
@@ -993,7 +1207,8 @@ mod tests {
     use super::super::tests::{ANSWER, Drained, LOCAL_RTP, callee, core, drain, t0};
     use super::*;
     use confer_pstn_bridge::digest::{
-        AuthChallenge, Credentials, DigestClient, DigestRequest, parse_challenge, strongest,
+        Algorithm, AuthChallenge, Credentials, DigestClient, DigestRequest, parse_challenge,
+        strongest,
     };
     use confer_pstn_bridge::sip::parse_datagram;
     use rand::SeedableRng;
@@ -1012,7 +1227,7 @@ mod tests {
                 name,
                 SipAccount {
                     user: user.into(),
-                    password: "wonderland".into(),
+                    secret: SipSecret::from_password(name, "wonderland"),
                 },
             );
         }
@@ -1779,6 +1994,206 @@ mod tests {
         let d = drain(&mut c);
         assert_eq!(d.requests(), ["ACK"], "the 487 is acknowledged");
         assert_eq!(d.dials, [(call, DialProgress::Failed { status: 487 })]);
+    }
+
+    #[test]
+    fn an_account_keeps_the_ha1s_of_its_password_and_never_shows_them() {
+        let s = SipSecret::from_password("alice", "wonderland");
+        // `printf 'alice:confer:wonderland' | md5sum` and `| sha256sum`.
+        let md5 = "77ded9d3d9d9b10cb0b2368a06dbddb6";
+        let sha256 = "b8dc0f0445b8e6c926ff0f0292b6039d8737e65d9b959f71389757b150c29ee9";
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, format!(r#"{{"md5":"{md5}","sha256":"{sha256}"}}"#));
+        assert_eq!(format!("{s:?}"), "SipSecret(<redacted>)");
+        let account = SipAccount {
+            user: "u-alice".into(),
+            secret: s.clone(),
+        };
+        assert!(!format!("{account:?}").contains(md5));
+        assert_eq!(serde_json::from_str::<SipSecret>(&json).unwrap(), s);
+        // Upper-case hex reads back; anything but two HA1s does not.
+        let upper = json.replace(md5, &md5.to_uppercase());
+        assert_eq!(serde_json::from_str::<SipSecret>(&upper).unwrap(), s);
+        for bad in [
+            format!(r#"{{"md5":"{sha256}","sha256":"{md5}"}}"#),
+            format!(r#"{{"md5":"{}","sha256":"{sha256}"}}"#, "z".repeat(32)),
+            format!(r#"{{"sha256":"{sha256}"}}"#),
+            format!(r#"{{"md5":"{md5}","sha256":"{sha256}","password":"x"}}"#),
+        ] {
+            assert!(serde_json::from_str::<SipSecret>(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn phones_answering_sha256_or_md5_register_against_the_stored_ha1s() {
+        for (offer, algorithm) in [
+            (Challenges::Sha256ThenMd5, Algorithm::Sha256),
+            (Challenges::Md5Only, Algorithm::Md5),
+        ] {
+            let mut c = registrar();
+            c.config.registrar.challenges = offer;
+            let now = t0();
+            let mut phone = Phone::new("alice", "192.0.2.20:5062");
+            let d = phone.register(&mut c, "<sip:alice@192.0.2.20:5062>", "", now);
+            assert_eq!(d.statuses(), [200], "{offer:?}");
+            assert_eq!(phone.client.as_ref().unwrap().algorithm(), algorithm);
+            assert_eq!(bound_devices(&d).len(), 1);
+            let mut guesser = Phone::new("bob", "192.0.2.21:5062");
+            guesser.password = "wonderlant".into();
+            let d = guesser.register(&mut c, "<sip:bob@192.0.2.21:5062>", "", now);
+            assert_eq!(d.statuses(), [403], "{offer:?}");
+            assert_eq!(guesser.client.as_ref().unwrap().algorithm(), algorithm);
+            assert_eq!(result_count(&c, "auth_failed"), 1);
+        }
+    }
+
+    /// Unix milliseconds of the save in the restart tests.
+    const SAVED_AT_MS: u64 = 1_700_000_000_000;
+
+    /// Through the JSON the shell saves.
+    fn saved_and_read_back(c: &Core, now: Instant) -> Vec<SavedBinding> {
+        let text = serde_json::to_string(&c.export_bindings(now, SAVED_AT_MS)).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_restored_udp_binding_is_reported_and_rung_at_its_recorded_address() {
+        let mut old = registrar();
+        let now = t0();
+        let mut phone = Phone::new("alice", "192.0.2.20:5062");
+        let contact = format!("<sip:alice@10.0.0.5:5062>;+sip.instance=\"<urn:uuid:{UUID}>\"");
+        let d = phone.register(&mut old, &contact, "", now);
+        let device = bound_devices(&d).remove(0);
+        let saved = saved_and_read_back(&old, now + Duration::from_secs(10));
+        // The new process starts 20 s after the save, its monotonic clock elsewhere.
+        let mut new = registrar();
+        let start = t0() + Duration::from_secs(5000);
+        assert_eq!(new.restore_bindings(saved, start, SAVED_AT_MS + 20_000), 1);
+        assert_eq!(
+            drain(&mut new).bindings,
+            [BindingEvent::Bound {
+                user: "u-alice".into(),
+                device: device.clone(),
+                contact: "sip:alice@10.0.0.5:5062".into(),
+                expires_at: start + Duration::from_secs(3600 - 30),
+                user_agent: Some("TestPhone/1.0 (test)".into()),
+                transport: "udp",
+            }]
+        );
+        assert!(
+            new.metrics
+                .render()
+                .contains("\nconfer_sip_registrations 1\n")
+        );
+        let call = new.ring(ring_request(&device), start).unwrap();
+        drain(&mut new);
+        new.on_media(
+            MediaEvent::Prepared {
+                call,
+                local: LOCAL_RTP.parse().unwrap(),
+            },
+            start,
+        );
+        let d = drain(&mut new);
+        let invite = d.sent[0].as_request().expect("an INVITE");
+        assert_eq!(d.to[0], Peer::udp("192.0.2.20:5062".parse().unwrap()));
+        assert_eq!(invite.uri.to_string(), "sip:alice@10.0.0.5:5062");
+        assert_eq!(
+            invite.headers.to().unwrap().uri.to_string(),
+            "sip:alice@example.com"
+        );
+        // The phone's next refresh (its nonce is the old process's: challenged again)
+        // is the same binding.
+        let d = phone.register(&mut new, &contact, "", start + Duration::from_secs(60));
+        assert_eq!(d.statuses(), [200]);
+        assert_eq!(bound_devices(&d), [device]);
+    }
+
+    #[test]
+    fn a_binding_that_lapsed_while_confer_was_down_is_not_restored() {
+        let mut old = registrar();
+        let now = t0();
+        let mut phone = Phone::new("alice", "192.0.2.20:5062");
+        let d = phone.register(&mut old, "<sip:alice@192.0.2.20:5062>;expires=120", "", now);
+        let device = bound_devices(&d).remove(0);
+        // Saved 10 s after the registration: 110 s left.
+        let saved = saved_and_read_back(&old, now + Duration::from_secs(10));
+        let start = t0();
+        let mut early = registrar();
+        assert_eq!(
+            early.restore_bindings(saved.clone(), start, SAVED_AT_MS + 109_999),
+            1
+        );
+        let mut late = registrar();
+        assert_eq!(
+            late.restore_bindings(saved, start, SAVED_AT_MS + 110_000),
+            0
+        );
+        assert!(drain(&mut late).bindings.is_empty());
+        assert!(matches!(
+            late.ring(ring_request(&device), start),
+            Err(RingError::UnknownDevice(_))
+        ));
+    }
+
+    #[test]
+    fn a_tcp_binding_is_not_restored_its_connection_is_gone() {
+        let mut old = registrar();
+        let now = t0();
+        let mut tcp = Phone::new("alice", "192.0.2.20:40000").tcp();
+        let d = tcp.register(
+            &mut old,
+            "<sip:alice@192.0.2.20:40000;transport=tcp>",
+            "",
+            now,
+        );
+        let stream_device = bound_devices(&d).remove(0);
+        let mut udp = Phone::new("alice", "192.0.2.20:5062");
+        let d = udp.register(&mut old, "<sip:alice@192.0.2.20:5062>", "", now);
+        let udp_device = bound_devices(&d).remove(0);
+        let saved = saved_and_read_back(&old, now);
+        assert_eq!(saved.len(), 2);
+        let mut new = registrar();
+        let start = t0();
+        assert_eq!(new.restore_bindings(saved, start, SAVED_AT_MS), 1);
+        assert_eq!(bound_devices(&drain(&mut new)), [udp_device]);
+        assert!(matches!(
+            new.ring(ring_request(&stream_device), start),
+            Err(RingError::UnknownDevice(_))
+        ));
+    }
+
+    #[test]
+    fn a_restored_binding_lapses_at_its_original_expiry() {
+        let mut old = registrar();
+        let now = t0();
+        let mut phone = Phone::new("alice", "192.0.2.20:5062");
+        let d = phone.register(&mut old, "<sip:alice@192.0.2.20:5062>;expires=600", "", now);
+        let device = bound_devices(&d).remove(0);
+        let saved = saved_and_read_back(&old, now);
+        // Restarted 100 s later: 500 s left.
+        let mut new = registrar();
+        let start = t0() + Duration::from_secs(7000);
+        new.restore_bindings(saved, start, SAVED_AT_MS + 100_000);
+        drain(&mut new);
+        let lapse = start + Duration::from_secs(500);
+        assert!(new.next_timeout().is_some_and(|t| t <= lapse));
+        new.handle_timeout(lapse - Duration::from_millis(1));
+        assert!(drain(&mut new).bindings.is_empty());
+        assert!(
+            new.ring(ring_request(&device), lapse - Duration::from_millis(1))
+                .is_ok()
+        );
+        drain(&mut new);
+        new.handle_timeout(lapse);
+        assert_eq!(
+            drain(&mut new).bindings,
+            [BindingEvent::Unbound {
+                user: "u-alice".into(),
+                device,
+                reason: UnbindReason::Expired,
+            }]
+        );
     }
 
     #[test]
