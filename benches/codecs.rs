@@ -17,7 +17,7 @@ use confer_codecs::g711::{G711Decoder, G711Encoder, G711Law};
 use confer_codecs::level;
 use confer_codecs::opus::{
     MAX_PACKET_BYTES, OpusApplication, OpusChannels, OpusDecoder, OpusEncoder, OpusEncoderConfig,
-    OpusRateControl,
+    OpusRateControl, OpusSignal,
 };
 use confer_codecs::resample::Resampler;
 use confer_codecs::timestretch::TimeStretcher;
@@ -160,6 +160,13 @@ fn bench_opus(c: &mut Criterion) {
             "c5_audio".to_owned(),
             OpusEncoderConfig {
                 application: OpusApplication::Audio,
+                ..nofec(5)
+            },
+        ),
+        (
+            "c5_mdct".to_owned(),
+            OpusEncoderConfig {
+                signal: OpusSignal::MusicUntilLoss,
                 ..nofec(5)
             },
         ),

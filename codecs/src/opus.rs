@@ -43,6 +43,24 @@ pub enum OpusApplication {
     LowDelay,
 }
 
+/// What the input is, as a hint to libopus's choice of mode (`OPUS_SET_SIGNAL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpusSignal {
+    /// libopus decides from the application and the input.
+    Auto,
+    /// Speech: biased towards SILK and hybrid (LPC) modes.
+    Voice,
+    /// Biased towards the MDCT (CELT) mode.
+    Music,
+    /// [`OpusSignal::Music`] while no loss is expected or FEC is off, and
+    /// [`OpusSignal::Auto`] once FEC is on and loss is expected: in-band FEC (LBRR) exists
+    /// only in SILK and hybrid frames. For a conference mix: several voices at once are
+    /// not the single talker SILK's speech model is built for, and at 32 kbit/s CELT
+    /// encodes a 20 ms frame in a third of the time (`cargo bench --bench codecs --
+    /// encode_mix`: `c5_mdct` against `c5_nofec`).
+    MusicUntilLoss,
+}
+
 /// Bitrate control (`OPUS_SET_VBR`, `OPUS_SET_VBR_CONSTRAINT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpusRateControl {
@@ -96,6 +114,8 @@ pub struct OpusEncoderConfig {
     pub expected_loss_percent: u8,
     /// What the encoder is tuned for.
     pub application: OpusApplication,
+    /// The mode hint.
+    pub signal: OpusSignal,
     /// Frame duration: 10, 20, 40 or 60 ms.
     pub frame_ms: u32,
 }
@@ -112,6 +132,7 @@ impl Default for OpusEncoderConfig {
             dtx: false,
             expected_loss_percent: 10,
             application: OpusApplication::Voip,
+            signal: OpusSignal::Auto,
             frame_ms: 20,
         }
     }
@@ -155,6 +176,19 @@ fn check_rate(rate: u32) -> Result<(), CodecError> {
         Ok(())
     } else {
         Err(bad_config("sample_rate", rate))
+    }
+}
+
+/// The `OPUS_SET_SIGNAL` value for `c` (see [`OpusSignal::MusicUntilLoss`]).
+fn signal_ctl(c: &OpusEncoderConfig) -> lib::Signal {
+    match c.signal {
+        OpusSignal::Auto => lib::Signal::Auto,
+        OpusSignal::Voice => lib::Signal::Voice,
+        OpusSignal::Music => lib::Signal::Music,
+        OpusSignal::MusicUntilLoss if c.inband_fec && c.expected_loss_percent > 0 => {
+            lib::Signal::Auto
+        }
+        OpusSignal::MusicUntilLoss => lib::Signal::Music,
     }
 }
 
@@ -222,6 +256,7 @@ impl OpusEncoder {
         e.set_dtx(c.dtx)?;
         e.set_packet_loss_perc(i32::from(c.expected_loss_percent))?;
         e.set_expert_frame_duration(frame_size_ctl(c.frame_ms)?)?;
+        e.set_signal(signal_ctl(c))?;
         Ok(())
     }
 
@@ -244,6 +279,9 @@ impl OpusEncoder {
         }
         self.inner.set_packet_loss_perc(i32::from(percent))?;
         self.config.expected_loss_percent = percent;
+        if self.config.signal == OpusSignal::MusicUntilLoss {
+            self.inner.set_signal(signal_ctl(&self.config))?;
+        }
         Ok(())
     }
 
@@ -292,6 +330,19 @@ impl OpusEncoder {
             _ => 0,
         };
         let loss = e.get_packet_loss_perc()?;
+        let in_force = e.get_signal()?;
+        // libopus holds the hint in force; `MusicUntilLoss` is ours, read as consistent.
+        let signal = if self.config.signal == OpusSignal::MusicUntilLoss
+            && in_force == signal_ctl(&self.config)
+        {
+            OpusSignal::MusicUntilLoss
+        } else {
+            match in_force {
+                lib::Signal::Auto => OpusSignal::Auto,
+                lib::Signal::Voice => OpusSignal::Voice,
+                lib::Signal::Music => OpusSignal::Music,
+            }
+        };
         Ok(OpusEncoderConfig {
             sample_rate,
             channels: self.config.channels,
@@ -304,6 +355,7 @@ impl OpusEncoder {
             expected_loss_percent: u8::try_from(loss)
                 .map_err(|_| bad_config("expected_loss_percent", loss))?,
             application,
+            signal,
             frame_ms,
         })
     }
@@ -802,6 +854,47 @@ mod tests {
     }
 
     #[test]
+    fn music_until_loss_codes_mdct_on_a_clean_path_and_silk_with_fec_once_loss_is_expected() {
+        // The test speech at 48 kHz (each sample three times: the mode choice, not the
+        // fidelity, is under test).
+        let speech: Vec<f32> = speech_16k().iter().flat_map(|&x| [x; 3]).collect();
+        let third = speech.len() / 3 / 960 * 960;
+        let mut enc = OpusEncoder::new(OpusEncoderConfig {
+            complexity: 5,
+            expected_loss_percent: 0,
+            signal: OpusSignal::MusicUntilLoss,
+            ..OpusEncoderConfig::default()
+        })
+        .unwrap();
+        let modes = |packets: &[Vec<u8>]| -> (usize, usize, usize) {
+            // After a few frames of mode transition.
+            let settled = &packets[5..];
+            let celt = settled
+                .iter()
+                .filter(|p| parse_packet(p).unwrap().mode == OpusMode::Celt)
+                .count();
+            let fec = settled
+                .iter()
+                .filter(|p| parse_packet(p).unwrap().has_fec())
+                .count();
+            (celt, fec, settled.len())
+        };
+        let (celt, fec, n) = modes(&encode_all(&mut enc, &speech[..third]));
+        assert_eq!((celt, fec), (n, 0), "clean path: every frame CELT, no FEC");
+        enc.set_expected_loss_percent(10).unwrap();
+        assert_eq!(
+            enc.applied_config().unwrap().signal,
+            OpusSignal::MusicUntilLoss
+        );
+        let (celt, fec, n) = modes(&encode_all(&mut enc, &speech[third..2 * third]));
+        assert_eq!(celt, 0, "with loss expected: SILK or hybrid frames only");
+        assert!(fec * 2 > n, "most frames carry FEC: {fec} of {n}");
+        enc.set_expected_loss_percent(0).unwrap();
+        let (celt, _, n) = modes(&encode_all(&mut enc, &speech[2 * third..3 * third]));
+        assert_eq!(celt, n, "back to CELT when the loss is gone");
+    }
+
+    #[test]
     fn every_config_option_is_applied_to_libopus() {
         let configs = [
             OpusEncoderConfig::default(),
@@ -815,6 +908,7 @@ mod tests {
                 dtx: true,
                 expected_loss_percent: 0,
                 application: OpusApplication::Audio,
+                signal: OpusSignal::Music,
                 frame_ms: 60,
             },
             OpusEncoderConfig {
@@ -827,6 +921,7 @@ mod tests {
                 dtx: false,
                 expected_loss_percent: 35,
                 application: OpusApplication::LowDelay,
+                signal: OpusSignal::Voice,
                 frame_ms: 10,
             },
             OpusEncoderConfig {
@@ -835,6 +930,7 @@ mod tests {
                 complexity: 10,
                 frame_ms: 40,
                 expected_loss_percent: 100,
+                signal: OpusSignal::MusicUntilLoss,
                 ..OpusEncoderConfig::default()
             },
         ];

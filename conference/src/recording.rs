@@ -43,7 +43,7 @@ use confer_codecs::decoder::{AudioEncoder, CodecError};
 use confer_codecs::ogg;
 use confer_codecs::opus::{
     MAX_PACKET_BYTES, OpusApplication, OpusChannels, OpusEncoder, OpusEncoderConfig,
-    OpusRateControl, parse_packet,
+    OpusRateControl, OpusSignal, parse_packet,
 };
 use std::io::Write;
 
@@ -525,6 +525,7 @@ impl<W: Write> Recorder<W> {
             dtx: false,
             expected_loss_percent: 0,
             application: OpusApplication::Audio,
+            signal: OpusSignal::Auto,
             frame_ms: 20,
         })?;
         let lookahead = encoder.lookahead()?;

@@ -153,7 +153,7 @@ use std::time::{Duration, Instant};
 use confer_codecs::decoder::{AudioEncoder, CodecError};
 use confer_codecs::dtmf::{DtmfDetector, DtmfDigit, DtmfEvent, ReceivedEvent};
 use confer_codecs::g711::{G711Encoder, G711Law};
-use confer_codecs::opus::{OpusEncoder, OpusEncoderConfig};
+use confer_codecs::opus::{OpusEncoder, OpusEncoderConfig, OpusSignal};
 use confer_codecs::resample::Resampler;
 use confer_engine::leg::{
     Codec, LegError, LegEvent, LegStats, MAX_DATAGRAM, MAX_ENCODED_PAYLOAD, MediaLeg, Received,
@@ -555,6 +555,7 @@ impl EncoderGroup {
                     expected_loss_percent,
                     frame_ms: key.frame_ms,
                     complexity,
+                    signal: OpusSignal::MusicUntilLoss,
                     ..OpusEncoderConfig::default()
                 })?)),
                 ROOM_RATE,

@@ -130,7 +130,9 @@ use confer_codecs::denoise::{self, Denoiser};
 use confer_codecs::dtmf::{ReceivedEvent, TelephoneEventError, TelephoneEventReceiver};
 use confer_codecs::g711::{G711Decoder, G711Encoder, G711Law};
 use confer_codecs::level::{Vad, VadConfig};
-use confer_codecs::opus::{self, OpusDecoder, OpusEncoder, OpusEncoderConfig, OpusMode};
+use confer_codecs::opus::{
+    self, OpusDecoder, OpusEncoder, OpusEncoderConfig, OpusMode, OpusSignal,
+};
 use confer_codecs::resample::{self, Resampler};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -1037,6 +1039,8 @@ impl MediaLeg {
                     expected_loss_percent: if p.fec { p.expected_loss_percent } else { 0 },
                     frame_ms: config.frame_ms,
                     complexity: p.complexity,
+                    // What a leg sends is a mix: CELT until the peer reports loss.
+                    signal: OpusSignal::MusicUntilLoss,
                     ..OpusEncoderConfig::default()
                 })?;
                 (
