@@ -187,6 +187,8 @@ pub struct OpusParams {
     /// report says packets are lost the encoder adds none: libopus only encodes the
     /// redundancy when told to expect loss, and that redundancy costs 40 % more encode
     /// time (`cargo bench --bench codecs -- encode_mix`: 231 against 166 us a frame).
+    /// Until then the leg codes CELT, which has no FEC at all
+    /// ([`confer_codecs::opus::OpusSignal::MusicUntilLoss`]).
     pub fec: bool,
     /// The least loss, in percent, the FEC is sized for (local, not negotiated): reports
     /// of more raise it, never lower. 0 by default; raise it for a peer that sends no RTCP
