@@ -54,6 +54,8 @@
 //!
 //! # Limits
 //!
+//! - `secure_delete=ON`: what is deleted (purged events, a replaced state value) is
+//!   overwritten in the file; a copy may live on in the WAL until its next checkpoint.
 //! - `synchronous=NORMAL` is durable against a process crash, not against a power cut
 //!   (where the last transactions before the cut may be lost and their seqs reused).
 //! - An event whose stored body cannot be parsed back (only possible if the body nests
@@ -334,6 +336,9 @@ impl Journal {
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
+                    // Deleted content is overwritten, not left in free pages: purged
+                    // events and replaced state (once clear SIP passwords) are gone.
+                    .pragma("secure_delete", "ON")
                     .busy_timeout(tuning.busy_timeout);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
@@ -484,6 +489,10 @@ impl Journal {
         let _ = self.handle.tx.send(Msg::Close);
         let mut done = self.handle.shared.head_rx.clone();
         while done.changed().await.is_ok() {}
+        // The last connection to go checkpoints the WAL into the file and removes it.
+        if let Store::Sqlite(pool) = &self.handle.shared.store {
+            pool.close().await;
+        }
     }
 
     /// Prometheus text.
@@ -1525,6 +1534,34 @@ mod tests {
         let m = Journal::open(&JournalConfig::default()).await.unwrap();
         m.save_state("k", "v").await.unwrap();
         assert_eq!(m.load_state("k").await.unwrap().as_deref(), Some("v"));
+    }
+
+    #[tokio::test]
+    async fn journal_a_replaced_state_value_is_gone_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = file_config(&dir);
+        let j = Journal::open(&cfg).await.unwrap();
+        let secret = "clear-password-the-old-version-saved";
+        // A directory of many users spans overflow pages, which a delete frees whole.
+        let users: Vec<String> = (0..200).map(|i| format!("\"u{i}\":\"{secret}\"")).collect();
+        j.save_state(
+            "directory",
+            &format!("{{\"sip_passwords\":{{{}}}}}", users.join(",")),
+        )
+        .await
+        .unwrap();
+        j.save_state("directory", "{}").await.unwrap();
+        j.close().await;
+        let data = dir.path().join("data");
+        for entry in std::fs::read_dir(&data).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} still holds the replaced value",
+                path.display()
+            );
+        }
     }
 
     #[tokio::test]
