@@ -2727,18 +2727,7 @@ impl Worker {
             Command::StopRecording { room, reply } => match self.rooms.get_mut(&room) {
                 // The writer answers once the files are complete.
                 Some(e) => match finish_recording(&mut e.room, RecDone::Files(reply)) {
-                    Ok(()) => {
-                        if let Some(ms) = e.recording.take()
-                            && !e.internal
-                        {
-                            self.events.send(recording_event(
-                                room,
-                                "recording_stopped",
-                                Some("stopped"),
-                                ms,
-                            ));
-                        }
-                    }
+                    Ok(()) => announce_recording_stopped(room, e, "stopped", &self.events),
                     Err(RecDone::Files(reply)) => {
                         let _ = reply.send(Err(HostError::NotRecording(room)));
                     }
@@ -2849,16 +2838,7 @@ impl Worker {
                 bye(&mut leg, m, &mut self.out, &mut self.tx_buf, now);
             }
         }
-        if let Some(ms) = entry.recording.take()
-            && !entry.internal
-        {
-            self.events.send(recording_event(
-                id,
-                "recording_stopped",
-                Some("room_ended"),
-                ms,
-            ));
-        }
+        announce_recording_stopped(id, &mut entry, "room_ended", &self.events);
         publish(id, &mut entry, &self.events, &self.metrics.signals_dropped);
         self.metrics
             .participants
@@ -3260,24 +3240,27 @@ fn publish(room_id: u64, e: &mut RoomEntry, events: &Events, signals_dropped: &A
     }
 }
 
-fn recording_event(
-    room: u64,
-    kind: &'static str,
-    reason: Option<&'static str>,
-    started_unix_ms: u64,
-) -> EventMsg {
-    EventMsg {
+/// Publishes `recording_stopped` (with `reason`) for room `room`'s running recording,
+/// if any, and forgets it. The API publishes the start (with its files and requester).
+fn announce_recording_stopped(room: u64, e: &mut RoomEntry, reason: &'static str, events: &Events) {
+    let Some(started_unix_ms) = e.recording.take() else {
+        return;
+    };
+    if e.internal {
+        return;
+    }
+    events.send(EventMsg {
         room,
-        kind,
+        kind: "recording_stopped",
         participant: None,
-        reason,
+        reason: Some(reason),
         digit: None,
         call: None,
         status: None,
         recording: Some(started_unix_ms),
         identity: None,
         media_time_ms: None,
-    }
+    });
 }
 
 /// Where events go: the journal's tap (unbounded: the journal must see every event;
