@@ -751,25 +751,18 @@ fn refusal_to_record(
     by: Option<&str>,
     caller: Option<&crate::auth::Caller>,
 ) -> Option<Response> {
-    let refuse = |status, message: String| Some(ApiError::new(status, message).into_response());
     if caller.and_then(|c| c.im_server()).is_some() {
-        let Some(uc) = &st.uc else {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "users and escalation are not running".into(),
-            );
-        };
         if by.is_none() {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "by: an IM server records for a user (the one who asked)".into(),
+            return Some(
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "by: an IM server records for a user (the one who asked)",
+                )
+                .into_response(),
             );
         }
-        if !uc.is_conversation_room(room) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                format!("room {room} is no escalated conversation's: only an admin may record it"),
-            );
+        if let Err(e) = conversation_room(st, room) {
+            return Some(e.into_response());
         }
     }
     match (by, &st.uc) {
@@ -777,12 +770,32 @@ fn refusal_to_record(
             .check_recording(room, by)
             .err()
             .map(IntoResponse::into_response),
-        (Some(_), None) => refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "by: users and policy are not running".into(),
+        (Some(_), None) => Some(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "by: users and policy are not running",
+            )
+            .into_response(),
         ),
         (None, _) => None,
     }
+}
+
+/// An IM server's recordings are of its escalated conversations' rooms only.
+fn conversation_room(st: &ApiState, room: u64) -> Result<(), ApiError> {
+    let Some(uc) = &st.uc else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "users and escalation are not running",
+        ));
+    };
+    if !uc.is_conversation_room(room) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("room {room} is no escalated conversation's: only an admin may record it"),
+        ));
+    }
+    Ok(())
 }
 
 async fn start_recording(
@@ -838,18 +851,8 @@ async fn stop_recording(
     caller: Option<axum::Extension<crate::auth::Caller>>,
 ) -> ApiResult {
     let room = room_id(&room)?;
-    if caller.as_ref().and_then(|c| c.im_server()).is_some()
-        && !st
-            .uc
-            .as_ref()
-            .is_some_and(|uc| uc.is_conversation_room(room))
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "room {room} is no escalated conversation's: only an admin may stop its recording"
-            ),
-        ));
+    if caller.as_ref().and_then(|c| c.im_server()).is_some() {
+        conversation_room(&st, room)?;
     }
     let files = st.host.stop_recording(room).await?;
     ok(StatusCode::OK, &json!({ "files": files }))
