@@ -501,14 +501,14 @@ async fn join(
     ok(StatusCode::CREATED, &info)
 }
 
-/// The request's User-Agent, when it is short printable text.
+/// The request's User-Agent (printable text), cut to the directory's limit.
 fn user_agent(headers: &axum::http::HeaderMap) -> Option<String> {
-    const MAX: usize = 256;
+    use confer_signalling::directory::{MAX_USER_AGENT_BYTES, clip_to_bytes};
     headers
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .filter(|ua| !ua.is_empty() && ua.len() <= MAX)
-        .map(str::to_owned)
+        .filter(|ua| !ua.is_empty())
+        .map(|ua| clip_to_bytes(ua, MAX_USER_AGENT_BYTES).to_owned())
 }
 
 #[derive(Debug, Default, Deserialize)]

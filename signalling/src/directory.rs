@@ -129,6 +129,19 @@ pub struct ValidationError {
 }
 
 /// Checks free text: at most `max` bytes, no control characters; `non_empty` if required.
+/// `s` cut to at most `max` bytes, at a character boundary: how text from outside (a
+/// User-Agent) is kept within a limit of the directory.
+pub fn clip_to_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 pub(crate) fn check_text(
     field: &'static str,
     s: &str,
@@ -760,6 +773,30 @@ mod tests {
 
     fn uid(s: &str) -> UserId {
         UserId::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_long_user_agent_is_clipped_at_a_character_boundary_and_accepted() {
+        // 200 two-byte characters: 400 bytes, and byte 256 falls inside none of them.
+        let ua = format!("x{}", "é".repeat(200));
+        let kept = clip_to_bytes(&ua, MAX_USER_AGENT_BYTES);
+        assert_eq!(kept.len(), MAX_USER_AGENT_BYTES - 1);
+        assert!(ua.starts_with(kept));
+        assert_eq!(clip_to_bytes("Yealink", MAX_USER_AGENT_BYTES), "Yealink");
+        let mut d = Device::new(
+            DeviceId::new("phone").unwrap(),
+            uid("alice"),
+            DeviceKind::DeskPhone,
+            Capabilities::AUDIO,
+            Reachability::Unreachable,
+        );
+        d.client = Some(ClientInfo {
+            user_agent: kept.to_owned(),
+            version: String::new(),
+        });
+        let mut dir = Directory::new(DirectoryLimits::default());
+        dir.add_user(User::new(uid("alice"), "Alice")).unwrap();
+        dir.add_device(d).unwrap();
     }
 
     #[test]

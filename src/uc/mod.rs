@@ -384,7 +384,11 @@ impl Uc {
                         let existing = st.presence.directory().device(&device).cloned();
                         let client =
                             user_agent.map(|ua| confer_signalling::directory::ClientInfo {
-                                user_agent: ua.chars().take(256).collect(),
+                                user_agent: confer_signalling::directory::clip_to_bytes(
+                                    &ua,
+                                    confer_signalling::directory::MAX_USER_AGENT_BYTES,
+                                )
+                                .to_owned(),
                                 version: String::new(),
                             });
                         let r = st.presence.update_directory(at, |dir| match existing {

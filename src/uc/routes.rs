@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use confer_signalling::directory::{
-    Capabilities, ClientInfo, Device, DeviceId, DeviceKind, PhoneNumber, Reachability, Timestamp,
-    User, UserId,
+    Capabilities, ClientInfo, Device, DeviceId, DeviceKind, MAX_USER_AGENT_BYTES, PhoneNumber,
+    Reachability, Timestamp, User, UserId, clip_to_bytes,
 };
 use confer_signalling::escalation::EscalationRequest;
 use confer_signalling::policy::{Policy, PolicyConfig};
@@ -574,7 +574,7 @@ async fn client_session(
         dtmf: true,
     };
     let client = (!user_agent.is_empty()).then(|| ClientInfo {
-        user_agent: user_agent.chars().take(256).collect(),
+        user_agent: clip_to_bytes(&user_agent, MAX_USER_AGENT_BYTES).to_owned(),
         version: q.version.clone().unwrap_or_default(),
     });
     let hello = SessionHello {
