@@ -18,10 +18,33 @@ fn trunks() -> Trunks {
     Trunks::new(&[trunk], "1", &["+1".into()], &[]).expect("trunks")
 }
 
-async fn journal() -> Journal {
-    Journal::open(&JournalConfig::default())
-        .await
-        .expect("a journal in memory")
+/// What an [`InviteePolicy`] borrows: a policy, the trunks, a journal in memory.
+struct Parts {
+    policy: Policy,
+    trunks: Trunks,
+    journal: Journal,
+}
+
+impl Parts {
+    async fn new(policy_toml: &str) -> Parts {
+        Parts {
+            policy: policy(policy_toml),
+            trunks: trunks(),
+            journal: Journal::open(&JournalConfig::default())
+                .await
+                .expect("a journal in memory"),
+        }
+    }
+
+    fn invitee<'a>(&'a self, requester: Option<&'a str>, at: Timestamp) -> InviteePolicy<'a> {
+        InviteePolicy {
+            policy: &self.policy,
+            trunks: &self.trunks,
+            requester,
+            journal: &self.journal,
+            at,
+        }
+    }
 }
 
 fn conversation() -> ConversationId {
@@ -60,28 +83,16 @@ ivan = "interns"
 
 #[tokio::test]
 async fn a_number_the_invitees_group_may_dial_and_a_trunk_carries_is_allowed() {
-    let (p, t, j) = (policy(POLICY), trunks(), journal().await);
-    let decide = InviteePolicy {
-        policy: &p,
-        trunks: &t,
-        requester: None,
-        journal: &j,
-        at: Timestamp(1),
-    };
+    let parts = Parts::new(POLICY).await;
+    let decide = parts.invitee(None, Timestamp(1));
     let d = decide.decide(&conversation(), &user("alice"), &number("+14155550100"));
     assert!(matches!(d, DialOutDecision::Allow), "{d:?}");
 }
 
 #[tokio::test]
 async fn a_number_outside_the_groups_prefixes_is_denied_with_the_policys_reason() {
-    let (p, t, j) = (policy(POLICY), trunks(), journal().await);
-    let decide = InviteePolicy {
-        policy: &p,
-        trunks: &t,
-        requester: None,
-        journal: &j,
-        at: Timestamp(1),
-    };
+    let parts = Parts::new(POLICY).await;
+    let decide = parts.invitee(None, Timestamp(1));
     let d = decide.decide(&conversation(), &user("alice"), &number("+442071234567"));
     let DialOutDecision::Deny { reason } = d else {
         panic!("allowed: {d:?}");
@@ -94,15 +105,9 @@ async fn a_number_outside_the_groups_prefixes_is_denied_with_the_policys_reason(
 
 #[tokio::test]
 async fn an_outside_number_is_judged_by_the_requesters_group() {
-    let (p, t, j) = (policy(POLICY), trunks(), journal().await);
+    let parts = Parts::new(POLICY).await;
     let phone = Participant::Phone(number("+14155550100"));
-    let by = |requester| InviteePolicy {
-        policy: &p,
-        trunks: &t,
-        requester,
-        journal: &j,
-        at: Timestamp(1),
-    };
+    let by = |requester| parts.invitee(requester, Timestamp(1));
     let allowed = by(Some("alice")).decide(&conversation(), &phone, &number("+14155550100"));
     assert!(matches!(allowed, DialOutDecision::Allow), "{allowed:?}");
     let denied = by(Some("ivan")).decide(&conversation(), &phone, &number("+14155550100"));
@@ -112,14 +117,8 @@ async fn an_outside_number_is_judged_by_the_requesters_group() {
 #[tokio::test]
 async fn a_number_no_trunk_may_carry_is_denied_with_the_dial_plans_reason() {
     // The policy allows everything; the trunks' own allow list does not.
-    let (p, t, j) = (policy(""), trunks(), journal().await);
-    let decide = InviteePolicy {
-        policy: &p,
-        trunks: &t,
-        requester: None,
-        journal: &j,
-        at: Timestamp(1),
-    };
+    let parts = Parts::new("").await;
+    let decide = parts.invitee(None, Timestamp(1));
     let d = decide.decide(&conversation(), &user("alice"), &number("+33123456789"));
     let DialOutDecision::Deny { reason } = d else {
         panic!("allowed: {d:?}");
@@ -136,19 +135,16 @@ async fn a_number_no_trunk_may_carry_is_denied_with_the_dial_plans_reason() {
 
 #[tokio::test]
 async fn video_blocked_for_a_group_is_refused_and_the_refusal_journaled_with_its_rule() {
-    let (p, t, j) = (policy(POLICY), trunks(), journal().await);
-    let decide = InviteePolicy {
-        policy: &p,
-        trunks: &t,
-        requester: None,
-        journal: &j,
-        at: Timestamp(7),
-    };
+    let parts = Parts::new(POLICY).await;
+    let decide = parts.invitee(None, Timestamp(7));
     assert!(decide.video_allowed(&user("alice")));
     assert!(decide.video_allowed(&Participant::Phone(number("+14155550100"))));
-    assert!(journaled(&j).await.is_empty(), "nothing refused yet");
+    assert!(
+        journaled(&parts.journal).await.is_empty(),
+        "nothing refused yet"
+    );
     assert!(!decide.video_allowed(&user("ivan")));
-    let events = journaled(&j).await;
+    let events = journaled(&parts.journal).await;
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
     assert_eq!((e.source.as_str(), e.kind.as_str()), ("policy", "refused"));
