@@ -1205,9 +1205,7 @@ impl Host {
     ) -> Result<Vec<RecordingFile>, HostError> {
         let worker = self.worker_of(room)?;
         // The shell reads the wall clock: it names the files.
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let unix_ms = crate::uc::now().0;
         std::fs::create_dir_all(&self.inner.recordings_dir)
             .map_err(|e| HostError::RecordingIo(e.to_string()))?;
         self.call(worker, |reply| Command::StartRecording {

@@ -67,7 +67,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use confer_signalling::directory::Timestamp;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -622,9 +622,7 @@ fn insert_sql(rows: usize) -> Arc<str> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::uc::now().0
 }
 
 /// The writer's database connection, re-opened after every failure.

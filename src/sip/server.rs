@@ -687,15 +687,6 @@ struct SavedBindings {
     bindings: Vec<SavedBinding>,
 }
 
-/// The wall clock now, Unix milliseconds.
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| u64::try_from(d.as_millis()).ok())
-        .unwrap_or(0)
-}
-
 /// Gives `core` the bindings saved before a restart. A snapshot that cannot be read is
 /// left alone (the phones register again, as they would without one).
 async fn restore_bindings(core: &mut SipCore<StdRng>, journal: &Journal) {
@@ -722,7 +713,7 @@ async fn restore_bindings(core: &mut SipCore<StdRng>, journal: &Journal) {
         }
     };
     let saved = doc.bindings.len();
-    let restored = core.restore_bindings(doc.bindings, now(), unix_now_ms());
+    let restored = core.restore_bindings(doc.bindings, now(), crate::uc::now().0);
     tracing::info!(
         restored,
         dropped = saved - restored,
@@ -767,7 +758,7 @@ impl BindingSaver {
     fn snapshot(core: &SipCore<StdRng>) -> Option<String> {
         let doc = SavedBindings {
             version: BINDINGS_VERSION,
-            bindings: core.export_bindings(now(), unix_now_ms()),
+            bindings: core.export_bindings(now(), crate::uc::now().0),
         };
         serde_json::to_string(&doc)
             .map_err(|e| tracing::error!("the SIP bindings as JSON: {e}"))
