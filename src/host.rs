@@ -205,6 +205,51 @@ pub struct Histogram {
     sum_us: AtomicU64,
 }
 
+/// A [`Histogram`]'s observations gathered by one thread, without atomics, and added to
+/// the shared one now and then ([`LocalHistogram::flush_into`]).
+struct LocalHistogram {
+    bounds_us: &'static [u64],
+    buckets: Vec<u64>,
+    count: u64,
+    sum_us: u64,
+}
+
+impl LocalHistogram {
+    fn new(bounds_us: &'static [u64]) -> Self {
+        LocalHistogram {
+            bounds_us,
+            buckets: vec![0; bounds_us.len()],
+            count: 0,
+            sum_us: 0,
+        }
+    }
+
+    fn record(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = self.bounds_us.iter().position(|&b| us <= b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// Adds what was gathered to `h` (with the same bounds) and starts again from zero.
+    fn flush_into(&mut self, h: &Histogram) {
+        if self.count == 0 {
+            return;
+        }
+        for (shared, n) in h.buckets.iter().zip(&mut self.buckets) {
+            if *n > 0 {
+                shared.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+        h.count
+            .fetch_add(std::mem::take(&mut self.count), Ordering::Relaxed);
+        h.sum_us
+            .fetch_add(std::mem::take(&mut self.sum_us), Ordering::Relaxed);
+    }
+}
+
 /// Bucket bounds for durations from 10 us to 1 s: fine enough (at most 1.5x apart, 25%
 /// steps around the 1-20 ms of a tick) that `confer bench` reads percentiles from them.
 pub const LATENCY_BOUNDS_US: &[u64] = &[
@@ -860,7 +905,7 @@ struct NewMember {
     id: u64,
     leg: MediaLeg,
     spec: JoinSpec,
-    socket: Arc<StdUdpSocket>,
+    send: Arc<SendTarget>,
     local: SocketAddr,
     rx: HeapCons<Datagram>,
     counters: Arc<SocketCounters>,
@@ -1374,7 +1419,11 @@ impl Host {
             id,
             leg,
             spec,
-            socket: Arc::new(send_socket),
+            send: Arc::new(SendTarget {
+                socket: send_socket,
+                counters: counters.clone(),
+                left: AtomicBool::new(false),
+            }),
             local,
             rx: cons,
             counters,
@@ -1665,7 +1714,9 @@ async fn receive(
 struct Member {
     id: u64,
     spec: JoinSpec,
-    socket: Arc<StdUdpSocket>,
+    send: Arc<SendTarget>,
+    /// The worker whose sender threads hold `send` (see [`SendQueue::push`]).
+    send_lanes_of: Option<usize>,
     local: SocketAddr,
     rx: HeapCons<Datagram>,
     counters: Arc<SocketCounters>,
@@ -1684,6 +1735,7 @@ struct Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
+        self.send.left.store(true, Ordering::Release);
         self.task.abort();
     }
 }
@@ -2280,16 +2332,31 @@ pub const SEND_QUEUE_LEN: usize = 4096;
 /// Bytes of those datagrams (room packets are a few hundred bytes).
 const SEND_QUEUE_BYTES: usize = SEND_QUEUE_LEN * 512;
 
-/// A datagram on its way from a media worker to its sender thread; its `len` bytes follow
-/// in the byte queue (both queues are single-producer single-consumer and move in step).
-struct Outgoing {
-    socket: Arc<StdUdpSocket>,
-    to: SocketAddr,
+/// A participant's socket as its sender thread holds it. The worker hands each lane the
+/// targets of its participants once, not with every packet: an `Arc` cloned by the worker
+/// and dropped by the sender for every packet was a cache line moving between the cores
+/// twice per datagram, the worker's largest cost when queueing a big room's packets.
+struct SendTarget {
+    socket: StdUdpSocket,
     counters: Arc<SocketCounters>,
-    /// The tick that produced it started here.
-    tick: Instant,
-    queued: Instant,
-    len: usize,
+    /// Set when the participant is gone: lanes of every worker it was in let go then.
+    left: AtomicBool,
+}
+
+/// What a media worker queues to a sender thread; a packet's `len` bytes follow in the
+/// byte queue (both queues are single-producer single-consumer and move in step).
+enum Outgoing {
+    /// The socket for participant `id`'s packets from now on; the lane keeps it until it
+    /// holds the last reference (the participant is gone).
+    Target { id: u64, target: Arc<SendTarget> },
+    Packet {
+        id: u64,
+        to: SocketAddr,
+        /// The tick that produced it started here.
+        tick: Instant,
+        queued: Instant,
+        len: usize,
+    },
 }
 
 /// The worker's end of its sender threads: sends are network I/O, so they leave the tick
@@ -2301,6 +2368,9 @@ struct Outgoing {
 /// at the end of each room, so a large room's first packets leave while the rest are
 /// built. The queues are allocated once; a full queue drops and counts, never blocks.
 struct SendQueue {
+    /// The worker's index: a participant's target is handed over again after it moved
+    /// from another worker.
+    worker: usize,
     lanes: Vec<Lane>,
     metrics: Arc<Metrics>,
 }
@@ -2318,6 +2388,128 @@ struct Lane {
 /// packet.
 const FLUSH_EVERY: usize = 32;
 
+/// How often a lane lets go of the targets of participants who are gone (a few
+/// microseconds for a thousand): until then the socket, and its port, stays open.
+const TARGET_SWEEP: Duration = Duration::from_millis(100);
+
+/// A sender thread's own tally, added to the shared [`Metrics`] when its queue is drained:
+/// two lanes adding every packet to the same histogram buckets would move those cache
+/// lines between the cores with every datagram.
+struct LaneTally {
+    send_wait: LocalHistogram,
+    send: LocalHistogram,
+    tick_to_sent: LocalHistogram,
+    sent: u64,
+    would_block: u64,
+    errors: u64,
+}
+
+impl LaneTally {
+    fn new() -> Self {
+        LaneTally {
+            send_wait: LocalHistogram::new(LATENCY_BOUNDS_US),
+            send: LocalHistogram::new(LATENCY_BOUNDS_US),
+            tick_to_sent: LocalHistogram::new(LATENCY_BOUNDS_US),
+            sent: 0,
+            would_block: 0,
+            errors: 0,
+        }
+    }
+
+    fn flush(&mut self, m: &Metrics) {
+        self.send_wait.flush_into(&m.send_wait);
+        self.send.flush_into(&m.send);
+        self.tick_to_sent.flush_into(&m.tick_to_sent);
+        for (n, counter) in [
+            (&mut self.sent, &m.datagrams_sent),
+            (&mut self.would_block, &m.drop_send_would_block),
+            (&mut self.errors, &m.drop_send_error),
+        ] {
+            if *n > 0 {
+                counter.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One lane: sends what its worker queues, in order.
+fn run_lane(
+    mut meta: HeapCons<Outgoing>,
+    mut bytes: HeapCons<u8>,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // With whether the participant had left at the last sweep.
+    let mut targets: HashMap<u64, (Arc<SendTarget>, bool)> = HashMap::new();
+    let mut tally = LaneTally::new();
+    let mut swept = Instant::now();
+    loop {
+        // When the previous send ended: a lane working through its queue reads the clock
+        // once per packet.
+        let mut last: Option<Instant> = None;
+        while let Some(o) = meta.try_pop() {
+            let (id, to, tick, queued, len) = match o {
+                Outgoing::Target { id, target } => {
+                    targets.insert(id, (target, false));
+                    continue;
+                }
+                Outgoing::Packet {
+                    id,
+                    to,
+                    tick,
+                    queued,
+                    len,
+                } => (id, to, tick, queued, len),
+            };
+            // The producer pushed the bytes before their header.
+            let n = bytes.pop_slice(&mut buf[..len.min(MAX_DATAGRAM)]);
+            let t = last.unwrap_or_else(Instant::now);
+            tally.send_wait.record(t.saturating_duration_since(queued));
+            let Some((target, _)) = targets.get(&id) else {
+                // The worker hands the target over before the first packet.
+                tally.errors += 1;
+                continue;
+            };
+            match target.socket.send_to(&buf[..n], to) {
+                Ok(_) => {
+                    target.counters.sent.fetch_add(1, Ordering::Relaxed);
+                    tally.sent += 1;
+                }
+                Err(e) => {
+                    target.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        tally.would_block += 1;
+                    } else {
+                        tally.errors += 1;
+                    }
+                }
+            }
+            let sent = Instant::now();
+            last = Some(sent);
+            tally.send.record(sent.saturating_duration_since(t));
+            tally
+                .tick_to_sent
+                .record(sent.saturating_duration_since(tick));
+        }
+        tally.flush(metrics);
+        if stop.load(Ordering::Acquire) && meta.is_empty() {
+            break;
+        }
+        if swept.elapsed() >= TARGET_SWEEP {
+            // In two steps: packets the worker queued before the participant left (its
+            // BYE) are visible once `left` is, and are sent before the next sweep.
+            targets.retain(|_, (_, gone)| !*gone);
+            for (t, gone) in targets.values_mut() {
+                *gone = t.left.load(Ordering::Acquire);
+            }
+            swept = Instant::now();
+        }
+        // The worker unparks after each batch; the timeout is a safety net.
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
 impl SendQueue {
     /// Starts `lanes` sender threads for worker `index`; each ends once `stop` is set and
     /// its queue is empty.
@@ -2329,38 +2521,21 @@ impl SendQueue {
         priority: u8,
     ) -> io::Result<(SendQueue, Vec<std::thread::JoinHandle<()>>)> {
         let mut out = SendQueue {
+            worker: index,
             lanes: Vec::new(),
             metrics: metrics.clone(),
         };
         let mut handles = Vec::new();
         for lane in 0..lanes.max(1) {
-            let (meta, mut meta_rx) = HeapRb::<Outgoing>::new(SEND_QUEUE_LEN).split();
-            let (bytes, mut bytes_rx) = HeapRb::<u8>::new(SEND_QUEUE_BYTES).split();
+            let (meta, meta_rx) = HeapRb::<Outgoing>::new(SEND_QUEUE_LEN).split();
+            let (bytes, bytes_rx) = HeapRb::<u8>::new(SEND_QUEUE_BYTES).split();
             let m = metrics.clone();
             let stop = stop.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("confer-send-{index}.{lane}"))
                 .spawn(move || {
                     realtime(priority);
-                    let mut buf = vec![0u8; MAX_DATAGRAM];
-                    loop {
-                        while let Some(o) = meta_rx.try_pop() {
-                            // The producer pushed the bytes before their header.
-                            let n = bytes_rx.pop_slice(&mut buf[..o.len.min(MAX_DATAGRAM)]);
-                            let t = Instant::now();
-                            m.send_wait.record(t.saturating_duration_since(o.queued));
-                            send_counted(&o, &buf[..n], &m);
-                            let sent = Instant::now();
-                            m.send.record(sent.saturating_duration_since(t));
-                            m.tick_to_sent
-                                .record(sent.saturating_duration_since(o.tick));
-                        }
-                        if stop.load(Ordering::Acquire) && meta_rx.is_empty() {
-                            break;
-                        }
-                        // The worker unparks after each batch; the timeout is a safety net.
-                        std::thread::park_timeout(Duration::from_millis(5));
-                    }
+                    run_lane(meta_rx, bytes_rx, &m, &stop);
                 })?;
             out.lanes.push(Lane {
                 meta,
@@ -2373,24 +2548,31 @@ impl SendQueue {
         Ok((out, handles))
     }
 
-    fn push(&mut self, m: &Member, packet: &[u8], tick: Instant) {
+    fn push(&mut self, m: &mut Member, packet: &[u8], tick: Instant) {
         let len = packet.len().min(MAX_DATAGRAM);
         // `start` made at least one lane; the remainder fits a usize.
         let n = self.lanes.len() as u64;
         let lane = &mut self.lanes[(m.id % n) as usize];
-        if lane.meta.is_full() || lane.bytes.vacant_len() < len {
+        let handover = m.send_lanes_of != Some(self.worker);
+        if lane.meta.vacant_len() < 1 + usize::from(handover) || lane.bytes.vacant_len() < len {
             m.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .drop_send_queue_full
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        lane.bytes.push_slice(&packet[..len]);
         // Cannot fail: checked above, and only this thread pushes.
-        let _ = lane.meta.try_push(Outgoing {
-            socket: m.socket.clone(),
+        if handover {
+            let _ = lane.meta.try_push(Outgoing::Target {
+                id: m.id,
+                target: m.send.clone(),
+            });
+            m.send_lanes_of = Some(self.worker);
+        }
+        lane.bytes.push_slice(&packet[..len]);
+        let _ = lane.meta.try_push(Outgoing::Packet {
+            id: m.id,
             to: m.spec.rtp_address,
-            counters: m.counters.clone(),
             tick,
             queued: Instant::now(),
             len,
@@ -2401,7 +2583,6 @@ impl SendQueue {
             lane.thread.unpark();
         }
     }
-
     /// Wakes the lanes that have packets queued since they were last woken.
     fn flush_pending(&mut self) {
         for lane in self.lanes.iter_mut().filter(|l| l.unflushed > 0) {
@@ -2450,25 +2631,6 @@ fn realtime(priority: u8) {
                  refused ({e}); grant CAP_SYS_NICE or set realtime_priority = 0"
             );
         });
-    }
-}
-
-fn send_counted(o: &Outgoing, packet: &[u8], metrics: &Metrics) {
-    match o.socket.send_to(packet, o.to) {
-        Ok(_) => {
-            o.counters.sent.fetch_add(1, Ordering::Relaxed);
-            metrics.datagrams_sent.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            o.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
-            if e.kind() == io::ErrorKind::WouldBlock {
-                metrics
-                    .drop_send_would_block
-                    .fetch_add(1, Ordering::Relaxed);
-            } else {
-                metrics.drop_send_error.fetch_add(1, Ordering::Relaxed);
-            }
-        }
     }
 }
 
@@ -2548,22 +2710,20 @@ impl Worker {
             }
             let mixing = Instant::now();
             metrics.room_receive.record(mixing - started);
-            let mut sending = Duration::ZERO;
             // The room times its stages with the clock given here (idempotent).
             room.set_stage_clock(Some(Instant::now as fn() -> Instant));
             room.tick(now, &mut |pid, packet| {
-                if let Some(m) = members.get(&pid) {
-                    let t = Instant::now();
+                if let Some(m) = members.get_mut(&pid) {
                     out.push(m, packet, now);
-                    sending += t.elapsed();
                 }
             });
             // This room's packets start leaving while the worker ticks the next room.
             out.flush_pending();
+            let stages = room.last_tick_stages();
+            // Without its send stage (packetizing and queueing), which the room timed.
             metrics
                 .room_mix
-                .record(mixing.elapsed().saturating_sub(sending));
-            let stages = room.last_tick_stages();
+                .record(mixing.elapsed().saturating_sub(stages.send));
             metrics.room_stages.record(&stages);
             metrics
                 .frames_decoded
@@ -2832,7 +2992,7 @@ impl Worker {
             return;
         };
         for (pid, mut leg) in entry.room.end(now) {
-            if let Some(m) = entry.members.get(&pid) {
+            if let Some(m) = entry.members.get_mut(&pid) {
                 bye(&mut leg, m, &mut self.out, &mut self.tx_buf, now);
             }
         }
@@ -2868,7 +3028,8 @@ impl Worker {
         let member = Member {
             id: n.id,
             spec: n.spec,
-            socket: n.socket,
+            send: n.send,
+            send_lanes_of: None,
             local: n.local,
             rx: n.rx,
             counters: n.counters,
@@ -2951,8 +3112,8 @@ impl Worker {
     }
 
     fn leave(&mut self, room: u64, participant: u64, now: Instant) -> Result<(), HostError> {
-        if let (Some(m), Ok(mut leg)) = self.take_out(room, participant, true, now)? {
-            bye(&mut leg, &m, &mut self.out, &mut self.tx_buf, now);
+        if let (Some(mut m), Ok(mut leg)) = self.take_out(room, participant, true, now)? {
+            bye(&mut leg, &mut m, &mut self.out, &mut self.tx_buf, now);
         }
         Ok(())
     }
@@ -3103,7 +3264,7 @@ fn room_info(worker: usize, id: u64, e: &RoomEntry) -> RoomInfo {
     }
 }
 
-fn bye(leg: &mut MediaLeg, m: &Member, out: &mut SendQueue, buf: &mut [u8], now: Instant) {
+fn bye(leg: &mut MediaLeg, m: &mut Member, out: &mut SendQueue, buf: &mut [u8], now: Instant) {
     if let Ok(n) = leg.write_bye(now, buf) {
         out.push(m, &buf[..n], now);
         out.flush_pending();
@@ -3351,6 +3512,84 @@ mod tests {
         drop(b);
         let again = h.bind_rtp_socket().expect("the released port");
         assert_eq!(again.local_addr().expect("bound").port(), base + 1);
+        h.stop();
+    }
+
+    /// The first datagram that reaches `peer` from `from` within 2 s.
+    fn datagram_from(peer: &StdUdpSocket, from: SocketAddr) -> bool {
+        let mut buf = [0u8; 2048];
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if let Ok((_, src)) = peer.recv_from(&mut buf)
+                && src == from
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn a_participant_is_sent_to_by_each_worker_it_joins_and_its_port_is_freed_after_it_leaves() {
+        let base = free_range();
+        let h = Host::start(&HostConfig {
+            workers: 2,
+            realtime_priority: 0,
+            send_lanes: 2,
+            frame_ms: 20,
+            media_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            rtp_port_min: base,
+            rtp_port_max: base + 2,
+            recordings_dir: std::env::temp_dir().join("confer-host-unit-recordings"),
+        })
+        .expect("workers start");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let peer = StdUdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let spec = JoinSpec {
+            rtp_address: peer.local_addr().expect("bound"),
+            codec: Codec::Pcmu,
+            audio_level_extension: None,
+            denoise: false,
+            muted: false,
+            deaf: false,
+            moderator: false,
+        };
+        rt.block_on(async {
+            let a = h.create_room(RoomSpec::default()).await.expect("room a");
+            let b = h.create_room(RoomSpec::default()).await.expect("room b");
+            assert_ne!(a.worker, b.worker, "a new room goes to the idle worker");
+            let p = h
+                .join_with(a.id, spec, JoinOptions::default())
+                .await
+                .expect("joined");
+            let local = p.local_rtp_address;
+            assert!(datagram_from(&peer, local), "room a's mix reaches the peer");
+            // The other worker's sender threads take over the same socket.
+            h.move_participant(a.id, p.id, b.id, MoveSpec::default())
+                .await
+                .expect("moved");
+            // What room a sent before the move has arrived by now; drop it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peer.set_nonblocking(true).expect("non-blocking");
+            while peer.recv_from(&mut [0u8; 2048]).is_ok() {}
+            peer.set_nonblocking(false).expect("blocking");
+            assert!(datagram_from(&peer, local), "room b's mix reaches the peer");
+            h.leave(b.id, p.id).await.expect("left");
+            // Once both workers' lanes have let go of it, the port can be bound again.
+            let until = Instant::now() + Duration::from_secs(5);
+            while StdUdpSocket::bind(local).is_err() {
+                assert!(
+                    Instant::now() < until,
+                    "{local} stays bound after the leave"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
         h.stop();
     }
 

@@ -1502,13 +1502,18 @@ impl Room {
         lap(&mut timer, Stage::Mix);
 
         // Header-level participants: speakers, challengers and those whose keys come as
-        // tones are decoded, everyone else's jitter buffer only keeps its schedule.
+        // tones are decoded, everyone else's jitter buffer only keeps its schedule. Those
+        // skipped are timed together, one jitter lap before the next decode and one after.
+        let mut skipping = false;
         for slot in 0..self.slots.len() {
             let Some(p) = self.slots[slot].participant.as_mut().filter(|p| p.header) else {
                 continue;
             };
             let speaker = self.speakers.is_speaker(slot);
             if speaker || self.challengers.contains(&slot) || p.inband.is_some() {
+                if std::mem::take(&mut skipping) {
+                    lap(&mut timer, Stage::Jitter);
+                }
                 decoded += 1;
                 p.decoded = true;
                 // A challenger is decoded only to be warm when it is mixed (a key detector
@@ -1525,9 +1530,13 @@ impl Room {
                 }
             } else {
                 skipped += 1;
-                p.leg.poll_skip(now, timer.as_mut());
+                skipping = true;
+                p.leg.poll_skip(now, None);
             }
             take_digits(&mut p.leg, p.id, &mut self.digits);
+        }
+        if skipping {
+            lap(&mut timer, Stage::Jitter);
         }
         self.challengers.clear();
         // In-band keys, from every decoded frame of those who want them (muted or not).
@@ -1721,8 +1730,12 @@ impl Room {
                     Ok(None) => {}
                     Err(_) => self.stats.send_errors += 1,
                 }
-                lap(&mut timer, Stage::Send);
+                if own_pass {
+                    lap(&mut timer, Stage::Send);
+                }
             }
+            // The shared pass laps no other stage: one clock read for all its packets.
+            lap(&mut timer, Stage::Send);
         }
         self.stats.shared_encodes_last_tick = shared;
         self.stats.speaker_encodes_last_tick = own;
