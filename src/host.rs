@@ -196,13 +196,25 @@ pub struct EventMsg {
     pub media_time_ms: Option<f64>,
 }
 
-/// A fixed-bucket latency histogram (upper bounds in microseconds), lock-free.
+/// A fixed-bucket latency histogram (upper bounds in microseconds), lock-free. Its count
+/// is the sum of its buckets (the last one past the highest bound), so a scrape taken
+/// while observations arrive is consistent: a separate counter read after the buckets
+/// could be ahead of them, and a reader of the percentiles would take the difference for
+/// an observation beyond the highest bound.
 #[derive(Debug)]
 pub struct Histogram {
     bounds_us: &'static [u64],
+    /// One per bound, and one for the rest.
     buckets: Vec<AtomicU64>,
-    count: AtomicU64,
     sum_us: AtomicU64,
+}
+
+/// The bucket of `us` among `bounds_us` (the last one, past them all, for the rest).
+fn bucket_of(bounds_us: &[u64], us: u64) -> usize {
+    bounds_us
+        .iter()
+        .position(|&b| us <= b)
+        .unwrap_or(bounds_us.len())
 }
 
 /// A [`Histogram`]'s observations gathered by one thread, without atomics, and added to
@@ -210,7 +222,6 @@ pub struct Histogram {
 struct LocalHistogram {
     bounds_us: &'static [u64],
     buckets: Vec<u64>,
-    count: u64,
     sum_us: u64,
 }
 
@@ -218,35 +229,28 @@ impl LocalHistogram {
     fn new(bounds_us: &'static [u64]) -> Self {
         LocalHistogram {
             bounds_us,
-            buckets: vec![0; bounds_us.len()],
-            count: 0,
+            buckets: vec![0; bounds_us.len() + 1],
             sum_us: 0,
         }
     }
 
     fn record(&mut self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        if let Some(i) = self.bounds_us.iter().position(|&b| us <= b) {
-            self.buckets[i] += 1;
-        }
-        self.count += 1;
+        self.buckets[bucket_of(self.bounds_us, us)] += 1;
         self.sum_us = self.sum_us.saturating_add(us);
     }
 
     /// Adds what was gathered to `h` (with the same bounds) and starts again from zero.
     fn flush_into(&mut self, h: &Histogram) {
-        if self.count == 0 {
-            return;
-        }
         for (shared, n) in h.buckets.iter().zip(&mut self.buckets) {
             if *n > 0 {
                 shared.fetch_add(std::mem::take(n), Ordering::Relaxed);
             }
         }
-        h.count
-            .fetch_add(std::mem::take(&mut self.count), Ordering::Relaxed);
-        h.sum_us
-            .fetch_add(std::mem::take(&mut self.sum_us), Ordering::Relaxed);
+        if self.sum_us > 0 {
+            h.sum_us
+                .fetch_add(std::mem::take(&mut self.sum_us), Ordering::Relaxed);
+        }
     }
 }
 
@@ -268,8 +272,7 @@ impl Histogram {
     fn new(bounds_us: &'static [u64]) -> Self {
         Histogram {
             bounds_us,
-            buckets: (0..bounds_us.len()).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
+            buckets: (0..=bounds_us.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_us: AtomicU64::new(0),
         }
     }
@@ -277,16 +280,14 @@ impl Histogram {
     /// Records one duration.
     pub fn record(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        if let Some(i) = self.bounds_us.iter().position(|&b| us <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket_of(self.bounds_us, us)].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+    #[cfg(test)]
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
     fn render(&self, out: &mut String, name: &str, stage: &str) {
@@ -305,7 +306,9 @@ impl Histogram {
                 "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
             );
         }
-        let count = self.count();
+        // Each bucket read once: the count is what the buckets above say, plus the rest.
+        let rest = self.buckets.last().map_or(0, |n| n.load(Ordering::Relaxed));
+        let count = cumulative + rest;
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         let braces = if labels.is_empty() {
@@ -3623,6 +3626,56 @@ mod tests {
         );
         assert!(out.contains("x_count{stage=\"tick\"} 5\n"), "{out}");
         assert!(out.contains("x_sum{stage=\"tick\"} 2.00338\n"), "{out}");
+    }
+
+    /// The value of `line`'s sample in `out`.
+    fn sample(out: &str, line: &str) -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {out}"))
+    }
+
+    #[test]
+    fn a_scrape_during_observations_agrees_with_itself_and_a_lanes_tally_adds_up() {
+        let hist = Arc::new(Histogram::new(LATENCY_BOUNDS_US));
+        let stop = Arc::new(AtomicBool::new(false));
+        let recorder = {
+            let (hist, stop) = (hist.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    hist.record(Duration::from_micros(40));
+                }
+            })
+        };
+        for _ in 0..2_000 {
+            let mut out = String::new();
+            hist.render(&mut out, "x", "send");
+            // Nothing above 1 s was recorded: the +Inf bucket and the count say the same.
+            let finite = sample(&out, "x_bucket{stage=\"send\",le=\"1\"}");
+            assert_eq!(sample(&out, "x_bucket{stage=\"send\",le=\"+Inf\"}"), finite);
+            assert_eq!(sample(&out, "x_count{stage=\"send\"}"), finite);
+        }
+        stop.store(true, Ordering::Relaxed);
+        recorder.join().expect("recorder");
+
+        let shared = Histogram::new(LATENCY_BOUNDS_US);
+        let mut local = LocalHistogram::new(LATENCY_BOUNDS_US);
+        for us in [40, 3_000, 2_000_000] {
+            local.record(Duration::from_micros(us));
+        }
+        assert_eq!(
+            shared.count(),
+            0,
+            "nothing reaches the shared one before a flush"
+        );
+        local.flush_into(&shared);
+        local.flush_into(&shared);
+        let mut out = String::new();
+        shared.render(&mut out, "x", "send");
+        assert_eq!(sample(&out, "x_bucket{stage=\"send\",le=\"0.00005\"}"), 1);
+        assert_eq!(sample(&out, "x_bucket{stage=\"send\",le=\"1\"}"), 2);
+        assert_eq!(sample(&out, "x_count{stage=\"send\"}"), 3);
+        assert!(out.contains("x_sum{stage=\"send\"} 2.00304\n"), "{out}");
     }
 
     #[test]
