@@ -5,7 +5,9 @@
 //! - `workers` media threads ([`Host::start`]), each **owning** its rooms (`&mut`, no lock
 //!   on the media path). One loop per worker ticks every room it owns once per frame
 //!   (`frame_ms`); a room is a map entry, so an empty room costs nothing between ticks (no
-//!   thread, no timer). A new room goes to the worker with the fewest rooms.
+//!   thread, no timer). A new room goes to the worker with the fewest rooms. The workers'
+//!   frame clocks are spread over the frame (two workers tick 10 ms apart), so that their
+//!   ticks and sends do not all want the cores at the same instants.
 //! - Control commands reach a worker over a bounded `std::sync::mpsc::sync_channel`
 //!   (`try_send`: a full queue is refused as [`HostError::Busy`], never waited on) and are
 //!   answered over a `tokio::sync::oneshot`. The worker waits for commands with
@@ -24,8 +26,12 @@
 //!   per core, chosen by participant so its packets stay in order), which call `sendto`
 //!   on the participant's non-blocking socket while the tick goes on (a loopback `sendto`
 //!   costs microseconds: a thousand listeners would otherwise be milliseconds of every
-//!   tick). A full queue, `WouldBlock` and other send errors drop and count: an
-//!   unreachable participant costs a counter, not the worker.
+//!   tick). A sender thread holds the sockets of its participants, handed to it with
+//!   a participant's first packet from that worker and let go after the participant
+//!   left; a queued packet carries only the participant's id and address. A full queue,
+//!   `WouldBlock` and other send errors drop and count: an unreachable participant costs
+//!   a counter, not the worker. Sender threads add to the shared metrics once their
+//!   queue is drained, not per packet.
 //! - Workers and sender threads ask for `SCHED_FIFO` (`realtime_priority`): on a busy
 //!   machine the normal scheduler delayed ticks by several ms.
 //! - Room events go as [`EventMsg`] values to the journal's lossless tap
@@ -366,9 +372,11 @@ pub struct Metrics {
     pub receive_wait: Histogram,
     /// One room's hand-over of its queued datagrams (parse, SRTP, jitter buffer insert).
     pub room_receive: Histogram,
-    /// One room's tick without its sends (decode, mix, encode, packetize).
+    /// One room's tick without its send stage (packetizing and queueing): receive
+    /// bookkeeping, decode, mix, encode.
     pub room_mix: Histogram,
-    /// One datagram's send call (on the worker's sender thread).
+    /// One datagram on the worker's sender thread: from the end of the one before (or
+    /// from waking up) to the end of its send call.
     pub send: Histogram,
     /// A datagram's wait between its queueing by the room's tick and its send call.
     pub send_wait: Histogram,
@@ -1096,7 +1104,9 @@ impl Host {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         let writers = Writers::default();
-        for i in 0..cfg.workers.max(1) {
+        let workers = cfg.workers.max(1);
+        let epoch = Instant::now();
+        for i in 0..workers {
             let (tx, rx) = sync_channel(COMMAND_QUEUE_LEN);
             let send_stop = Arc::new(AtomicBool::new(false));
             let priority = cfg.realtime_priority;
@@ -1114,6 +1124,7 @@ impl Host {
             let mut worker = Worker {
                 index: i,
                 frame,
+                first_tick: first_tick(epoch, frame, i, workers),
                 frame_ms: cfg.frame_ms,
                 recordings_dir: cfg.recordings_dir.clone(),
                 rooms: HashMap::new(),
@@ -2319,6 +2330,8 @@ struct RoomEntry {
 struct Worker {
     index: usize,
     frame: Duration,
+    /// When its frame clock starts: the workers' ticks are spread over the frame.
+    first_tick: Instant,
     frame_ms: u32,
     recordings_dir: PathBuf,
     rooms: HashMap<u64, RoomEntry>,
@@ -2603,6 +2616,16 @@ impl SendQueue {
     }
 }
 
+/// When worker `index` of `workers` ticks first: one frame after `epoch`, the workers
+/// spread over the frame. Workers ticking at the same instants would hold the cores
+/// together (and hold back each other's sender threads, which run at their priority)
+/// while the cores idle for the rest of the frame.
+fn first_tick(epoch: Instant, frame: Duration, index: usize, workers: usize) -> Instant {
+    let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
+    let index = u32::try_from(index).unwrap_or(0).min(workers - 1);
+    epoch + frame + frame * index / workers
+}
+
 /// Puts the calling thread on `SCHED_FIFO` at `priority` (0: leaves it alone), as audio
 /// servers do: a worker sleeps between ticks and runs a few ms per frame, and on a busy
 /// machine the normal scheduler lets other threads delay its tick by several ms (the
@@ -2640,7 +2663,7 @@ fn realtime(priority: u8) {
 impl Worker {
     // The shell reads the clock: tick times and command times.
     fn run(&mut self, commands: &Receiver<Command>, stop: &AtomicBool) {
-        let mut next = Instant::now() + self.frame;
+        let mut next = self.first_tick;
         while !stop.load(Ordering::Acquire) {
             let now = Instant::now();
             if now < next {
@@ -3594,6 +3617,21 @@ mod tests {
             }
         });
         h.stop();
+    }
+
+    #[test]
+    fn workers_tick_spread_over_the_frame() {
+        let epoch = Instant::now();
+        let frame = Duration::from_millis(20);
+        let offsets = |n: usize| -> Vec<Duration> {
+            (0..n)
+                .map(|i| first_tick(epoch, frame, i, n) - epoch - frame)
+                .collect()
+        };
+        assert_eq!(offsets(1), [Duration::ZERO]);
+        assert_eq!(offsets(2), [Duration::ZERO, Duration::from_millis(10)]);
+        let ms = Duration::from_millis;
+        assert_eq!(offsets(4), [ms(0), ms(5), ms(10), ms(15)]);
     }
 
     #[test]
