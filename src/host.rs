@@ -919,7 +919,6 @@ struct NewMember {
     send: Arc<SendTarget>,
     local: SocketAddr,
     rx: HeapCons<Datagram>,
-    counters: Arc<SocketCounters>,
     task: tokio::task::AbortHandle,
     signals: Option<tokio::sync::mpsc::Sender<Signal>>,
     inband_dtmf: bool,
@@ -1435,12 +1434,11 @@ impl Host {
             spec,
             send: Arc::new(SendTarget {
                 socket: send_socket,
-                counters: counters.clone(),
+                counters,
                 left: AtomicBool::new(false),
             }),
             local,
             rx: cons,
-            counters,
             task: task.clone(),
             signals: options.signals,
             inband_dtmf: options.inband_dtmf,
@@ -1733,7 +1731,6 @@ struct Member {
     send_lanes_of: Option<usize>,
     local: SocketAddr,
     rx: HeapCons<Datagram>,
-    counters: Arc<SocketCounters>,
     task: tokio::task::AbortHandle,
     /// See [`JoinOptions::signals`].
     signals: Option<tokio::sync::mpsc::Sender<Signal>>,
@@ -2354,6 +2351,7 @@ const SEND_QUEUE_BYTES: usize = SEND_QUEUE_LEN * 512;
 /// twice per datagram, the worker's largest cost when queueing a big room's packets.
 struct SendTarget {
     socket: StdUdpSocket,
+    /// The participant's counters, which its receive task and the API share.
     counters: Arc<SocketCounters>,
     /// Set when the participant is gone: lanes of every worker it was in let go then.
     left: AtomicBool,
@@ -2571,7 +2569,7 @@ impl SendQueue {
         let lane = &mut self.lanes[(m.id % n) as usize];
         let handover = m.send_lanes_of != Some(self.worker);
         if lane.meta.vacant_len() < 1 + usize::from(handover) || lane.bytes.vacant_len() < len {
-            m.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
+            m.send.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .drop_send_queue_full
                 .fetch_add(1, Ordering::Relaxed);
@@ -2599,6 +2597,7 @@ impl SendQueue {
             lane.thread.unpark();
         }
     }
+
     /// Wakes the lanes that have packets queued since they were last woken.
     fn flush_pending(&mut self) {
         for lane in self.lanes.iter_mut().filter(|l| l.unflushed > 0) {
@@ -3058,7 +3057,6 @@ impl Worker {
             send_lanes_of: None,
             local: n.local,
             rx: n.rx,
-            counters: n.counters,
             task: n.task,
             signals: n.signals,
             inband_dtmf: n.inband_dtmf,
@@ -3314,11 +3312,11 @@ fn participant_info(
         local_rtp_address: m.local,
         codec: codec_name(m.spec.codec),
         payload_type: u8::from(m.spec.codec.payload_type()),
-        datagrams_received: get(&m.counters.received),
-        datagrams_foreign: get(&m.counters.foreign),
-        datagrams_queue_full: get(&m.counters.queue_full),
-        datagrams_sent: get(&m.counters.sent),
-        datagrams_send_dropped: get(&m.counters.send_dropped),
+        datagrams_received: get(&m.send.counters.received),
+        datagrams_foreign: get(&m.send.counters.foreign),
+        datagrams_queue_full: get(&m.send.counters.queue_full),
+        datagrams_sent: get(&m.send.counters.sent),
+        datagrams_send_dropped: get(&m.send.counters.send_dropped),
         stats: e
             .room
             .participant_stats(pid)
